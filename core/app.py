@@ -1,0 +1,105 @@
+"""The bottle app factory: HTTP in front of the callback pipeline.
+
+``make_app(runtime)`` returns an explicit ``bottle.Bottle`` with:
+
+* ``POST <server.callback_path>``: Sinch callbacks. ICE/ACE/PIE get SVAML JSON;
+  DiCE and Notify get ``200`` with an empty body.
+* ``GET /healthz``: liveness.
+
+Errors are short JSON objects ``{"error": ..., "field": ...}`` that name the problem
+and never a secret: 401 bad, missing or stale signature; 400 bad body; 413 body over
+``server.max_body_bytes``; 415 content type not JSON; 405 wrong method; 404 elsewhere.
+Checks run cheapest first (size, content type, signature, body), so nothing is parsed
+or stored for a request that fails one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import bottle
+
+from core.pipeline import error_body
+from core.runtime import Runtime
+
+log = logging.getLogger("switchboard.app")
+
+_JSON_TYPES = ("application/json",)
+
+
+def _json_error(status: int, message: str, field_name: str | None = None) -> bottle.HTTPResponse:
+    return bottle.HTTPResponse(
+        body=error_body(message, field_name), status=status, headers={"Content-Type": "application/json"}
+    )
+
+
+def _read_body(environ: dict[str, Any], limit: int) -> bytes:
+    raw_length = environ.get("CONTENT_LENGTH") or ""
+    stream = environ["wsgi.input"]
+    if raw_length:
+        try:
+            length = int(raw_length)
+        except ValueError:
+            raise _json_error(400, "Content-Length is not a number") from None
+        if length > limit:
+            raise _json_error(413, f"body of {length} bytes exceeds the limit of {limit} bytes")
+        body: bytes = stream.read(length) if length > 0 else b""
+        return body
+    body = stream.read(limit + 1)
+    if len(body) > limit:
+        raise _json_error(413, f"body exceeds the limit of {limit} bytes")
+    return body
+
+
+def make_app(runtime: Runtime) -> bottle.Bottle:
+    """Build the WSGI app for ``runtime`` (started here if it was not yet)."""
+    pipeline = runtime.start()
+    settings = runtime.settings
+    limit = settings.server["max_body_bytes"]
+    app = bottle.Bottle(autojson=False, catchall=True)
+    app.config["switchboard.runtime"] = runtime
+
+    @app.post(settings.server["callback_path"])
+    def callback() -> Any:
+        runtime.enter()
+        try:
+            environ = bottle.request.environ
+            body = _read_body(environ, limit)
+            content_type = environ.get("CONTENT_TYPE", "")
+            media = content_type.split(";", 1)[0].strip().lower()
+            if media not in _JSON_TYPES:
+                shown = media or "none"
+                return _json_error(415, f"Content-Type must be application/json, got {shown}")
+            headers = {
+                "authorization": environ.get("HTTP_AUTHORIZATION", ""),
+                "x-timestamp": environ.get("HTTP_X_TIMESTAMP", ""),
+                "content-type": content_type,
+            }
+            result = pipeline.handle("POST", headers, body)
+            bottle.response.status = result.status
+            if result.body:
+                bottle.response.content_type = "application/json"
+            return result.body
+        finally:
+            runtime.leave()
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        bottle.response.content_type = "application/json"
+        return json.dumps({"status": "ok"})
+
+    def _error(err: bottle.HTTPError) -> str:
+        bottle.response.content_type = "application/json"
+        if err.status_code == 405:
+            return error_body(f"method {bottle.request.method} not allowed; callbacks are POSTed")
+        if err.status_code == 404:
+            return error_body(f"no such path: {bottle.request.path}")
+        if err.exception is not None:
+            log.error("unhandled error on %s", bottle.request.path, exc_info=err.exception)
+        return error_body("internal error")
+
+    for code in (404, 405, 500):
+        app.error(code)(_error)
+    return app

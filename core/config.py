@@ -1,0 +1,408 @@
+"""Load and validate config.toml.
+
+Every section is declared with ``Key`` entries (type, default, help); unknown keys and
+wrong types are errors that name the key. TOML floats are read as ``Decimal`` so that
+money in plugin settings is never a float. Secrets may come from the environment and
+never appear in errors or ``describe()`` output.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from core.signing import Credential, decode_secret
+from core.svaml import Svaml, SvamlError
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its type, default and help.
+
+    ``type`` is one of str, int, float, bool, Decimal, list, dict. ``choices`` limits the
+    values; ``check`` is a callable raising ValueError for values out of range.
+    ``secret=True`` redacts the value when settings are shown; ``env`` names an
+    environment variable that supplies the value when config.toml does not.
+    """
+
+    type: type
+    default: Any = None
+    help: str = ""
+    secret: bool = False
+    env: str | None = None
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], None] | None = None
+    required: bool = False
+
+
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    Decimal: "a number",
+    bool: "true or false",
+    list: "a list",
+    dict: "a table",
+}
+
+
+def coerce(path: str, key: Key, value: Any) -> Any:
+    """Check ``value`` against ``key``; return it in the declared type."""
+    kind = key.type
+    ok: bool
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind in (float, Decimal):
+        ok = isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+        if ok:
+            value = float(value) if kind is float else Decimal(str(value))
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        shown = "<redacted>" if key.secret else repr(value)
+        raise ConfigError(f"{path}: expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {shown}")
+    if key.choices is not None and value not in key.choices:
+        raise ConfigError(f"{path}: must be one of {', '.join(map(repr, key.choices))}, got {value!r}")
+    if key.check is not None:
+        try:
+            key.check(value)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return value
+
+
+def read_section(
+    path: str, data: Any, keys: Mapping[str, Key], env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Validate one table against its declared keys; fill defaults and env values."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table")
+    env = os.environ if env is None else env
+    unknown = sorted(set(data) - set(keys))
+    if unknown:
+        known = ", ".join(sorted(keys)) or "none"
+        raise ConfigError(f"{path}.{unknown[0]}: unknown key (known keys: {known})")
+    out: dict[str, Any] = {}
+    for name, key in keys.items():
+        where = f"{path}.{name}"
+        if name in data:
+            out[name] = coerce(where, key, data[name])
+        elif key.env and key.env in env:
+            raw = env[key.env]
+            value: Any = raw
+            if key.type is not str:
+                try:
+                    value = tomllib.loads(f"v = {raw}", parse_float=Decimal)["v"]
+                except tomllib.TOMLDecodeError:
+                    raise ConfigError(f"{where}: environment variable {key.env} is not a valid value") from None
+            out[name] = coerce(f"{where} (from ${key.env})", key, value)
+        elif key.required:
+            raise ConfigError(f"{where}: required")
+        else:
+            out[name] = key.default
+    return out
+
+
+def redacted(section: Mapping[str, Any], keys: Mapping[str, Key]) -> dict[str, Any]:
+    return {
+        k: ("<redacted>" if keys.get(k, Key(str)).secret and v is not None else v) for k, v in section.items()
+    }
+
+
+def _positive(value: Any) -> None:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+
+
+def _port(value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port (0-65535)")
+
+
+def _url_path(value: str) -> None:
+    if not value.startswith("/") or "?" in value:
+        raise ValueError("must be a path starting with '/' and without a query")
+
+
+def _prefix(value: str) -> None:
+    if value and (not value.startswith("/") or value.endswith("/")):
+        raise ValueError("must be empty or start with '/' and not end with '/'")
+
+
+SERVER_KEYS = {
+    "host": Key(str, "127.0.0.1", "address to listen on"),
+    "port": Key(int, 8080, "TCP port (0 picks a free one)", check=_port),
+    "threads": Key(int, 8, "waitress worker threads", check=_positive),
+    "callback_path": Key(str, "/sinch/callback", "path Sinch POSTs callbacks to", check=_url_path),
+    "public_path_prefix": Key(
+        str, "", "prefix a reverse proxy strips before forwarding; part of the signed path", check=_prefix
+    ),
+    "max_body_bytes": Key(int, 65536, "largest callback body accepted (413 above)", check=_positive),
+    "shutdown_grace": Key(float, 10.0, "seconds to finish in-flight callbacks on SIGTERM", check=_positive),
+}
+
+SINCH_KEYS = {
+    "keys": Key(list, [], "application key/secret pairs accepted (several during rotation)"),
+    "insecure": Key(bool, False, "accept unsigned callbacks (development only; logged at every start)"),
+    "timestamp_window": Key(float, 300.0, "accepted x-timestamp skew in seconds; 0 disables the check"),
+}
+
+CREDENTIAL_KEYS = {
+    "key": Key(str, None, "application key", required=True),
+    "secret": Key(str, None, "application secret (base64); prefer secret_env", secret=True),
+    "secret_env": Key(str, None, "environment variable holding the application secret"),
+}
+
+EVENT_BUDGET_LIMIT = 4.5  # Sinch's v2 docs give 5 s; answer well before
+
+
+def _budget(value: float) -> None:
+    if not 0 < value <= EVENT_BUDGET_LIMIT:
+        raise ValueError(f"must be greater than 0 and at most {EVENT_BUDGET_LIMIT} seconds")
+
+
+POLICY_KEYS = {
+    "budget": Key(float, 2.0, "seconds within which every ICE/ACE/PIE is answered", check=_budget),
+    "ice_default": Key(
+        str, "deny", "ICE answer when no plugin proposes an action", choices=("deny", "connect")
+    ),
+    "workers": Key(int, 32, "threads that run plugin hooks", check=_positive),
+    "fallback": Key(dict, {}, "SVAML sent when the budget passes or the merge fails, per event"),
+}
+
+STORE_KEYS = {
+    "url": Key(str, "sqlite:///switchboard.db", "sqlite:///relative/or//absolute path"),
+}
+
+LOGGING_KEYS = {
+    "level": Key(str, "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+}
+
+DEFAULT_FALLBACK = {
+    "ice": {"action": {"name": "hangup"}},
+    "ace": {"action": {"name": "continue"}},
+    "pie": {"action": {"name": "hangup"}},
+}
+
+PLUGIN_CORE_KEYS = {
+    "on_error": Key(
+        str, None, "deny (fail closed) or abstain (fail open) when the plugin errs", choices=("deny", "abstain")
+    ),
+    "timeout": Key(float, None, "seconds this plugin may take (at most the budget)", check=_positive),
+}
+
+RESERVED_PLUGIN_NAMES = ("enabled",)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration. Plugin sections are filled in by ``with_plugins``."""
+
+    path: Path | None
+    server: Mapping[str, Any]
+    sinch: Mapping[str, Any]
+    credentials: tuple[Credential, ...]
+    policy: Mapping[str, Any]
+    fallback: Mapping[str, Svaml]
+    store: Mapping[str, Any]
+    logging: Mapping[str, Any]
+    enabled: tuple[str, ...]
+    plugin_tables: Mapping[str, Any]
+    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    plugin_keys: Mapping[str, Mapping[str, Key]] = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as shown to people: secrets redacted."""
+        return {
+            "server": dict(self.server),
+            "sinch": {
+                "insecure": self.sinch["insecure"],
+                "timestamp_window": self.sinch["timestamp_window"],
+                "keys": [repr(c) for c in self.credentials],
+            },
+            "policy": {k: v for k, v in self.policy.items() if k != "fallback"},
+            "fallback": {k: v.to_dict() for k, v in self.fallback.items()},
+            "store": dict(self.store),
+            "enabled": list(self.enabled),
+            "plugins": {
+                name: redacted(values, self.plugin_keys.get(name, {})) for name, values in self.plugins.items()
+            },
+        }
+
+
+def _credentials(items: list[Any], env: Mapping[str, str]) -> tuple[Credential, ...]:
+    out = []
+    for i, item in enumerate(items):
+        where = f"sinch.keys[{i}]"
+        values = read_section(where, item, CREDENTIAL_KEYS, env)
+        secret = values["secret"]
+        if values["secret_env"]:
+            if secret is not None:
+                raise ConfigError(f"{where}: give either secret or secret_env, not both")
+            name = values["secret_env"]
+            secret = env.get(name)
+            if not secret:
+                raise ConfigError(f"{where}.secret_env: environment variable {name} is not set")
+        if not secret:
+            raise ConfigError(f"{where}: needs secret_env (or secret)")
+        try:
+            decode_secret(secret)
+        except ValueError:
+            raise ConfigError(f"{where}: the application secret is not valid base64") from None
+        out.append(Credential(values["key"], secret))
+    return tuple(out)
+
+
+def _fallback(table: Mapping[str, Any]) -> dict[str, Svaml]:
+    unknown = sorted(set(table) - set(DEFAULT_FALLBACK))
+    if unknown:
+        raise ConfigError(f"policy.fallback.{unknown[0]}: unknown event (ice, ace or pie)")
+    out = {}
+    for event, default in DEFAULT_FALLBACK.items():
+        raw = _plain(table.get(event, default))
+        try:
+            out[event] = Svaml.from_dict(raw).validate_for(event)
+        except SvamlError as exc:
+            raise ConfigError(f"policy.fallback.{event}: {exc}") from None
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """TOML values as JSON-like values (Decimal -> int when integral)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return int(value)
+    return value
+
+
+def parse(data: Mapping[str, Any], path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Validate the core sections of a parsed config.toml."""
+    env = os.environ if env is None else env
+    sections = {"server", "sinch", "policy", "store", "logging", "plugins"}
+    unknown = sorted(set(data) - sections)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(sections))})")
+    server = read_section("server", data.get("server"), SERVER_KEYS, env)
+    sinch = read_section("sinch", data.get("sinch"), SINCH_KEYS, env)
+    credentials = _credentials(sinch["keys"], env)
+    if not credentials and not sinch["insecure"]:
+        raise ConfigError(
+            "sinch.keys: no application key configured; add [[sinch.keys]] "
+            "or set sinch.insecure = true for development"
+        )
+    policy = read_section("policy", data.get("policy"), POLICY_KEYS, env)
+    fallback = _fallback(policy["fallback"])
+    store = read_section("store", data.get("store"), STORE_KEYS, env)
+    logging_ = read_section("logging", data.get("logging"), LOGGING_KEYS, env)
+
+    plugins_table = data.get("plugins") or {}
+    if not isinstance(plugins_table, dict):
+        raise ConfigError("plugins: expected a table")
+    enabled = plugins_table.get("enabled", [])
+    if not isinstance(enabled, list) or not all(isinstance(n, str) and n for n in enabled):
+        raise ConfigError("plugins.enabled: expected a list of plugin names")
+    dupes = sorted({n for n in enabled if enabled.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"plugins.enabled: {dupes[0]!r} is listed twice")
+    for name in enabled:
+        if name in RESERVED_PLUGIN_NAMES:
+            raise ConfigError(f"plugins.enabled: {name!r} is a reserved name")
+    tables = {k: v for k, v in plugins_table.items() if k != "enabled"}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"plugins.{name}: expected a table")
+    return Settings(
+        path=path,
+        server=MappingProxyType(server),
+        sinch=MappingProxyType(sinch),
+        credentials=credentials,
+        policy=MappingProxyType(policy),
+        fallback=MappingProxyType(fallback),
+        store=MappingProxyType(store),
+        logging=MappingProxyType(logging_),
+        enabled=tuple(enabled),
+        plugin_tables=MappingProxyType(tables),
+    )
+
+
+def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate config.toml (core sections only; see ``with_plugins``)."""
+    file = Path(path).resolve()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return parse(data, file, env)
+
+
+def with_plugins(
+    settings: Settings, declared: Mapping[str, Mapping[str, Key]], env: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate each enabled plugin's ``[plugins.<name>]`` table against its declared keys."""
+    stray = sorted(set(settings.plugin_tables) - set(settings.enabled))
+    if stray:
+        raise ConfigError(
+            f"plugins.{stray[0]}: configured but not enabled (add it to plugins.enabled or remove the table)"
+        )
+    values: dict[str, Mapping[str, Any]] = {}
+    keys_by_plugin: dict[str, Mapping[str, Key]] = {}
+    for name in settings.enabled:
+        keys = dict(declared.get(name, {}))
+        clash = sorted(set(keys) & set(PLUGIN_CORE_KEYS))
+        if clash:
+            raise ConfigError(f"plugin {name!r} declares key {clash[0]!r}, which the core reserves")
+        keys.update(PLUGIN_CORE_KEYS)
+        section = read_section(f"plugins.{name}", settings.plugin_tables.get(name), keys, env)
+        timeout = section["timeout"]
+        if timeout is not None and timeout > settings.policy["budget"]:
+            raise ConfigError(f"plugins.{name}.timeout: must not exceed policy.budget ({settings.policy['budget']} s)")
+        values[name] = MappingProxyType(section)
+        keys_by_plugin[name] = MappingProxyType(keys)
+    return Settings(
+        **{
+            **{f: getattr(settings, f) for f in settings.__dataclass_fields__},
+            "plugins": MappingProxyType(values),
+            "plugin_keys": MappingProxyType(keys_by_plugin),
+        }
+    )
+
+
+def store_path(settings: Settings) -> str:
+    """The SQLite file of ``store.url``, relative paths taken from the config's folder."""
+    url = settings.store["url"]
+    if not url.startswith("sqlite://"):
+        raise ConfigError(f"store.url: unsupported store {url.split(':', 1)[0]!r} (use sqlite:///path)")
+    rest = url[len("sqlite://") :]
+    if rest in ("", "/", "/:memory:"):
+        return ":memory:"
+    if not rest.startswith("/"):
+        raise ConfigError("store.url: expected sqlite:///relative/path or sqlite:////absolute/path")
+    rest = rest[1:]
+    return rest if os.path.isabs(rest) else str(settings.base_dir / rest)

@@ -1,0 +1,233 @@
+"""The plugin contract: every hook a Switchboard plugin can implement.
+
+A plugin is any importable object (usually a module) with functions marked
+``@hookimpl``, named after the specs below. Third-party packages register it under the
+entry-point group ``switchboard``::
+
+    [project.entry-points.switchboard]
+    myplugin = "switchboard_myplugin"
+
+Installed is not enabled: only plugins named in ``[plugins] enabled`` of config.toml run,
+and that list's order is their precedence. A plugin implements only the hooks it needs,
+and may accept only the arguments it needs (pluggy passes arguments by name).
+
+How the core calls hooks
+------------------------
+The core calls each enabled plugin's implementation itself, in precedence order, so that
+it can time, isolate and attribute every result; pluggy's own call loop is not used for
+the event hooks. Consequences for plugin authors:
+
+* ``tryfirst``/``trylast``/``hookwrapper`` have no effect on event hooks (wrappers are
+  refused at start-up); precedence comes from config.toml only.
+* Every decision hook of one callback runs concurrently with the others, in the core's
+  worker pool, against a deadline. A plugin that raises, returns something that is not a
+  ``Decision``/``None``, or is still running at its ``timeout`` is handled by its
+  ``on_error`` setting: ``"deny"`` (the default for decision hooks: fail closed) turns
+  it into a deny, ``"abstain"`` into no opinion. The error is recorded in the trace.
+* Inputs are immutable: events are frozen dataclasses, the plugin's config is a
+  read-only mapping. Plugins never build raw SVAML JSON; they return ``Decision``
+  objects built from ``core.svaml`` types.
+
+Every plugin gets two settings of its own from the core, in ``[plugins.<name>]``:
+``on_error = "deny" | "abstain"`` and ``timeout`` (seconds, at most the event budget).
+
+The per-call context ``ctx`` (``core.pipeline.CallContext``) carries:
+``callid``, ``event`` (its name), ``plugin`` (this plugin's name), ``config`` (this
+plugin's validated settings), ``store`` (the shared ``core.store.Store``), ``deadline``
+(``time.monotonic()`` value by which the answer must be ready), ``remaining()``
+(seconds left) and ``log`` (a ``logging.Logger`` named ``switchboard.plugin.<name>``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Mapping
+
+    from core.config import Settings
+    from core.decisions import Decision
+    from core.events import Ace, Dice, Event, Ice, Notify, Pie
+    from core.pipeline import CallContext
+    from core.store import Migration, Store
+
+PROJECT = "switchboard"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@hookspec
+def switchboard_ice(event: Ice, ctx: CallContext) -> Decision | None:
+    """Decide an incoming call (ICE): may it be connected, and how?
+
+    Called once per new ICE (a repeated delivery of the same ICE is answered from the
+    store without calling plugins), concurrently for every enabled plugin.
+
+    :param event: the incoming call; ``event.to.e164`` is the dialled number in E.164,
+        ``event.cli_e164`` the caller's, ``event.user_rate`` Sinch's rate (Decimal).
+    :param ctx: the per-call context (see the module docstring).
+
+    Return a ``Decision``:
+
+    * ``Decision.denied(reason, prompt=...)``: refuse; any deny wins (rule 1).
+    * ``Decision.propose(action)``: answer with this action; the highest-precedence
+      proposal wins, a different lower one is recorded as a conflict (rule 2).
+    * ``Decision.allowed(reason, action=...)``: allow; ``action`` is used only if nobody
+      proposes one (rule 3).
+    * ``Decision.cap(seconds)``: limit the call; the smallest cap wins (rule 4).
+    * ``Decision.add(*instructions)``: add instructions (rule 5).
+
+    Return ``None`` for no opinion. With no proposal and no allowing default, the ICE
+    is answered by ``policy.ice_default``: hangup (the default) or connectPstn to the
+    dialled number.
+    """
+
+
+@hookspec
+def switchboard_ace(event: Ace, ctx: CallContext) -> Decision | None:
+    """Decide an answered call (ACE): continue, hang up, or run a menu.
+
+    Called once per new ACE, concurrently for every enabled plugin. ``event.amd`` holds
+    answering-machine detection results when enabled.
+
+    Return a ``Decision`` as for ``switchboard_ice``; only hangup, continue,
+    connectConf and runMenu are legal ACE actions, and playFiles, say, setCookie,
+    startRecording and stopRecording the legal instructions. ``None``: no opinion. With
+    no proposal the answer is ``continue``.
+    """
+
+
+@hookspec
+def switchboard_pie(event: Pie, ctx: CallContext) -> Decision | None:
+    """Decide what follows a menu input (PIE).
+
+    Called once per new PIE (each menu result is a new event), concurrently for every
+    enabled plugin. ``event.menu_result`` carries ``menu_id``, ``type`` (``sequence``,
+    ``return``, ``timeout``, ...) and ``value``.
+
+    Return a ``Decision`` as for ``switchboard_ice`` (legal actions: hangup, continue,
+    connectPstn, connectConf, connectSip, runMenu). ``None``: no opinion. With no
+    proposal the answer is ``continue``.
+    """
+
+
+# --------------------------------------------------------------------------- observers
+
+
+@hookspec
+def switchboard_dice(event: Dice, ctx: CallContext) -> None:
+    """Observe a disconnected call (DiCE): settle, record, notify.
+
+    Called once per call (duplicate deliveries are dropped by the core before plugins
+    see them), for every enabled plugin, before the 200 is sent, so work committed here
+    is durable when Sinch gets its answer. ``event.duration``, ``event.result``,
+    ``event.reason`` and ``event.debit`` describe the call.
+
+    Return nothing. Errors and overruns are logged and traced; they never change the
+    answer (always ``200`` with an empty body).
+    """
+
+
+@hookspec
+def switchboard_notify(event: Notify, ctx: CallContext) -> None:
+    """Observe a notification (recording available, async AMD, calling error...).
+
+    Called once per distinct Notify body, for every enabled plugin, before the 200 is
+    sent. Return nothing; errors never change the answer.
+    """
+
+
+@hookspec
+def switchboard_after_answer(event: Event, answer: Mapping[str, Any] | None, trace: Mapping[str, Any]) -> None:
+    """Observe every answered callback, after the answer is decided.
+
+    Called for every callback that passed verification and parsing, including
+    duplicates and fallbacks, in the core's worker pool, so it never delays the answer.
+
+    :param event: the parsed event.
+    :param answer: the SVAML sent (a read-only mapping), or ``None`` for DiCE/Notify.
+    :param trace: the read-only decision trace (plugins, times, errors, rule).
+
+    Return nothing; errors are logged.
+    """
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+@hookspec
+def switchboard_config_keys() -> Mapping[str, Any]:
+    """Declare this plugin's ``[plugins.<name>]`` keys.
+
+    Called once per enabled plugin while the configuration is validated, before
+    ``switchboard_configure``. Return a mapping of key name to
+    ``core.config.Key(type, default, help, secret=False, env=None)``. Unknown keys and
+    wrong types in config.toml then stop the start with a message naming the key. A key
+    declared with ``env="NAME"`` may also come from that environment variable; a
+    ``secret=True`` key is redacted wherever settings are shown.
+
+    Return ``None`` (or do not implement) for a plugin without settings.
+    """
+
+
+@hookspec
+def switchboard_store_migrations() -> Sequence[Migration]:
+    """Return the schema migrations this plugin needs, oldest first.
+
+    Called once at start-up for every enabled plugin, before ``switchboard_startup``.
+    Each ``core.store.Migration(version, statements)`` is applied once, in a
+    transaction, and recorded per plugin; versions must increase. Use portable SQL
+    (``?`` placeholders are translated per backend).
+    """
+
+
+@hookspec
+def switchboard_configure(settings: Settings, config: Mapping[str, Any]) -> None:
+    """Receive the validated configuration.
+
+    Called once per enabled plugin at start-up (and for ``serve.py`` commands) after
+    validation. ``settings`` is the whole validated configuration, ``config`` this
+    plugin's own section. Raise ``ValueError`` with a clear message to refuse a
+    configuration; the start stops naming the plugin.
+    """
+
+
+@hookspec
+def switchboard_startup(store: Store, config: Mapping[str, Any]) -> None:
+    """The server is about to accept callbacks.
+
+    Called once per enabled plugin after migrations, before the first callback. Start
+    background work here (daemon threads that stop at ``switchboard_shutdown``).
+    """
+
+
+@hookspec
+def switchboard_shutdown() -> None:
+    """The server is stopping.
+
+    Called once per enabled plugin after in-flight callbacks are answered and before
+    the store is closed. Stop background work; errors are logged.
+    """
+
+
+@hookspec
+def switchboard_add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add commands to ``serve.py``.
+
+    Called once per enabled plugin when the command line is built. Add parsers with
+    ``subparsers.add_parser(name, help=...)`` and set ``func`` with
+    ``parser.set_defaults(func=run)``; ``run(args, runtime)`` receives the parsed
+    arguments and a ``core.runtime.Runtime`` (settings, store, plugin manager) and
+    returns an exit status (``0`` or ``None`` for success).
+    """
+
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence

@@ -1,0 +1,398 @@
+"""One callback from raw request to answer: verify, parse, dedupe, dispatch, merge,
+validate, record, log.
+
+Failure has a defined outcome:
+
+* A plugin that raises, returns something other than a ``Decision``/``None``, or runs
+  past its own ``timeout`` is handled by its ``on_error``: ``deny`` (default for the
+  decision hooks) or ``abstain``. The others' decisions still merge.
+* ``policy.budget`` bounds every ICE/ACE/PIE: if plugins are still running when it
+  is about to pass, or the merged answer is illegal, the configured fallback is sent.
+  A plugin's default ``timeout`` is three quarters of the budget, so one slow plugin
+  is cut off and merged by its ``on_error`` before the fallback is needed.
+* Duplicates: each callback is claimed in the store under ``(callid, event, sub)``
+  (``sub`` is empty for ICE/ACE/DiCE, of which a call has one each, and a digest of
+  the body for PIE and Notify, of which a call may have several). A repeat is answered
+  with the stored answer and reaches no decision or observer hook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from core.config import Settings
+from core.decisions import Decision, Outcome, merge
+from core.events import DECISION_EVENTS, Event, EventError, freeze, parse_event
+from core.plugins import Impl, Plugins
+from core.signing import SignatureError, Verifier
+from core.store import Store
+from core.svaml import Svaml, SvamlError
+
+log = logging.getLogger("switchboard.callback")
+
+DEFAULT_TIMEOUT_SHARE = 0.75  # of the budget, for plugins without their own timeout
+MERGE_RESERVE = 0.05  # of the budget, kept for merging, storing and sending
+POLL_INTERVAL = 0.01
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What a plugin gets with every event besides the event itself."""
+
+    callid: str
+    event: str
+    plugin: str
+    config: Mapping[str, Any]
+    store: Store
+    deadline: float
+    log: logging.Logger
+
+    def remaining(self) -> float:
+        """Seconds left before the answer must be ready."""
+        return max(0.0, self.deadline - time.monotonic())
+
+
+@dataclass
+class Response:
+    """What the web layer sends back."""
+
+    status: int
+    body: str = ""
+    trace: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def content_type(self) -> str:
+        return "application/json" if self.body else "text/plain"
+
+
+def error_body(message: str, field_name: str | None = None) -> str:
+    out = {"error": message}
+    if field_name:
+        out["field"] = field_name
+    return json.dumps(out)
+
+
+@dataclass
+class _PluginRun:
+    impl: Impl
+    future: Future[Any]
+    timeout: float
+    on_error: str
+    started: float
+
+
+class Pipeline:
+    """Handles verified callbacks. Build one per app; it owns the hook worker pool."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        plugins: Plugins,
+        store: Store,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.store = store
+        self.budget: float = settings.policy["budget"]
+        self.ice_default: str = settings.policy["ice_default"]
+        self.fallback: Mapping[str, Svaml] = settings.fallback
+        prefix = settings.server["public_path_prefix"]
+        self.signed_path = prefix + settings.server["callback_path"]
+        self.verifier: Verifier | None = None
+        if not settings.sinch["insecure"]:
+            self.verifier = Verifier(
+                settings.credentials, window=settings.sinch["timestamp_window"] or None, clock=clock
+            )
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.policy["workers"], thread_name_prefix="switchboard-hook"
+        )
+        self._plugin_logs = {name: logging.getLogger(f"switchboard.plugin.{name}") for name in plugins.order}
+        self._pending_after: set[Future[Any]] = set()
+
+    # ------------------------------------------------------------------ entry
+
+    def handle(self, method: str, headers: Mapping[str, str], body: bytes) -> Response:
+        started = time.monotonic()
+        if self.verifier is not None:
+            try:
+                self.verifier.verify(method, self.signed_path, headers, body)
+            except SignatureError as exc:
+                return self._reject(started, 401, exc.message, reason=exc.reason)
+        try:
+            event = parse_event(body)
+        except EventError as exc:
+            return self._reject(started, 400, str(exc), field_name=exc.field)
+        sub = hashlib.sha256(body).hexdigest()[:32] if event.name in ("pie", "notify") else ""
+        try:
+            if event.name in DECISION_EVENTS:
+                return self._decide(event, sub, started)
+            return self._observe(event, sub, started)
+        except Exception:
+            log.exception("internal error on %s for call %s", event.name, event.callid)
+            if event.name in DECISION_EVENTS:  # an answer Sinch can obey beats an error
+                svaml = self.fallback[event.name]
+                trace = self._new_trace(event)
+                trace.update(rule="internal-error", answer=svaml.to_dict())
+                return self._respond(event, svaml.to_json(), trace, started)
+            return Response(500, error_body("internal error"))
+
+    def close(self) -> None:
+        """Wait for after-answer observers and stop the worker pool."""
+        self.executor.shutdown(wait=True, cancel_futures=False)
+
+    def wait_idle(self, timeout: float = 5.0) -> None:
+        """Wait for pending after-answer observers (tests, shutdown)."""
+        end = time.monotonic() + timeout
+        while self._pending_after and time.monotonic() < end:
+            for fut in list(self._pending_after):
+                try:
+                    fut.result(timeout=max(0.0, end - time.monotonic()))
+                except Exception:  # noqa: BLE001, S110 - logged where it ran
+                    pass
+
+    # ------------------------------------------------------------------ decisions
+
+    def _decide(self, event: Event, sub: str, started: float) -> Response:
+        deadline = started + self.budget
+        trace = self._new_trace(event)
+        claim = self.store.claim(event.callid, event.name, sub, lease=max(30.0, self.budget * 4))
+        if claim.status == "done":
+            return self._duplicate(event, claim.answer, trace, started)
+        if claim.status == "busy":
+            answer = self._wait_for_answer(event, sub, deadline - self.budget * MERGE_RESERVE)
+            if answer is not None:
+                return self._duplicate(event, answer, trace, started)
+            svaml = self.fallback[event.name]
+            trace.update(rule="duplicate-in-flight", duplicate=True, answer=svaml.to_dict())
+            return self._respond(event, svaml.to_json(), trace, started)
+
+        try:
+            results = self._run_hooks(event, deadline, trace, decision=True)
+            if results is None:
+                svaml = self.fallback[event.name]
+                trace.update(rule="budget", notes=trace["notes"] + ["plugins still running at the budget"])
+            else:
+                outcome = self._merge(event, results, trace)
+                svaml = outcome.svaml
+            body = svaml.to_json()
+            trace["answer"] = svaml.to_dict()
+            self._finish(event, sub, body, trace, started)
+        except Exception:
+            self.store.release(event.callid, event.name, sub)
+            raise
+        return self._respond(event, body, trace, started)
+
+    def _merge(self, event: Event, results: list[tuple[str, Decision | None]], trace: dict[str, Any]) -> Outcome:
+        try:
+            outcome = merge(event.name, results, ice_default=self.ice_default)
+            outcome.svaml.validate_for(event.name)
+        except SvamlError as exc:
+            outcome = Outcome(self.fallback[event.name], "invalid-answer", notes=[f"merged answer rejected: {exc}"])
+        trace.update(
+            rule=outcome.rule,
+            decided_by=outcome.decided_by,
+            conflicts=outcome.conflicts,
+            notes=trace["notes"] + outcome.notes,
+        )
+        return outcome
+
+    def _wait_for_answer(self, event: Event, sub: str, until: float) -> str | None:
+        while time.monotonic() < until:
+            claim = self.store.answer_of(event.callid, event.name, sub)
+            if claim.status == "done":
+                return claim.answer
+            time.sleep(POLL_INTERVAL)
+        return None
+
+    def _duplicate(self, event: Event, answer: str | None, trace: dict[str, Any], started: float) -> Response:
+        trace.update(rule="duplicate", duplicate=True, answer=json.loads(answer) if answer else None)
+        return self._respond(event, answer or "", trace, started)
+
+    # ------------------------------------------------------------------ observers
+
+    def _observe(self, event: Event, sub: str, started: float) -> Response:
+        trace = self._new_trace(event)
+        claim = self.store.claim(event.callid, event.name, sub, lease=max(30.0, self.budget * 4))
+        if claim.status != "new":
+            trace.update(rule="duplicate", duplicate=True)
+            return self._respond(event, "", trace, started)
+        try:
+            self._run_hooks(event, started + self.budget, trace, decision=False)
+            trace["rule"] = "observed"
+            self._finish(event, sub, None, trace, started)
+        except Exception:
+            self.store.release(event.callid, event.name, sub)
+            raise
+        return self._respond(event, "", trace, started)
+
+    # ------------------------------------------------------------------ running hooks
+
+    def _run_hooks(
+        self, event: Event, deadline: float, trace: dict[str, Any], *, decision: bool
+    ) -> list[tuple[str, Decision | None]] | None:
+        """Run every plugin's hook for ``event`` concurrently.
+
+        Returns ``(plugin, decision)`` in precedence order, or ``None`` when a plugin
+        without its own timeout was still running as the budget ran out.
+        """
+        impls = self.plugins.impls(f"switchboard_{event.name}")
+        runs: list[_PluginRun] = []
+        for impl in impls:
+            config = self.settings.plugins.get(impl.plugin, {})
+            ctx = CallContext(
+                callid=event.callid,
+                event=event.name,
+                plugin=impl.plugin,
+                config=config,
+                store=self.store,
+                deadline=deadline,
+                log=self._plugin_logs.get(impl.plugin) or logging.getLogger(f"switchboard.plugin.{impl.plugin}"),
+            )
+            own = config.get("timeout")
+            timeout = own if own is not None else self.budget * DEFAULT_TIMEOUT_SHARE
+            on_error = config.get("on_error") or ("deny" if decision else "abstain")
+            runs.append(
+                _PluginRun(impl, self.executor.submit(_timed, impl, event, ctx), timeout, on_error, time.monotonic())
+            )
+
+        cutoff = deadline - self.budget * MERGE_RESERVE
+        results: list[tuple[str, Decision | None]] = []
+        over_budget = False
+        for run in runs:
+            entry: dict[str, Any] = {"plugin": run.impl.plugin}
+            wait_until = min(run.started + run.timeout, cutoff)
+            try:
+                value, elapsed = run.future.result(timeout=max(0.0, wait_until - time.monotonic()))
+            except FutureTimeout:
+                entry.update(status="timeout", ms=_ms(time.monotonic() - run.started))
+                entry["error"] = f"still running after {wait_until - run.started:.3f} s"
+                if run.started + run.timeout > cutoff:
+                    over_budget = True
+                results.append(self._on_error(run, entry, decision))
+            except Exception as exc:  # noqa: BLE001 - a plugin's error is its own
+                entry.update(status="error", ms=_ms(time.monotonic() - run.started))
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+                results.append(self._on_error(run, entry, decision))
+            else:
+                entry["ms"] = _ms(elapsed)
+                if decision and value is not None and not isinstance(value, Decision):
+                    entry["status"] = "error"
+                    entry["error"] = f"returned {type(value).__name__}, expected Decision or None"
+                    results.append(self._on_error(run, entry, decision))
+                elif decision and value is not None:
+                    entry.update(status="decided", decision=value.describe())
+                    results.append((run.impl.plugin, value))
+                else:
+                    entry["status"] = "abstained" if decision else "ok"
+                    results.append((run.impl.plugin, None))
+            if entry.get("error"):
+                self._plugin_logs.get(run.impl.plugin, log).warning(
+                    "%s %s for call %s: %s", event.name, entry["status"], event.callid, entry["error"]
+                )
+            trace["plugins"].append(entry)
+        if decision and over_budget:
+            return None
+        return results
+
+    def _on_error(self, run: _PluginRun, entry: dict[str, Any], decision: bool) -> tuple[str, Decision | None]:
+        entry["on_error"] = run.on_error
+        if decision and run.on_error == "deny":
+            return run.impl.plugin, Decision(deny=True, reason=f"plugin {entry['status']} (on_error=deny)")
+        return run.impl.plugin, None
+
+    # ------------------------------------------------------------------ recording
+
+    def _new_trace(self, event: Event) -> dict[str, Any]:
+        return {
+            "callid": event.callid,
+            "event": event.name,
+            "received_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "rule": None,
+            "duplicate": False,
+            "plugins": [],
+            "decided_by": [],
+            "conflicts": [],
+            "notes": [],
+            "answer": None,
+        }
+
+    def _finish(self, event: Event, sub: str, body: str | None, trace: dict[str, Any], started: float) -> None:
+        trace["elapsed_ms"] = _ms(time.monotonic() - started)
+        outcome = trace["answer"]["action"]["name"] if trace.get("answer") else trace["rule"]
+        self.store.finish(event.callid, event.name, sub, body, json.dumps(trace, default=str), outcome)
+
+    def _respond(self, event: Event, body: str, trace: dict[str, Any], started: float) -> Response:
+        trace["elapsed_ms"] = _ms(time.monotonic() - started)
+        answer = trace.get("answer")
+        outcome = answer["action"]["name"] if answer else ("duplicate" if trace["duplicate"] else "ok")
+        log.info(
+            json.dumps(
+                {
+                    "callid": event.callid,
+                    "event": event.name,
+                    "status": 200,
+                    "outcome": outcome,
+                    "rule": trace["rule"],
+                    "latency_ms": trace["elapsed_ms"],
+                    "plugins": {
+                        p["plugin"]: f"{p['status']}:{p.get('ms', 0)}ms" + (f":{p['decision']['kind']}" if "decision" in p else "")
+                        for p in trace["plugins"]
+                    },
+                    "conflicts": len(trace["conflicts"]),
+                },
+                separators=(",", ":"),
+            )
+        )
+        self._after_answer(event, trace)
+        return Response(200, body, trace)
+
+    def _reject(
+        self, started: float, status: int, message: str, *, field_name: str | None = None, reason: str | None = None
+    ) -> Response:
+        line: dict[str, Any] = {"callid": None, "event": None, "status": status, "outcome": "rejected", "error": message}
+        if reason:
+            line["reason"] = reason
+        line["latency_ms"] = _ms(time.monotonic() - started)
+        log.warning(json.dumps(line, separators=(",", ":")))
+        return Response(status, error_body(message, field_name))
+
+    def _after_answer(self, event: Event, trace: dict[str, Any]) -> None:
+        impls = self.plugins.impls("switchboard_after_answer")
+        if not impls:
+            return
+        frozen_trace = freeze(json.loads(json.dumps(trace, default=str)))
+        answer = frozen_trace["answer"]
+        for impl in impls:
+            fut = self.executor.submit(_observer, impl, event, answer, frozen_trace)
+            self._pending_after.add(fut)
+            fut.add_done_callback(self._pending_after.discard)
+
+
+def _timed(impl: Impl, event: Event, ctx: CallContext) -> tuple[Any, float]:
+    start = time.monotonic()
+    value = impl(event=event, ctx=ctx)
+    return value, time.monotonic() - start
+
+
+def _observer(impl: Impl, event: Event, answer: Any, trace: Any) -> None:
+    try:
+        impl(event=event, answer=answer, trace=trace)
+    except Exception:
+        logging.getLogger(f"switchboard.plugin.{impl.plugin}").exception(
+            "switchboard_after_answer failed for call %s", event.callid
+        )
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)

@@ -1,0 +1,241 @@
+"""The plugin manager factory: specs, entry points, enabling by config, precedence.
+
+``make_plugins(enabled)`` loads exactly the plugins named in ``enabled`` (from the
+``switchboard`` entry-point group, or from ``given`` objects in tests), registers them
+with a fresh pluggy manager, validates every implementation against the specs and
+ends with ``check_pending()``. Anything wrong stops the start with a ``PluginError``
+naming the plugin and the problem. Precedence is the order of ``enabled``, never
+pluggy's registration order.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from core import hookspecs
+from core.config import Key
+
+GROUP = "switchboard"
+DISTRIBUTION = "sinch-switchboard"
+EVENT_HOOKS = (
+    "switchboard_ice",
+    "switchboard_ace",
+    "switchboard_pie",
+    "switchboard_dice",
+    "switchboard_notify",
+    "switchboard_after_answer",
+)
+
+log = logging.getLogger("switchboard.plugins")
+
+
+class PluginError(RuntimeError):
+    """A plugin cannot be loaded or is wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    version: str | None
+    builtin: bool
+    origin: str
+    hooks: tuple[str, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One plugin's implementation of one hook, ready to be called by the core."""
+
+    plugin: str
+    function: Callable[..., Any]
+    argnames: tuple[str, ...]
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return self.function(*[kwargs[name] for name in self.argnames])
+
+
+def _canonical(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def installed_entry_points() -> dict[str, md.EntryPoint]:
+    found: dict[str, md.EntryPoint] = {}
+    for ep in md.entry_points(group=GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def _describe_ep(ep: md.EntryPoint) -> tuple[str | None, bool, str]:
+    dist = ep.dist
+    if dist is None:
+        return None, False, f"entry point {ep.value}"
+    builtin = _canonical(dist.metadata["Name"] or "") == DISTRIBUTION
+    return dist.version, builtin, f"package {dist.metadata['Name']} ({ep.value})"
+
+
+def _load(name: str, ep: md.EntryPoint) -> object:
+    version, _, origin = _describe_ep(ep)
+    try:
+        return ep.load()
+    except Exception as exc:  # noqa: BLE001 - any import failure stops the start, named
+        raise PluginError(f"plugin {name!r} from {origin} failed to import: {type(exc).__name__}: {exc}") from exc
+
+
+class Plugins:
+    """The enabled plugins, in precedence order, over one pluggy manager."""
+
+    def __init__(self, pm: pluggy.PluginManager, order: Sequence[str], info: Mapping[str, PluginInfo]) -> None:
+        self.pm = pm
+        self.order = tuple(order)
+        self.info = dict(info)
+        self._impls: dict[str, tuple[Impl, ...]] = {}
+
+    def impls(self, hook: str) -> tuple[Impl, ...]:
+        """Implementations of ``hook``, in precedence order (config order)."""
+        cached = self._impls.get(hook)
+        if cached is not None:
+            return cached
+        caller = getattr(self.pm.hook, hook)
+        rank = {name: i for i, name in enumerate(self.order)}
+        found = []
+        for impl in caller.get_hookimpls():
+            name = self.pm.get_name(impl.plugin)
+            if name not in rank:
+                continue
+            found.append(Impl(name, impl.function, tuple(impl.argnames)))
+        found.sort(key=lambda i: rank[i.plugin])
+        self._impls[hook] = result = tuple(found)
+        return result
+
+    def call_each(
+        self, hook: str, *, configs: Mapping[str, Mapping[str, Any]] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Call ``hook`` on every enabled plugin in order; errors name the plugin.
+
+        With ``configs``, each plugin gets its own section as the ``config`` argument.
+        """
+        results = {}
+        for impl in self.impls(hook):
+            if configs is not None:
+                kwargs["config"] = configs.get(impl.plugin, {})
+            try:
+                results[impl.plugin] = impl(**kwargs)
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"plugin {impl.plugin!r} failed in {hook}: {type(exc).__name__}: {exc}") from exc
+        return results
+
+    def hooks_of(self, name: str) -> tuple[str, ...]:
+        plugin = self.pm.get_plugin(name)
+        return tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or ()))
+
+
+def _new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _register(pm: pluggy.PluginManager, name: str, obj: object, origin: str) -> None:
+    try:
+        pm.register(obj, name=name)
+    except pluggy.PluginValidationError as exc:
+        detail = str(exc).replace("\n", "; ")
+        raise PluginError(f"plugin {name!r} from {origin} implements a hook wrongly: {detail}") from None
+    except ValueError as exc:
+        raise PluginError(f"plugin {name!r} from {origin} cannot be registered: {exc}") from None
+    for caller in pm.get_hookcallers(obj) or ():
+        if caller.name in EVENT_HOOKS:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is obj and (impl.hookwrapper or impl.wrapper):
+                    raise PluginError(
+                        f"plugin {name!r} from {origin}: {caller.name} may not be a wrapper "
+                        "(the core calls each plugin itself, in config order)"
+                    )
+
+
+def make_plugins(
+    enabled: Sequence[str],
+    *,
+    load_entrypoints: bool = True,
+    given: Mapping[str, object] | None = None,
+) -> Plugins:
+    """Build the manager holding exactly the ``enabled`` plugins.
+
+    ``given`` maps names to plugin objects that take precedence over entry points (for
+    tests and embedding); with ``load_entrypoints=False`` only ``given`` is used.
+    """
+    given = dict(given or {})
+    pm = _new_manager()
+    eps = installed_entry_points() if load_entrypoints else {}
+    info: dict[str, PluginInfo] = {}
+    for name in enabled:
+        if name in given:
+            obj, version, builtin, origin = given[name], None, False, f"object {_qualname(given[name])}"
+        elif name in eps:
+            version, builtin, origin = _describe_ep(eps[name])
+            obj = _load(name, eps[name])
+        else:
+            known = ", ".join(sorted(set(eps) | set(given))) or "none"
+            raise PluginError(
+                f"plugin {name!r} is enabled in config.toml but not installed "
+                f"(entry-point group {GROUP!r}; installed: {known})"
+            )
+        _register(pm, name, obj, origin)
+        info[name] = PluginInfo(name, version, builtin, origin)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        plugin_name = pm.get_name(exc.plugin) if exc.plugin is not None else "?"
+        raise PluginError(f"plugin {plugin_name!r}: {exc}") from None
+    plugins = Plugins(pm, enabled, info)
+    for name in enabled:
+        info[name] = PluginInfo(**{**info[name].__dict__, "hooks": plugins.hooks_of(name)})
+    plugins.info = info
+    return plugins
+
+
+def _qualname(obj: object) -> str:
+    if inspect.ismodule(obj):
+        return obj.__name__
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def list_installed(enabled: Iterable[str] = ()) -> list[PluginInfo]:
+    """Every plugin installed in the entry-point group, loaded to list its hooks."""
+    out = []
+    for name, ep in sorted(installed_entry_points().items()):
+        version, builtin, origin = _describe_ep(ep)
+        try:
+            obj = _load(name, ep)
+            pm = _new_manager()
+            _register(pm, name, obj, origin)
+            hooks = tuple(sorted(h.name for h in pm.get_hookcallers(obj) or ()))
+            out.append(PluginInfo(name, version, builtin, origin, hooks))
+        except PluginError as exc:
+            out.append(PluginInfo(name, version, builtin, origin, error=str(exc)))
+    return out
+
+
+def declared_keys(plugins: Plugins) -> dict[str, Mapping[str, Key]]:
+    """The config keys each enabled plugin declares (``switchboard_config_keys``)."""
+    out: dict[str, Mapping[str, Key]] = {}
+    for name, keys in plugins.call_each("switchboard_config_keys").items():
+        if keys is None:
+            continue
+        if not isinstance(keys, Mapping):
+            raise PluginError(f"plugin {name!r}: switchboard_config_keys must return a mapping of Key")
+        for key, spec in keys.items():
+            if not isinstance(spec, Key):
+                raise PluginError(f"plugin {name!r}: config key {key!r} must be declared with core.config.Key")
+        out[name] = keys
+    return out

@@ -1,0 +1,136 @@
+"""Everything a running Switchboard holds: settings, plugins, store, pipeline.
+
+``Runtime.build(settings)`` loads the enabled plugins, validates their config sections
+and opens the store; ``start()`` applies migrations and runs the plugins' start-up
+hooks; ``close()`` shuts them down and closes the store. Factories, not globals: tests
+build as many runtimes as they like, each with exactly the plugins they name.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from core.config import Settings, store_path, with_plugins
+from core.pipeline import Pipeline
+from core.plugins import PluginError, Plugins, declared_keys, make_plugins
+from core.store import CORE_MIGRATIONS, Migration, Store, StoreError
+
+log = logging.getLogger("switchboard")
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        plugins: Plugins,
+        store: Store,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.plugins = plugins
+        self.store = store
+        self.clock = clock
+        self.pipeline: Pipeline | None = None
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
+        self._started = False
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        given: Mapping[str, object] | None = None,
+        load_entrypoints: bool = True,
+        store: Store | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> Runtime:
+        """Load plugins, validate their settings, let them configure, open the store."""
+        plugins = make_plugins(settings.enabled, load_entrypoints=load_entrypoints, given=given)
+        settings = with_plugins(settings, declared_keys(plugins))
+        configure_errors: list[str] = []
+        for impl in plugins.impls("switchboard_configure"):
+            try:
+                impl(settings=settings, config=settings.plugins.get(impl.plugin, {}))
+            except ValueError as exc:
+                configure_errors.append(f"plugin {impl.plugin!r} refused its configuration: {exc}")
+        if configure_errors:
+            raise PluginError("; ".join(configure_errors))
+        if store is None:
+            store = Store(store_path(settings))
+        return cls(settings, plugins, store, clock=clock)
+
+    def migrations(self) -> dict[str, list[Migration]]:
+        """Every owner's migrations: the core's and each enabled plugin's."""
+        out: dict[str, list[Migration]] = {"core": list(CORE_MIGRATIONS)}
+        for name, items in self.plugins.call_each("switchboard_store_migrations").items():
+            items = list(items or ())
+            if not all(isinstance(m, Migration) for m in items):
+                raise PluginError(f"plugin {name!r}: switchboard_store_migrations must return Migration objects")
+            out[name] = items
+        return out
+
+    def pending_migrations(self) -> dict[str, list[int]]:
+        return {
+            owner: [m.version for m in self.store.pending(owner, items)]
+            for owner, items in self.migrations().items()
+            if self.store.pending(owner, items)
+        }
+
+    def start(self) -> Pipeline:
+        """Apply migrations, run start-up hooks, and return the callback pipeline."""
+        if self.pipeline is not None:
+            return self.pipeline
+        for owner, items in self.migrations().items():
+            try:
+                applied = self.store.migrate(owner, items)
+            except StoreError:
+                raise
+            if applied:
+                log.info("applied %s migrations %s", owner, applied)
+        self.plugins.call_each("switchboard_startup", configs=self.settings.plugins, store=self.store)
+        self.pipeline = Pipeline(self.settings, self.plugins, self.store, clock=self.clock)
+        if self.settings.sinch["insecure"]:
+            log.warning(
+                "INSECURE: callback signatures are NOT verified (sinch.insecure = true); "
+                "anyone who can reach this server can place and end calls"
+            )
+        return self.pipeline
+
+    # ---------------------------------------------------------------- in-flight count
+
+    def enter(self) -> None:
+        with self._inflight_lock:
+            self._inflight += 1
+
+    def leave(self) -> None:
+        with self._inflight_lock:
+            self._inflight -= 1
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def close(self) -> None:
+        """Stop plugins, the worker pool and the store (idempotent)."""
+        if self.pipeline is not None:
+            self.pipeline.wait_idle()
+            for impl in self.plugins.impls("switchboard_shutdown"):
+                try:
+                    impl()
+                except Exception:
+                    log.exception("plugin %r failed in switchboard_shutdown", impl.plugin)
+            self.pipeline.close()
+            self.pipeline = None
+        self.store.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

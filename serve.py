@@ -1,0 +1,419 @@
+"""Switchboard command line: serve (default), plugins, check, simulate, plugin commands.
+
+    python serve.py                      # serve config.toml with waitress
+    python serve.py plugins              # installed plugins, their hooks and precedence
+    python serve.py check                # validate the config, say what would load
+    python serve.py simulate ice         # send a signed ICE to the running server
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core import config as config_mod
+from core.config import ConfigError, Settings
+from core.plugins import PluginError, Plugins, list_installed, make_plugins
+from core.runtime import Runtime
+from core.signing import format_timestamp, sign_headers
+from core.store import StoreError
+
+DEFAULT_CONFIG = os.environ.get("SWITCHBOARD_CONFIG", "config.toml")
+log = logging.getLogger("switchboard")
+
+
+class CliError(Exception):
+    """A command failed with a message for the user."""
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def _load_settings(path: str) -> Settings:
+    return config_mod.load(path)
+
+
+# ---------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
+    import waitress
+    from waitress.channel import HTTPChannel
+
+    from core.app import make_app
+
+    server_cfg = runtime.settings.server
+    host = args.host or server_cfg["host"]
+    port = server_cfg["port"] if args.port is None else args.port
+    app = make_app(runtime)
+    server = waitress.create_server(
+        app,
+        host=host,
+        port=port,
+        threads=server_cfg["threads"],
+        max_request_body_size=server_cfg["max_body_bytes"] + 1,
+        ident="switchboard",
+        clear_untrusted_proxy_headers=True,
+    )
+    url = f"http://{host}:{server.effective_port}{server_cfg['callback_path']}"
+    enabled = ", ".join(runtime.plugins.order) or "none"
+    print(f"switchboard listening on {url} (plugins: {enabled})", flush=True)
+
+    stopping: list[int] = []
+
+    def _stop(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    loop = server.asyncore.loop
+    try:
+        while not stopping:
+            loop(timeout=0.2, map=server._map, count=1)
+        log.info("signal %s: no new connections; finishing in-flight callbacks", stopping[0])
+        server.accepting = False
+        server.del_channel()
+        server.socket.close()
+        grace_end = time.monotonic() + server_cfg["shutdown_grace"]
+
+        def _busy() -> bool:
+            if runtime.inflight:
+                return True
+            return any(
+                isinstance(ch, HTTPChannel) and (ch.requests or ch.total_outbufs_len)
+                for ch in list(server._map.values())
+            )
+
+        while _busy() and time.monotonic() < grace_end:
+            loop(timeout=0.05, map=server._map, count=1)
+        if _busy():
+            log.warning("shutdown grace of %s s passed with callbacks in flight", server_cfg["shutdown_grace"])
+    finally:
+        server.task_dispatcher.shutdown(timeout=1)
+        runtime.close()
+        log.info("stopped")
+    return 0
+
+
+# ---------------------------------------------------------------------------- plugins
+
+
+def cmd_plugins(args: argparse.Namespace, settings: Settings | None) -> int:
+    enabled = list(settings.enabled) if settings else []
+    rows = []
+    for info in list_installed():
+        rank = enabled.index(info.name) + 1 if info.name in enabled else None
+        rows.append(
+            {
+                "name": info.name,
+                "version": info.version,
+                "builtin": info.builtin,
+                "precedence": rank,
+                "enabled": rank is not None,
+                "origin": info.origin,
+                "hooks": list(info.hooks),
+                **({"error": info.error} if info.error else {}),
+            }
+        )
+    missing = [n for n in enabled if n not in {r["name"] for r in rows}]
+    if args.json:
+        print(json.dumps({"plugins": rows, "missing": missing}, indent=2))
+    else:
+        if not rows:
+            print("no plugins installed (entry-point group 'switchboard')")
+        for r in sorted(rows, key=lambda r: (r["precedence"] or 10**6, r["name"])):
+            kind = "built-in" if r["builtin"] else "third-party"
+            where = f"precedence {r['precedence']}" if r["enabled"] else "not enabled"
+            print(f"{r['name']} {r['version'] or '-'} ({kind}, {where})")
+            print(f"    from {r['origin']}")
+            if r.get("error"):
+                print(f"    ERROR: {r['error']}")
+            else:
+                print(f"    hooks: {', '.join(r['hooks']) or 'none'}")
+        for name in missing:
+            print(f"{name}: enabled in config but NOT INSTALLED")
+    return 1 if missing or any("error" in r for r in rows if r["enabled"]) else 0
+
+
+# ---------------------------------------------------------------------------- check
+
+
+def cmd_check(args: argparse.Namespace, runtime: Runtime) -> int:
+    s = runtime.settings
+    print(f"config {s.path}: OK")
+    server = s.server
+    print(f"  listen   http://{server['host']}:{server['port']}{server['callback_path']}")
+    if server["public_path_prefix"]:
+        print(f"  signed path {server['public_path_prefix']}{server['callback_path']}")
+    if s.sinch["insecure"]:
+        print("  signatures NOT verified (sinch.insecure = true)")
+    else:
+        keys = ", ".join(c.key for c in s.credentials)
+        window = s.sinch["timestamp_window"]
+        print(f"  signatures verified for key(s) {keys}; timestamp window {window:g} s" if window else
+              f"  signatures verified for key(s) {keys}; timestamp check off")
+    print(f"  budget {s.policy['budget']:g} s, ICE default {s.policy['ice_default']}")
+    print(f"  store {s.store['url']} ({runtime.store.backend})")
+    print(f"  plugins in precedence order: {', '.join(s.enabled) or 'none'}")
+    for i, name in enumerate(s.enabled, 1):
+        info = runtime.plugins.info[name]
+        print(f"    {i}. {name} {info.version or ''} from {info.origin}")
+        print(f"       hooks: {', '.join(info.hooks)}")
+        for key, value in s.describe()["plugins"][name].items():
+            print(f"       {key} = {json.dumps(value, default=str)}")
+    pending = runtime.pending_migrations()
+    if pending:
+        print("  migrations to apply at start: " + "; ".join(f"{o} {v}" for o, v in pending.items()))
+    else:
+        print("  store schema up to date")
+    return 0
+
+
+# ---------------------------------------------------------------------------- simulate
+
+
+def build_event(name: str, args: argparse.Namespace, application_key: str | None) -> dict[str, Any]:
+    """A realistic callback body, shaped like Sinch's (SINCH.md section 2)."""
+    callid = args.callid or str(uuid.uuid4())
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    base: dict[str, Any] = {"event": name, "callid": callid, "timestamp": now, "version": 1}
+    if application_key:
+        base["applicationKey"] = application_key
+    to = {"type": "number", "endpoint": args.to}
+    money = {"currencyId": args.currency, "amount": 0.0}
+    if name == "ice":
+        base.update(
+            callResourceUrl=f"https://calling-use1.api.sinch.com/calling/v1/calls/id/{callid}",
+            userRate=money,
+            cli=args.cli.lstrip("+"),
+            to=to,
+            domain="pstn",
+            originationType="PSTN",
+            rdnis="",
+        )
+    elif name == "pie":
+        base["menuResult"] = {"type": "sequence", "value": args.digits, "menuId": "main", "inputMethod": "dtmf"}
+    elif name == "dice":
+        base.update(
+            reason="CALLERHANGUP",
+            result="ANSWERED",
+            debit=money,
+            userRate=money,
+            to={"type": "number", "endpoint": args.to.lstrip("+")},
+            duration=args.duration,
+            **{"from": args.cli.lstrip("+")},
+        )
+    elif name == "notify":
+        base.update(type="recording_finished", destination="azure://switchboard/recordings/simulated.mp3")
+    return base
+
+
+def _wsgi_post(app: Any, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": headers.get("Content-Type", ""),
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.url_scheme": "http",
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for key, value in headers.items():
+        if key.lower() != "content-type":
+            environ["HTTP_" + key.upper().replace("-", "_")] = value
+    status: list[str] = []
+    chunks = app(environ, lambda s, h, exc=None: status.append(s))
+    text = b"".join(chunks).decode()
+    return int(status[0].split()[0]), text
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    event = args.event.lower()
+    key = settings.credentials[0] if settings.credentials else None
+    body = json.dumps(build_event(event, args, key.key if key else None), separators=(",", ":")).encode()
+    server = settings.server
+    signed_path = server["public_path_prefix"] + server["callback_path"]
+    headers = (
+        sign_headers(key, "POST", signed_path, body, timestamp=format_timestamp(datetime.now(UTC)))
+        if key
+        else {"Content-Type": "application/json; charset=utf-8"}
+    )
+    callid = json.loads(body)["callid"]
+    print(f"> {event.upper()} call {callid}")
+    print("> " + body.decode())
+    if args.in_process:
+        from core.app import make_app
+
+        runtime = Runtime.build(settings, store=_scratch_store() if not args.use_store else None)
+        try:
+            status, text = _wsgi_post(make_app(runtime), server["callback_path"], headers, body)
+            _print_answer(status, text)
+            _print_trace(runtime, callid)
+        finally:
+            runtime.close()
+        return 0 if status == 200 else 1
+    url = args.url or f"http://{server['host']}:{server['port']}{server['callback_path']}"
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - operator-given URL
+            status, text = resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CliError(
+            f"no server answered at {url} ({reason}); start it with 'python serve.py' or use --in-process"
+        ) from None
+    _print_answer(status, text)
+    if not args.url or args.use_store:
+        try:
+            runtime = Runtime.build(settings)
+        except (PluginError, StoreError, ConfigError):
+            return 0 if status == 200 else 1
+        try:
+            _print_trace(runtime, callid)
+        finally:
+            runtime.close()
+    return 0 if status == 200 else 1
+
+
+def _scratch_store() -> Any:
+    from core.store import Store
+
+    return Store(":memory:")
+
+
+def _print_answer(status: int, text: str) -> None:
+    print(f"< HTTP {status}")
+    if text:
+        try:
+            print("< " + json.dumps(json.loads(text), indent=2).replace("\n", "\n< "))
+        except ValueError:
+            print("< " + text)
+    else:
+        print("< (empty body)")
+
+
+def _print_trace(runtime: Runtime, callid: str) -> None:
+    for row in runtime.store.traces(callid):
+        trace = json.loads(row["trace"]) if row["trace"] else {}
+        print(f"trace {row['event']}: rule {trace.get('rule')}, {trace.get('elapsed_ms', '?')} ms")
+        for p in trace.get("plugins", []):
+            detail = p.get("decision") or p.get("error") or ""
+            print(f"  {p['plugin']}: {p['status']} in {p.get('ms')} ms {json.dumps(detail) if detail else ''}")
+        for c in trace.get("conflicts", []):
+            print(f"  conflict: {c['plugin']} proposed {json.dumps(c['proposed'])}, lost to {c['lost_to']}")
+        for n in trace.get("notes", []):
+            print(f"  note: {n}")
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="serve.py", description="Switchboard: Sinch Voice callback server")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="configuration file (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="serve callbacks with waitress (the default)")
+    p.add_argument("--host", help="override server.host")
+    p.add_argument("--port", type=int, help="override server.port (0 picks a free port)")
+
+    p = sub.add_parser("plugins", help="list installed plugins, their hooks and precedence")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("check", help="validate the configuration and say what would load")
+
+    p = sub.add_parser("simulate", help="send a realistic, signed callback and print the answer and trace")
+    p.add_argument("event", choices=["ice", "ace", "pie", "dice", "notify"], type=str.lower)
+    p.add_argument("--to", default="+15612600684", help="dialled number (default: %(default)s)")
+    p.add_argument("--cli", default="+12015555555", help="caller's number (default: %(default)s)")
+    p.add_argument("--callid", help="call id (default: a new UUID)")
+    p.add_argument("--duration", type=int, default=42, help="DiCE duration in seconds")
+    p.add_argument("--digits", default="1", help="PIE digits")
+    p.add_argument("--currency", default="USD")
+    p.add_argument("--url", help="callback URL of a running server (default: from the config)")
+    p.add_argument("--in-process", action="store_true", help="answer with an in-process app instead")
+    p.add_argument(
+        "--use-store", action="store_true", help="with --in-process: use the configured store, not a scratch one"
+    )
+    if plugins is not None:
+        plugins.call_each("switchboard_add_commands", subparsers=sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=DEFAULT_CONFIG)
+    known, _ = pre.parse_known_args(argv)
+
+    settings: Settings | None = None
+    plugins: Plugins | None = None
+    load_error: Exception | None = None
+    try:
+        settings = _load_settings(known.config)
+        plugins = make_plugins(settings.enabled)
+    except (ConfigError, PluginError) as exc:
+        load_error = exc
+
+    parser = build_parser(plugins)
+    args = parser.parse_args(argv)
+    command = args.command or "serve"
+    if command == "serve" and not hasattr(args, "host"):
+        args.host, args.port = None, None
+    _setup_logging(settings.logging["level"] if settings else "INFO")
+
+    try:
+        if command == "plugins":
+            return cmd_plugins(args, settings)
+        if load_error is not None:
+            raise CliError(f"cannot start: {load_error}")
+        assert settings is not None
+        if command == "simulate":
+            return cmd_simulate(args, settings)
+        runtime = Runtime.build(settings)
+        if command == "serve":
+            return cmd_serve(args, runtime)
+        try:
+            if command == "check":
+                return cmd_check(args, runtime)
+            runtime.start()
+            return int(args.func(args, runtime) or 0)
+        finally:
+            runtime.close()
+    except (CliError, ConfigError, PluginError, StoreError) as exc:
+        message = str(exc)
+        print(f"error: {message}" if message.startswith("cannot start") else f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
