@@ -342,9 +342,11 @@ _PARSERS = {"ice": _ice, "ace": _ace, "pie": _pie, "dice": _dice, "notify": _not
 
 def parse_json(body: bytes) -> Any:
     try:
-        return json.loads(body, parse_float=Decimal)
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise EventError("body", "body is not UTF-8") from None
+    try:
+        return json.loads(text, parse_float=Decimal)
     except ValueError as exc:
         raise EventError("body", f"body is not valid JSON ({exc.args[0].split(':')[0]})") from None
 

@@ -38,6 +38,7 @@ class SvamlError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
 
 
 def _camel(name: str) -> str:
@@ -143,7 +144,12 @@ class Node:
             elif many and isinstance(value, list):
                 value = tuple(value)
             kwargs[fname] = value
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except SvamlError as exc:
+            if not where:
+                raise
+            raise SvamlError(f"{where}.{exc.field}", exc.message) from None
 
 
 def _kind_label(kind: Any) -> str:
@@ -579,9 +585,4 @@ def _element(table: dict[str, type[Node]], data: Any, where: str) -> Node:
     kind = table.get(data["name"])
     if kind is None:
         raise SvamlError(f"{where}.name", f"unknown name {data['name']!r}")
-    try:
-        return kind.from_dict(data, where)  # type: ignore[no-any-return]
-    except SvamlError as exc:
-        if exc.field.startswith(where):
-            raise
-        raise SvamlError(f"{where}.{exc.field}", str(exc).split(": ", 1)[1]) from None
+    return kind.from_dict(data, where)

@@ -1,0 +1,114 @@
+"""Parsing every callback event type from raw bodies."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from decimal import Decimal
+
+import pytest
+
+from core.events import Ace, Dice, EventError, Ice, Notify, Pie, normalize_number, parse_event
+from tests.helpers import VECTORS, ace, dice, ice, notify, pie
+
+FIXTURES = VECTORS["event_fixtures"]["items"]
+TYPES = {"ice": Ice, "ace": Ace, "dice": Dice, "pie": Pie, "notify": Notify}
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_sdk_fixtures_parse(name):
+    data = FIXTURES[name]["json"]
+    event = parse_event(json.dumps(data).encode())
+    assert isinstance(event, TYPES[data["event"]])
+    assert event.callid == data["callid"]
+    assert event.custom == data.get("custom")
+    assert dict(event.extra) == {}
+
+
+def test_ice_fields():
+    body = VECTORS["vectors"][-1]["body"].encode()  # derived ICE from the docs' example
+    event = parse_event(body)
+    assert isinstance(event, Ice)
+    assert event.to.endpoint == "+12017777777" and event.to.e164 == "+12017777777"
+    assert event.cli == "12015555555" and event.cli_e164 == "+12015555555"
+    assert event.user_rate.amount == Decimal("0.0") and event.user_rate.currency_id == "USD"
+    assert event.domain == "pstn" and event.origination_type == "PSTN"
+    assert event.call_resource_url.endswith(event.callid)
+
+
+def test_ace_with_amd():
+    event = parse_event(json.dumps(ace("c1", amd={"status": "human", "reason": "longgreeting", "duration": 15})).encode())
+    assert isinstance(event, Ace)
+    assert (event.amd.status, event.amd.reason, event.amd.duration) == ("human", "longgreeting", 15)
+
+
+def test_dice_money_is_decimal_never_float():
+    event = parse_event(json.dumps(dice("c1")).encode())
+    assert isinstance(event, Dice)
+    assert event.debit.amount == Decimal("0.0095") and isinstance(event.debit.amount, Decimal)
+    assert event.duration == 42 and event.from_ == "12015555555" and event.from_e164 == "+12015555555"
+    assert event.to.e164 == "+15612600684"
+    assert (event.reason, event.result) == ("CALLERHANGUP", "ANSWERED")
+
+
+def test_pie_menu_result():
+    event = parse_event(json.dumps(pie("c1", "1234")).encode())
+    assert isinstance(event, Pie)
+    assert (event.menu_result.menu_id, event.menu_result.type, event.menu_result.value) == ("main", "sequence", "1234")
+
+
+def test_notify_error_form():
+    event = parse_event(json.dumps(notify("c1", type="callingerror", errorCode=40001, errorMsg="Illegal SVAML")).encode())
+    assert isinstance(event, Notify)
+    assert (event.type, event.error_code, event.error_msg) == ("callingerror", 40001, "Illegal SVAML")
+
+
+def test_unknown_fields_are_kept_read_only():
+    event = parse_event(json.dumps(ice("c1", futureField={"a": [1, 2]})).encode())
+    assert event.extra["futureField"]["a"] == (1, 2)
+    with pytest.raises(TypeError):
+        event.extra["futureField"]["b"] = 1  # type: ignore[index]
+
+
+def test_events_are_immutable():
+    event = parse_event(json.dumps(ice("c1")).encode())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.callid = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (b"not json", "body", "not valid JSON"),
+        (b"\xff\xfe", "body", "UTF-8"),
+        (b"[1, 2]", "body", "JSON object"),
+        (b'"ice"', "body", "JSON object"),
+        (b'{"callid": "x"}', "event", "missing field 'event'"),
+        (b'{"event": 5, "callid": "x"}', "event", "must be a string"),
+        (b'{"event": "hangup", "callid": "x"}', "event", "unknown event"),
+        (b'{"event": "ice"}', "callid", "missing field 'callid'"),
+        (b'{"event": "ice", "callid": 12}', "callid", "must be a string"),
+        (b'{"event": "ice", "callid": "x", "to": "+15612600684"}', "to", "must be an object"),
+        (b'{"event": "ice", "callid": "x", "to": {"endpoint": 1}}', "to.endpoint", "must be a string"),
+        (b'{"event": "ice", "callid": "x", "userRate": {"amount": "1"}}', "userRate.amount", "must be a number"),
+        (b'{"event": "ice", "callid": "x", "version": true}', "version", "must be an integer"),
+        (b'{"event": "dice", "callid": "x", "duration": 1.5}', "duration", "must be an integer"),
+        (b'{"event": "ice", "callid": "x", "callHeaders": [1]}', "callHeaders[0]", "must be an object"),
+        (b'{"event": "pie", "callid": "x", "menuResult": []}', "menuResult", "must be an object"),
+        (b'{"event": "ace", "callid": "x", "amd": {"duration": "long"}}', "amd.duration", "must be an integer"),
+    ],
+)
+def test_bad_bodies_name_the_field(body, field, words):
+    with pytest.raises(EventError) as err:
+        parse_event(body)
+    assert err.value.field == field
+    assert words in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "e164"),
+    [("12015555555", "+12015555555"), ("+12015555555", "+12015555555"), ("0046701234567", "+46701234567"),
+     ("private", None), ("", None), (None, None), ("+1 201-555-5555", "+12015555555")],
+)
+def test_numbers_arrive_with_or_without_plus(raw, e164):
+    assert normalize_number(raw) == e164
