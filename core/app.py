@@ -58,7 +58,8 @@ def make_app(runtime: Runtime) -> bottle.Bottle:
     pipeline = runtime.start()
     settings = runtime.settings
     limit = settings.server["max_body_bytes"]
-    app = bottle.Bottle(autojson=False, catchall=True)
+    app = bottle.Bottle(catchall=True)
+    app.config["json.enable"] = False
     app.config["switchboard.runtime"] = runtime
 
     @app.post(settings.server["callback_path"])

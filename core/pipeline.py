@@ -148,8 +148,8 @@ class Pipeline:
             return Response(500, error_body("internal error"))
 
     def close(self) -> None:
-        """Wait for after-answer observers and stop the worker pool."""
-        self.executor.shutdown(wait=True, cancel_futures=False)
+        """Stop the worker pool (call wait_idle first; a hung plugin is not waited for)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def wait_idle(self, timeout: float = 5.0) -> None:
         """Wait for pending after-answer observers (tests, shutdown)."""

@@ -36,12 +36,14 @@ def settings(**sections: Any) -> config_mod.Settings:
     return config_mod.parse(data, None, env={})
 
 
-def runtime(plugins: Mapping[str, object] | None = None, **sections: Any) -> Runtime:
-    """A runtime with exactly ``plugins`` (in that order) and a scratch store."""
-    plugins = dict(plugins or {})
-    sections.setdefault("plugins", {})
-    sections["plugins"] = {"enabled": list(plugins), **sections["plugins"]}
-    return Runtime.build(settings(**sections), given=plugins, load_entrypoints=False, store=Store(":memory:"))
+def runtime(given: Mapping[str, object] | None = None, **sections: Any) -> Runtime:
+    """A runtime with exactly the ``given`` plugins (in that order) and a scratch store.
+
+    ``sections`` are config.toml tables; ``plugins={"name": {...}}`` configures plugins.
+    """
+    given = dict(given or {})
+    sections["plugins"] = {"enabled": list(given), **sections.get("plugins", {})}
+    return Runtime.build(settings(**sections), given=given, load_entrypoints=False, store=Store(":memory:"))
 
 
 def webapp(rt: Runtime) -> webtest.TestApp:
