@@ -20,7 +20,6 @@ import urllib.error
 import urllib.request
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from core import config as config_mod
@@ -69,7 +68,9 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
         host=host,
         port=port,
         threads=server_cfg["threads"],
-        max_request_body_size=server_cfg["max_body_bytes"] + 1,
+        # the app answers 413 as JSON up to this size; beyond it waitress refuses the
+        # body itself, so an oversized request never fills memory
+        max_request_body_size=max(server_cfg["max_body_bytes"] * 4, 1 << 20),
         ident="switchboard",
         clear_untrusted_proxy_headers=True,
     )
@@ -285,7 +286,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - operator-given URL
             status, text = resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
-        status, text = exc.code, exc.read().decode()
+        with exc:
+            status, text = exc.code, exc.read().decode()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise CliError(

@@ -1,0 +1,144 @@
+"""config.toml validation: every error names its key; secrets stay secret."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from core import config as cfg
+from core.config import ConfigError, Key
+from tests.helpers import KEY, SECRET
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _parse(data, env=None):
+    base = {"sinch": {"keys": [{"key": KEY, "secret": SECRET}]}}
+    for name, values in data.items():
+        base[name] = {**base.get(name, {}), **values} if isinstance(values, dict) else values
+    return cfg.parse(base, None, env=env or {})
+
+
+def test_example_config_is_valid():
+    settings = cfg.load(REPO / "config.toml", env={})
+    assert settings.server["host"] == "127.0.0.1"
+    assert settings.store["url"].startswith("sqlite:///")
+    assert cfg.store_path(settings) == str(REPO / "switchboard.db")
+    assert settings.fallback["ice"].to_dict() == {"action": {"name": "hangup"}}
+
+
+def test_defaults():
+    s = _parse({})
+    assert s.server["callback_path"] == "/sinch/callback" and s.server["max_body_bytes"] == 65536
+    assert s.policy["budget"] == 2.0 and s.sinch["timestamp_window"] == 300
+    assert s.enabled == ()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"server": {"prot": 1}}, "server.prot: unknown key"),
+        ({"server": {"port": "8080"}}, "server.port: expected an integer, got '8080'"),
+        ({"server": {"port": 70000}}, "server.port: must be a TCP port"),
+        ({"server": {"threads": 0}}, "server.threads: must be greater than 0"),
+        ({"server": {"callback_path": "sinch"}}, "server.callback_path: must be a path"),
+        ({"server": {"public_path_prefix": "/voice/"}}, "server.public_path_prefix: must be empty"),
+        ({"policy": {"budget": 6}}, "policy.budget: must be greater than 0 and at most 4.5"),
+        ({"policy": {"ice_default": "allow"}}, "policy.ice_default: must be one of 'deny', 'connect'"),
+        ({"policy": {"fallback": {"ice": {"action": {"name": "continue"}}}}},
+         "policy.fallback.ice: action: 'continue' is not allowed in an ICE answer"),
+        ({"policy": {"fallback": {"dice": {}}}}, "policy.fallback.dice: unknown event"),
+        ({"sinch": {"insecure": "yes"}}, "sinch.insecure: expected true or false"),
+        ({"sinch": {"keys": [{"secret": SECRET}]}}, "sinch.keys[0].key: required"),
+        ({"sinch": {"keys": [{"key": "k"}]}}, "sinch.keys[0]: needs secret_env"),
+        ({"sinch": {"keys": [{"key": "k", "secret": "%%%"}]}}, "sinch.keys[0]: the application secret is not valid base64"),
+        ({"sinch": {"keys": [{"key": "k", "secret_env": "NOPE"}]}}, "environment variable NOPE is not set"),
+        ({"sinch": {"keys": []}}, "sinch.keys: no application key configured"),
+        ({"logging": {"level": "LOUD"}}, "logging.level: must be one of"),
+        ({"plugins": {"enabled": "allowlist"}}, "plugins.enabled: expected a list"),
+        ({"plugins": {"enabled": ["a", "a"]}}, "plugins.enabled: 'a' is listed twice"),
+        ({"extra": {}}, "extra: unknown section"),
+    ],
+)
+def test_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError) as err:
+        _parse(data)
+    assert message in str(err.value)
+
+
+def test_secret_never_in_errors_or_descriptions():
+    with pytest.raises(ConfigError) as err:
+        _parse({"sinch": {"keys": [{"key": "k", "secret": "c2VjcmV0", "secret_env": "X"}]}}, env={"X": "abc"})
+    assert "c2VjcmV0" not in str(err.value)
+    s = _parse({})
+    assert SECRET not in repr(s.describe()) and SECRET not in repr(s.credentials)
+
+
+def test_secret_from_environment_and_rotation():
+    s = _parse({"sinch": {"keys": [{"key": "new", "secret_env": "SW_SECRET"}, {"key": "old", "secret": SECRET}]}},
+               env={"SW_SECRET": "c2VjcmV0"})
+    assert [c.key for c in s.credentials] == ["new", "old"]
+    assert s.credentials[0].secret == "c2VjcmV0"
+
+
+def test_plugin_sections_are_validated_against_declared_keys():
+    s = _parse({"plugins": {"enabled": ["p"], "p": {"limit": 3, "price": 0.25}}})
+    keys = {"limit": Key(int, 1, "calls"), "price": Key(Decimal, Decimal("0"), "per minute"),
+            "token": Key(str, None, "api token", secret=True, env="P_TOKEN")}
+    done = cfg.with_plugins(s, {"p": keys}, env={"P_TOKEN": "t0ps3cret"})
+    assert done.plugins["p"]["limit"] == 3
+    assert done.plugins["p"]["price"] == Decimal("0.25") and isinstance(done.plugins["p"]["price"], Decimal)
+    assert done.plugins["p"]["token"] == "t0ps3cret"
+    assert done.describe()["plugins"]["p"]["token"] == "<redacted>"
+    assert done.plugins["p"]["on_error"] is None
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"limt": 3}, "plugins.p.limt: unknown key (known keys: limit, on_error, timeout)"),
+        ({"limit": "3"}, "plugins.p.limit: expected an integer"),
+        ({"on_error": "retry"}, "plugins.p.on_error: must be one of 'deny', 'abstain'"),
+        ({"timeout": 5.0}, "plugins.p.timeout: must not exceed policy.budget"),
+    ],
+)
+def test_plugin_section_errors(table, message):
+    s = _parse({"plugins": {"enabled": ["p"], "p": table}})
+    with pytest.raises(ConfigError) as err:
+        cfg.with_plugins(s, {"p": {"limit": Key(int, 1)}}, env={})
+    assert message in str(err.value)
+
+
+def test_table_for_a_plugin_that_is_not_enabled():
+    s = _parse({"plugins": {"enabled": [], "credit": {"x": 1}}})
+    with pytest.raises(ConfigError, match="plugins.credit: configured but not enabled"):
+        cfg.with_plugins(s, {}, env={})
+
+
+def test_money_in_toml_is_never_float(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(f'[sinch]\nkeys = [{{key = "{KEY}", secret = "{SECRET}"}}]\n'
+                    '[plugins]\nenabled = ["p"]\n[plugins.p]\nprice = 0.1\n')
+    s = cfg.with_plugins(cfg.load(path, env={}), {"p": {"price": Key(Decimal, Decimal(0))}}, env={})
+    assert s.plugins["p"]["price"] == Decimal("0.1")
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        cfg.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        cfg.load(bad)
+
+
+def test_store_url_paths(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(f'[sinch]\nkeys = [{{key = "{KEY}", secret = "{SECRET}"}}]\n[store]\nurl = "sqlite:///data/sb.db"\n')
+    assert cfg.store_path(cfg.load(path, env={})) == str(tmp_path / "data" / "sb.db")
+    assert cfg.store_path(_parse({"store": {"url": "sqlite:////var/sb.db"}})) == "/var/sb.db"
+    assert cfg.store_path(_parse({"store": {"url": "sqlite://"}})) == ":memory:"
+    with pytest.raises(ConfigError, match="unsupported store 'mysql'"):
+        cfg.store_path(_parse({"store": {"url": "mysql://x"}}))
