@@ -283,7 +283,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     url = args.url or f"http://{server['host']}:{server['port']}{server['callback_path']}"
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - operator-given URL
+        with urllib.request.urlopen(request, timeout=10) as resp:
             status, text = resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         with exc:
@@ -412,8 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             runtime.close()
     except (CliError, ConfigError, PluginError, StoreError) as exc:
-        message = str(exc)
-        print(f"error: {message}" if message.startswith("cannot start") else f"error: {message}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -82,10 +82,10 @@ def _describe_ep(ep: md.EntryPoint) -> tuple[str | None, bool, str]:
 
 
 def _load(name: str, ep: md.EntryPoint) -> object:
-    version, _, origin = _describe_ep(ep)
+    _, _, origin = _describe_ep(ep)
     try:
         return ep.load()
-    except Exception as exc:  # noqa: BLE001 - any import failure stops the start, named
+    except Exception as exc:
         raise PluginError(f"plugin {name!r} from {origin} failed to import: {type(exc).__name__}: {exc}") from exc
 
 

@@ -12,12 +12,11 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
 
 from core.config import Settings, store_path, with_plugins
 from core.pipeline import Pipeline
 from core.plugins import PluginError, Plugins, declared_keys, make_plugins
-from core.store import CORE_MIGRATIONS, Migration, Store, StoreError
+from core.store import CORE_MIGRATIONS, Migration, Store
 
 log = logging.getLogger("switchboard")
 
@@ -87,10 +86,7 @@ class Runtime:
         if self.pipeline is not None:
             return self.pipeline
         for owner, items in self.migrations().items():
-            try:
-                applied = self.store.migrate(owner, items)
-            except StoreError:
-                raise
+            applied = self.store.migrate(owner, items)
             if applied:
                 log.info("applied %s migrations %s", owner, applied)
         self.plugins.call_each("switchboard_startup", configs=self.settings.plugins, store=self.store)
@@ -132,5 +128,5 @@ class Runtime:
     def __enter__(self) -> Runtime:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -24,8 +24,7 @@ MAX_HEADER_BYTES = 1024
 MAX_CONFERENCE_ID = 64
 
 INDICATIONS = frozenset(
-    "at au bg br be ch cl cn cz de dk ee es fi fr gr hu il in it lt jp mx my nl no nz ph pl "
-    "pt ru se sg th uk us tw ve za".split()
+    ["at", "au", "bg", "br", "be", "ch", "cl", "cn", "cz", "de", "dk", "ee", "es", "fi", "fr", "gr", "hu", "il", "in", "it", "lt", "jp", "mx", "my", "nl", "no", "nz", "ph", "pl", "pt", "ru", "se", "sg", "th", "uk", "us", "tw", "ve", "za"]
 )
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 _DTMF = re.compile(r"^[0-9#w]+$")

@@ -125,7 +125,7 @@ def notify(callid: str, **extra: Any) -> dict[str, Any]:
 
 def table_counts(store: Store) -> dict[str, int]:
     names = [n for (n,) in store.query("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return {n: store.query(f"SELECT COUNT(*) FROM {n}")[0][0] for n in names}  # noqa: S608 - test helper
+    return {n: store.query(f"SELECT COUNT(*) FROM {n}")[0][0] for n in names}
 
 
 # ------------------------------------------------------------------------ test plugins

@@ -121,7 +121,7 @@ def test_configured_fallback_is_used(make):
 
 def _bad_requests():
     good = body_of(ice("bad-1"))
-    body, headers = signed(good)
+    _, headers = signed(good)
     yield "missing signature", 401, good, {"Content-Type": headers["Content-Type"], "x-timestamp": headers["x-timestamp"]}
     yield "bad signature", 401, good, {**headers, "Authorization": headers["Authorization"][:-4] + "AAA="}
     yield "tampered body", 401, good.replace(b"15612600684", b"19005550100"), headers
@@ -186,7 +186,7 @@ def test_healthz(make):
 
 def test_duplicate_ice_gets_the_same_answer_and_no_second_decision(make):
     counter = Fixed(Decision.propose(PSTN))
-    rt, app = make({"router": counter})
+    _, app = make({"router": counter})
     body, headers = signed(ice("dup-1"))
     first = app.post(PATH, body, headers=headers)
     counter.decision = Decision.denied("changed my mind")
@@ -314,7 +314,7 @@ def test_after_answer_sees_the_answer_and_trace(make):
         def switchboard_after_answer(self, event, answer, trace):
             got.append((event.name, answer, trace["rule"]))
 
-    rt, app = make({"watch": Watcher(), "router": Fixed(Decision.propose(PSTN))})
+    _, app = make({"watch": Watcher(), "router": Fixed(Decision.propose(PSTN))})
     post(app, ice("c13"))
     assert wait_for(lambda: got)
     name, answer, rule = got[0]

@@ -85,7 +85,7 @@ def test_secret_from_environment_and_rotation():
 
 def test_plugin_sections_are_validated_against_declared_keys():
     s = _parse({"plugins": {"enabled": ["p"], "p": {"limit": 3, "price": 0.25}}})
-    keys = {"limit": Key(int, 1, "calls"), "price": Key(Decimal, Decimal("0"), "per minute"),
+    keys = {"limit": Key(int, 1, "calls"), "price": Key(Decimal, Decimal(0), "per minute"),
             "token": Key(str, None, "api token", secret=True, env="P_TOKEN")}
     done = cfg.with_plugins(s, {"p": keys}, env={"P_TOKEN": "t0ps3cret"})
     assert done.plugins["p"]["limit"] == 3

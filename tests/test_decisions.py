@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 
 from core.decisions import Decision, DecisionError, merge
-from core.svaml import Answer, ConnectConf, ConnectPstn, Continue, Hangup, Park, PlayFiles, RunMenu, Say, SetCookie
+from core.svaml import (
+    Answer,
+    ConnectConf,
+    ConnectPstn,
+    Continue,
+    Hangup,
+    Park,
+    PlayFiles,
+    RunMenu,
+    Say,
+    SetCookie,
+)
 from tests.test_svaml import MAIN_MENU
 
 PSTN = ConnectPstn(number="+15612600684", max_duration=3600)

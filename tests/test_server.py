@@ -147,7 +147,7 @@ def test_sigterm_finishes_in_flight_callbacks(start):
 def test_insecure_mode_warns_at_every_start(start):
     for _ in range(2):
         server = start(insecure=True)
-        status, _, body = server.post(None, body=json.dumps(ice()).encode(),
+        status, _, _ = server.post(None, body=json.dumps(ice()).encode(),
                                       headers={"Content-Type": "application/json"})
         assert status == 200
         server.stop()
