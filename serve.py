@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if command == "check":
                 return cmd_check(args, runtime)
-            runtime.start()
+            runtime.start(serving=False)
             return int(args.func(args, runtime) or 0)
         finally:
             runtime.close()

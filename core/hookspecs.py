@@ -1,11 +1,15 @@
 """The plugin contract: every hook a Switchboard plugin can implement.
 
-A plugin is any importable object (usually a module) with functions marked
-``@hookimpl``, named after the specs below. Third-party packages register it under the
-entry-point group ``switchboard``::
+A plugin is a module, or a class, with functions (methods) marked ``@hookimpl``, named
+after the specs below. Third-party packages register it under the entry-point group
+``switchboard``::
 
     [project.entry-points.switchboard]
-    myplugin = "switchboard_myplugin"
+    myplugin = "switchboard_myplugin"            # a module
+    other = "switchboard_other:OtherPlugin"      # a class: one instance per server
+
+A class is instantiated with no arguments each time a server (or command) loads its
+plugins, so it can keep what ``switchboard_configure`` prepared on ``self``.
 
 Installed is not enabled: only plugins named in ``[plugins] enabled`` of config.toml run,
 and that list's order is their precedence. A plugin implements only the hooks it needs,
@@ -200,11 +204,13 @@ def switchboard_configure(settings: Settings, config: Mapping[str, Any]) -> None
 
 
 @hookspec
-def switchboard_startup(store: Store, config: Mapping[str, Any]) -> None:
-    """The server is about to accept callbacks.
+def switchboard_startup(store: Store, config: Mapping[str, Any], serving: bool) -> None:
+    """The store is ready: the server is about to accept callbacks, or a command runs.
 
-    Called once per enabled plugin after migrations, before the first callback. Start
-    background work here (daemon threads that stop at ``switchboard_shutdown``).
+    Called once per enabled plugin after migrations, before the first callback.
+    ``serving`` is True when callbacks will be served (start background work here:
+    daemon threads that stop at ``switchboard_shutdown``) and False when a
+    ``serve.py`` command such as ``check`` or a plugin command runs.
     """
 
 

@@ -82,11 +82,18 @@ def _describe_ep(ep: md.EntryPoint) -> tuple[str | None, bool, str]:
 
 
 def _load(name: str, ep: md.EntryPoint) -> object:
+    """Import an entry point; a class is instantiated (one instance per manager)."""
     _, _, origin = _describe_ep(ep)
     try:
-        return ep.load()
-    except Exception as exc:
+        obj = ep.load()
+    except Exception as exc:  # any import failure stops the start, named
         raise PluginError(f"plugin {name!r} from {origin} failed to import: {type(exc).__name__}: {exc}") from exc
+    if isinstance(obj, type):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise PluginError(f"plugin {name!r} from {origin} failed to start: {type(exc).__name__}: {exc}") from exc
+    return obj
 
 
 class Plugins:

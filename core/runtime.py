@@ -81,15 +81,20 @@ class Runtime:
             if self.store.pending(owner, items)
         }
 
-    def start(self) -> Pipeline:
-        """Apply migrations, run start-up hooks, and return the callback pipeline."""
+    def start(self, *, serving: bool = True) -> Pipeline:
+        """Apply migrations, run start-up hooks, and return the callback pipeline.
+
+        ``serving=False`` for commands that use the store but serve no callbacks.
+        """
         if self.pipeline is not None:
             return self.pipeline
         for owner, items in self.migrations().items():
             applied = self.store.migrate(owner, items)
             if applied:
                 log.info("applied %s migrations %s", owner, applied)
-        self.plugins.call_each("switchboard_startup", configs=self.settings.plugins, store=self.store)
+        self.plugins.call_each(
+            "switchboard_startup", configs=self.settings.plugins, store=self.store, serving=serving
+        )
         self.pipeline = Pipeline(self.settings, self.plugins, self.store, clock=self.clock)
         if self.settings.sinch["insecure"]:
             log.warning(
