@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         assert settings is not None
         if command == "simulate":
             return cmd_simulate(args, settings)
-        runtime = Runtime.build(settings)
+        runtime = Runtime.build(settings, plugins=plugins)
         if command == "serve":
             return cmd_serve(args, runtime)
         try:

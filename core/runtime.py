@@ -46,11 +46,14 @@ class Runtime:
         *,
         given: Mapping[str, object] | None = None,
         load_entrypoints: bool = True,
+        plugins: Plugins | None = None,
         store: Store | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> Runtime:
-        """Load plugins, validate their settings, let them configure, open the store."""
-        plugins = make_plugins(settings.enabled, load_entrypoints=load_entrypoints, given=given)
+        """Load plugins (unless ``plugins`` are given already loaded), validate their
+        settings, let them configure, open the store."""
+        if plugins is None:
+            plugins = make_plugins(settings.enabled, load_entrypoints=load_entrypoints, given=given)
         settings = with_plugins(settings, declared_keys(plugins))
         configure_errors: list[str] = []
         for impl in plugins.impls("switchboard_configure"):

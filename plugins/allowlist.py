@@ -1,0 +1,209 @@
+"""allowlist: which numbers may be called, and how often (toll-fraud guard).
+
+Decides at ICE. Rules on the destination (``to.endpoint`` in E.164) and on the caller
+(``cli``): exact numbers or prefixes, allow and deny; the most specific matching rule
+wins and deny wins a tie. A destination that matches no rule follows ``default``
+(deny unless configured). A built-in list of high-risk ranges is denied unless a more
+specific allow overrides it. Velocity limits (calls per caller, calls per destination
+prefix, per sliding window) are counted in the store, so they hold across processes.
+
+An allowed call carries ``connectPstn`` to the dialled number as its default action
+(used when no other plugin proposes one), with the configured ``max_duration`` and
+``cli``. A denied call gets ``hangup``, after ``deny_prompt`` when set.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from core.config import Key
+from core.decisions import Decision
+from core.hookspecs import hookimpl
+from core.store import Migration
+from core.svaml import MAX_DURATION, ConnectPstn
+from plugins.numbers import Pattern, parse_pattern, parse_patterns
+
+# Ranges carriers commonly block for premium-rate and international revenue share
+# fraud (IRSF). Each line: prefix, what it is. See the README for the sources.
+HIGH_RISK: tuple[tuple[str, str], ...] = (
+    ("+1900", "NANP 900 premium-rate service code"),
+    ("+4490", "UK 090 premium-rate"),
+    ("+4491", "UK 091 premium-rate"),
+    ("+4498", "UK 098 sexual entertainment premium-rate"),
+    ("+4470", "UK 070 personal numbering, common in fraud"),
+    ("+49900", "Germany 0900 premium-rate"),
+    ("+3389", "France 089 premium-rate"),
+    ("+39899", "Italy 899 premium-rate"),
+    ("+34803", "Spain 803 premium-rate"),
+    ("+34806", "Spain 806 premium-rate"),
+    ("+34807", "Spain 807 premium-rate"),
+    ("+31900", "Netherlands 0900 premium-rate"),
+    ("+31906", "Netherlands 0906 premium-rate"),
+    ("+31909", "Netherlands 0909 premium-rate"),
+    ("+61190", "Australia 190 premium-rate"),
+    ("+870", "Inmarsat (ITU-T E.164 shared code), IRSF target"),
+    ("+881", "Global Mobile Satellite System (shared code), IRSF target"),
+    ("+882", "International Networks (shared code), IRSF target"),
+    ("+883", "International Networks (shared code), IRSF target"),
+    ("+53", "Cuba, high-cost IRSF destination"),
+    ("+224", "Guinea, IRSF destination"),
+    ("+232", "Sierra Leone, IRSF destination"),
+    ("+247", "Ascension Island, IRSF destination"),
+    ("+252", "Somalia, IRSF destination"),
+    ("+290", "Saint Helena, IRSF destination"),
+    ("+674", "Nauru, IRSF destination"),
+    ("+675", "Papua New Guinea, IRSF destination"),
+    ("+677", "Solomon Islands, IRSF destination"),
+    ("+682", "Cook Islands, IRSF destination"),
+    ("+683", "Niue, IRSF destination"),
+    ("+688", "Tuvalu, IRSF destination"),
+    ("+690", "Tokelau, IRSF destination"),
+)
+
+MIGRATIONS = [
+    Migration(
+        1,
+        (
+            """CREATE TABLE allowlist_hits (
+                scope TEXT NOT NULL, key TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, callid TEXT NOT NULL)""",
+            "CREATE INDEX allowlist_hits_key ON allowlist_hits (scope, key, at)",
+        ),
+        "velocity counters",
+    )
+]
+
+
+def _non_negative(value: Any) -> None:
+    if value < 0:
+        raise ValueError("must not be negative")
+
+
+def _duration(value: int) -> None:
+    if not 1 <= value <= MAX_DURATION:
+        raise ValueError(f"must be between 1 and {MAX_DURATION} seconds")
+
+
+KEYS = {
+    "default": Key(str, "deny", "verdict for a destination no rule matches", choices=("deny", "allow")),
+    "allow": Key(list, [], "destination numbers or prefixes ('+44*') that may be called"),
+    "deny": Key(list, [], "destination numbers or prefixes that may not be called"),
+    "callers_default": Key(str, "allow", "verdict for a caller no caller rule matches", choices=("deny", "allow")),
+    "allow_callers": Key(list, [], "caller numbers or prefixes that may call"),
+    "deny_callers": Key(list, [], "caller numbers or prefixes that may not call"),
+    "builtin_deny": Key(bool, True, "deny the built-in high-risk ranges (premium-rate, IRSF)"),
+    "max_duration": Key(int, None, "maxDuration of the connectPstn for an allowed call", check=_duration),
+    "cli": Key(str, None, "caller id shown on the connected call (E.164 or 'private')"),
+    "deny_prompt": Key(str, None, "said to the caller before a denied call is hung up"),
+    "prompt_locale": Key(str, "en-US", "locale of deny_prompt"),
+    "caller_limit": Key(int, 0, "calls per caller per caller_window (0: no limit)", check=_non_negative),
+    "caller_window": Key(float, 3600.0, "seconds", check=_non_negative),
+    "prefix_limit": Key(int, 0, "calls per destination prefix per prefix_window (0: no limit)", check=_non_negative),
+    "prefix_window": Key(float, 3600.0, "seconds", check=_non_negative),
+    "prefix_digits": Key(int, 6, "digits of the destination (after '+') that form its prefix", check=_non_negative),
+}
+
+
+def _verdict(number: str, allow: list[Pattern], deny: list[Pattern]) -> tuple[str, Pattern] | None:
+    """The most specific matching rule's verdict; deny wins a tie."""
+    best: tuple[tuple[int, int, int], str, Pattern] | None = None
+    for verdict, patterns in (("allow", allow), ("deny", deny)):
+        for p in patterns:
+            if p.matches(number):
+                rank = (*p.specificity, 1 if verdict == "deny" else 0)
+                if best is None or rank > best[0]:
+                    best = (rank, verdict, p)
+    return None if best is None else (best[1], best[2])
+
+
+class Allowlist:
+    """One instance per server; ``switchboard_configure`` compiles the rules."""
+
+    def __init__(self) -> None:
+        self.allow: list[Pattern] = []
+        self.deny: list[Pattern] = []
+        self.allow_callers: list[Pattern] = []
+        self.deny_callers: list[Pattern] = []
+        self.builtin: dict[str, str] = {}
+
+    @hookimpl
+    def switchboard_config_keys(self) -> Mapping[str, Key]:
+        return KEYS
+
+    @hookimpl
+    def switchboard_store_migrations(self) -> list[Migration]:
+        return MIGRATIONS
+
+    @hookimpl
+    def switchboard_configure(self, config: Mapping[str, Any]) -> None:
+        self.allow = parse_patterns(config["allow"], "allow")
+        self.deny = parse_patterns(config["deny"], "deny")
+        self.allow_callers = parse_patterns(config["allow_callers"], "allow_callers")
+        self.deny_callers = parse_patterns(config["deny_callers"], "deny_callers")
+        self.builtin = {}
+        if config["builtin_deny"]:
+            self.builtin = {parse_pattern(prefix + "*").text: why for prefix, why in HIGH_RISK}
+            self.deny = [*self.deny, *(parse_pattern(p) for p in self.builtin)]
+        if config["cli"] is not None:
+            ConnectPstn(cli=config["cli"])  # raises if it is not a valid caller id
+
+    @hookimpl
+    def switchboard_ice(self, event: Any, ctx: Any) -> Decision:
+        cfg = ctx.config
+        dest = event.to.e164 if event.to is not None else None
+        if dest is None:
+            return self._deny(cfg, "destination is not a phone number")
+        found = _verdict(dest, self.allow, self.deny)
+        if found is None:
+            if cfg["default"] == "deny":
+                return self._deny(cfg, f"{dest} matches no allow rule (default deny)")
+        elif found[0] == "deny":
+            why = self.builtin.get(found[1].text)
+            detail = f"high-risk range {found[1].digits} ({why})" if why else f"rule {found[1].text!r}"
+            return self._deny(cfg, f"{dest} denied by {detail}")
+
+        caller = event.cli_e164
+        if caller is not None:
+            found_caller = _verdict(caller, self.allow_callers, self.deny_callers)
+            verdict = found_caller[0] if found_caller else cfg["callers_default"]
+            if verdict == "deny":
+                rule = f"rule {found_caller[1].text!r}" if found_caller else "callers_default"
+                return self._deny(cfg, f"caller {caller} denied by {rule}")
+        elif cfg["callers_default"] == "deny":
+            return self._deny(cfg, "caller number unknown (callers_default deny)")
+
+        limited = self._velocity(event, ctx, dest, caller or (event.cli or "unknown"))
+        if limited:
+            ctx.log.warning("velocity limit: call %s denied: %s", event.callid, limited)
+            return self._deny(cfg, limited)
+
+        action = ConnectPstn(number=dest, max_duration=cfg["max_duration"], cli=cfg["cli"])
+        rule = f"rule {found[1].text!r}" if found else "default allow"
+        return Decision.allowed(f"{dest} allowed by {rule}", action=action)
+
+    def _deny(self, cfg: Mapping[str, Any], reason: str) -> Decision:
+        return Decision.denied(reason, prompt=cfg["deny_prompt"], locale=cfg["prompt_locale"] if cfg["deny_prompt"] else None)
+
+    def _velocity(self, event: Any, ctx: Any, dest: str, caller: str) -> str | None:
+        cfg = ctx.config
+        checks = []
+        if cfg["caller_limit"]:
+            checks.append(("caller", caller, cfg["caller_limit"], cfg["caller_window"]))
+        if cfg["prefix_limit"]:
+            checks.append(("prefix", dest[: 1 + cfg["prefix_digits"]], cfg["prefix_limit"], cfg["prefix_window"]))
+        if not checks:
+            return None
+        now = time.time()
+        with ctx.store.transaction() as tx:
+            for scope, key, limit, window in checks:
+                tx.execute("DELETE FROM allowlist_hits WHERE scope = ? AND key = ? AND at < ?", (scope, key, now - window))
+                row = tx.one("SELECT COUNT(*) FROM allowlist_hits WHERE scope = ? AND key = ?", (scope, key))
+                if row is not None and row[0] >= limit:
+                    return f"{scope} {key} reached {limit} calls per {window:g} s"
+            for scope, key, _, _ in checks:
+                tx.execute(
+                    "INSERT INTO allowlist_hits (scope, key, at, callid) VALUES (?, ?, ?, ?)",
+                    (scope, key, now, event.callid),
+                )
+        return None

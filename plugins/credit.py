@@ -1,0 +1,528 @@
+"""credit: prepaid control that cannot overrun or double-charge.
+
+Balances are integers in minor units (cents); rates and prices are ``Decimal``; a
+charge is rounded up to the next minor unit. At ICE the call's account is looked up
+(by ``account_from``), the price per minute is found (longest destination prefix of
+``rates``, or Sinch's ``userRate`` plus ``markup_percent``), and the call is capped at
+what the available balance buys (balance minus other calls' open reservations),
+billed in ``increments`` (e.g. ``60/60``, ``1/1``) with a ``minimum_charge``. That
+amount is reserved for the call in the same transaction. Below ``minimum_seconds`` the
+call is denied.
+
+At DiCE the call is settled exactly once (duration at the reserved rate, or Sinch's
+``debit`` with ``settle_with = "debit"``): a ledger entry is written, the balance
+debited (never below zero), the reservation closed. A duplicate DiCE changes nothing;
+a DiCE for a call never reserved is recorded in ``credit_settled`` as ``unreserved``.
+A sweeper expires reservations whose DiCE never came, ``grace`` seconds after their
+``maxDuration``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from typing import Any
+
+from core.config import Key
+from core.decisions import Decision
+from core.hookspecs import hookimpl
+from core.store import Migration, Store, Tx
+from core.svaml import MAX_DURATION, Answer, Say
+from plugins.numbers import longest_prefix, parse_pattern
+
+log = logging.getLogger("switchboard.plugin.credit")
+
+MIGRATIONS = [
+    Migration(
+        1,
+        (
+            """CREATE TABLE credit_accounts (
+                account TEXT PRIMARY KEY, currency TEXT NOT NULL, balance INTEGER NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL, CHECK (balance >= 0))""",
+            """CREATE TABLE credit_ledger (
+                account TEXT NOT NULL, seq INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL,
+                kind TEXT NOT NULL, amount INTEGER NOT NULL, balance_after INTEGER NOT NULL,
+                callid TEXT, details TEXT, PRIMARY KEY (account, seq))""",
+            """CREATE TABLE credit_reservations (
+                callid TEXT PRIMARY KEY, account TEXT NOT NULL, amount INTEGER NOT NULL,
+                rate TEXT NOT NULL, first_increment INTEGER NOT NULL, next_increment INTEGER NOT NULL,
+                minimum_charge INTEGER NOT NULL, max_duration INTEGER NOT NULL, status TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
+            "CREATE INDEX credit_reservations_open ON credit_reservations (account, status)",
+            """CREATE TABLE credit_settled (
+                callid TEXT PRIMARY KEY, account TEXT, amount INTEGER NOT NULL, status TEXT NOT NULL,
+                at DOUBLE PRECISION NOT NULL, details TEXT)""",
+        ),
+        "accounts, ledger, reservations, settlements",
+    )
+]
+
+
+def _decimal_ge0(value: Decimal) -> None:
+    if value < 0:
+        raise ValueError("must not be negative")
+
+
+def _positive(value: Any) -> None:
+    if value <= 0:
+        raise ValueError("must be greater than 0")
+
+
+def _duration(value: int) -> None:
+    if not 1 <= value <= MAX_DURATION:
+        raise ValueError(f"must be between 1 and {MAX_DURATION} seconds")
+
+
+KEYS = {
+    "currency": Key(str, "USD", "currency of accounts and rates (ISO 4217)"),
+    "decimals": Key(int, 2, "digits of the minor unit (2: cents)", check=_decimal_ge0),
+    "account_from": Key(str, "cli", "how a call names its account: cli, custom, header:NAME or fixed"),
+    "account": Key(str, None, "the account when account_from = 'fixed'"),
+    "rates": Key(dict, {}, "price per minute by destination prefix, e.g. { '+1' = 0.02, '+44' = '0.05' }"),
+    "rate_source": Key(str, "table", "table, or user_rate (Sinch's userRate, then the table)",
+                       choices=("table", "user_rate")),
+    "markup_percent": Key(Decimal, Decimal(0), "added to Sinch's userRate", check=_decimal_ge0),
+    "increments": Key(str, "60/60", "billing increments: first/next in seconds, e.g. 60/60 or 1/1"),
+    "minimum_charge": Key(Decimal, Decimal(0), "smallest charge for an answered call", check=_decimal_ge0),
+    "minimum_seconds": Key(int, 60, "deny calls the balance buys fewer seconds of", check=_duration),
+    "max_duration": Key(int, MAX_DURATION, "cap for any call", check=_duration),
+    "deny_prompt": Key(str, None, "said before a call without credit is hung up"),
+    "announce": Key(bool, False, "answer and say the minutes left before connecting"),
+    "prompt_locale": Key(str, "en-US", "locale of the prompts"),
+    "settle_with": Key(str, "rate", "rate (duration x reserved rate) or debit (Sinch's debit)",
+                       choices=("rate", "debit")),
+    "grace": Key(float, 300.0, "seconds after maxDuration before an unsettled reservation expires",
+                 check=_positive),
+    "sweep_interval": Key(float, 30.0, "seconds between sweeps for expired reservations", check=_positive),
+    "initial_accounts": Key(dict, {}, "accounts created with this balance when absent, e.g. { demo = '5.00' }"),
+}
+
+
+class Tariff:
+    """Billing of one call: rate per minute, increments, minimum charge, in minor units."""
+
+    def __init__(self, rate: Decimal, first: int, nxt: int, minimum: int, scale: int) -> None:
+        self.rate, self.first, self.nxt, self.minimum, self.scale = rate, first, nxt, minimum, scale
+
+    def billed_seconds(self, seconds: int) -> int:
+        if seconds <= 0:
+            return 0
+        if seconds <= self.first:
+            return self.first
+        return self.first + math.ceil((seconds - self.first) / self.nxt) * self.nxt
+
+    def cost(self, seconds: int) -> int:
+        """Minor units charged for a call of ``seconds``."""
+        billed = self.billed_seconds(seconds)
+        if billed == 0:
+            return 0
+        raw = (self.rate * billed * self.scale / 60).to_integral_value(rounding=ROUND_CEILING)
+        return max(int(raw), self.minimum)
+
+    def affordable(self, available: int, limit: int) -> int:
+        """The longest call (at most ``limit`` s) whose cost fits in ``available``."""
+        if self.cost(1) > available:
+            return 0
+        if self.cost(limit) <= available:
+            return limit
+        lo, hi = 1, limit  # cost(lo) fits, cost(hi) does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.cost(mid) <= available:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+
+def parse_amount(text: Any, decimals: int, what: str = "amount") -> int:
+    """A major-unit amount (``'12.50'``) as minor units; refuses fractions of a minor unit."""
+    try:
+        value = Decimal(str(text).strip())
+    except InvalidOperation:
+        raise ValueError(f"{what} must be a number, got {text!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"{what} must be a number, got {text!r}")
+    minor = value.scaleb(decimals)
+    if minor != minor.to_integral_value():
+        raise ValueError(f"{what} has more than {decimals} decimals: {text!r}")
+    return int(minor)
+
+
+def fmt(minor: int, decimals: int) -> str:
+    return f"{Decimal(minor).scaleb(-decimals):.{decimals}f}"
+
+
+class Credit:
+    """One instance per server."""
+
+    def __init__(self) -> None:
+        self.rates: dict[str, Decimal] = {}
+        self.first = self.nxt = 60
+        self.scale = 100
+        self.minimum = 0
+        self.store: Store | None = None
+        self.config: Mapping[str, Any] = {}
+        self._stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @hookimpl
+    def switchboard_config_keys(self) -> Mapping[str, Key]:
+        return KEYS
+
+    @hookimpl
+    def switchboard_store_migrations(self) -> list[Migration]:
+        return MIGRATIONS
+
+    @hookimpl
+    def switchboard_configure(self, config: Mapping[str, Any]) -> None:
+        self.config = config
+        self.scale = 10 ** config["decimals"]
+        source = config["account_from"]
+        if source not in ("cli", "custom", "fixed") and not (source.startswith("header:") and len(source) > 7):
+            raise ValueError(f"account_from must be cli, custom, header:NAME or fixed, got {source!r}")
+        if source == "fixed" and not config["account"]:
+            raise ValueError("account_from = 'fixed' needs account")
+        self.rates = {}
+        for prefix, price in config["rates"].items():
+            pattern = parse_pattern(prefix.rstrip("*") + "*")
+            try:
+                rate = Decimal(str(price))
+            except InvalidOperation:
+                raise ValueError(f"rates[{prefix!r}] must be a price per minute, got {price!r}") from None
+            if not rate.is_finite() or rate < 0:
+                raise ValueError(f"rates[{prefix!r}] must be a price of 0 or more, got {price!r}")
+            self.rates[pattern.digits or "+"] = rate
+        if not self.rates and config["rate_source"] == "table":
+            raise ValueError("rates is empty: give prices per minute by prefix, e.g. rates = { '+1' = 0.02 }")
+        first, sep, nxt = config["increments"].partition("/")
+        if not (sep and first.isdigit() and nxt.isdigit() and int(first) > 0 and int(nxt) > 0):
+            raise ValueError(f"increments must look like 60/60 or 1/1, got {config['increments']!r}")
+        self.first, self.nxt = int(first), int(nxt)
+        self.minimum = parse_amount(config["minimum_charge"], config["decimals"], "minimum_charge")
+        for account, amount in config["initial_accounts"].items():
+            if parse_amount(amount, config["decimals"], f"initial_accounts.{account}") < 0:
+                raise ValueError(f"initial_accounts.{account} must not be negative")
+
+    @hookimpl
+    def switchboard_startup(self, store: Store, config: Mapping[str, Any], serving: bool) -> None:
+        self.store = store
+        for account, amount in config["initial_accounts"].items():
+            minor = parse_amount(amount, config["decimals"])
+            with store.transaction() as tx:
+                if tx.one("SELECT 1 FROM credit_accounts WHERE account = ?", (account,)) is None:
+                    self._create(tx, account)
+                    if minor:
+                        self._book(tx, account, "initial", minor, None, {"source": "initial_accounts"})
+        if serving:
+            self._stop.clear()
+            self._sweeper = threading.Thread(target=self._sweep_loop, name="credit-sweeper", daemon=True)
+            self._sweeper.start()
+
+    @hookimpl
+    def switchboard_shutdown(self) -> None:
+        self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=5)
+            self._sweeper = None
+
+    # ------------------------------------------------------------------ ICE: reserve
+
+    def account_of(self, event: Any) -> str | None:
+        source = self.config["account_from"]
+        if source == "fixed":
+            return self.config["account"]  # type: ignore[no-any-return]
+        if source == "cli":
+            return event.cli_e164 or event.cli or None  # type: ignore[no-any-return]
+        if source == "custom":
+            return event.custom or None  # type: ignore[no-any-return]
+        name = source.split(":", 1)[1]
+        for header in getattr(event, "call_headers", ()):
+            if header.key == name:
+                return header.value or None  # type: ignore[no-any-return]
+        return None
+
+    def rate_for(self, event: Any) -> tuple[Decimal, str] | None:
+        cfg = self.config
+        if cfg["rate_source"] == "user_rate" and event.user_rate is not None:
+            if (event.user_rate.currency_id or cfg["currency"]) == cfg["currency"]:
+                markup = 1 + cfg["markup_percent"] / 100
+                return event.user_rate.amount * markup, "userRate"
+        dest = event.to.e164 if event.to is not None else None
+        if dest is None:
+            return None
+        prefix = longest_prefix(dest, list(self.rates))
+        return None if prefix is None else (self.rates[prefix], f"rate {prefix}")
+
+    @hookimpl
+    def switchboard_ice(self, event: Any, ctx: Any) -> Decision:
+        cfg = ctx.config
+        account = self.account_of(event)
+        if account is None:
+            return self._deny(cfg, "the call names no account")
+        found = self.rate_for(event)
+        if found is None:
+            return self._deny(cfg, "no rate for this destination")
+        rate, rate_from = found
+        tariff = Tariff(rate, self.first, self.nxt, self.minimum, self.scale)
+        now = time.time()
+        with ctx.store.transaction() as tx:
+            held = tx.one("SELECT max_duration, status FROM credit_reservations WHERE callid = ?", (event.callid,))
+            if held is not None:  # a takeover after a crash: keep what was reserved
+                if held[1] != "open":
+                    return self._deny(cfg, f"reservation already {held[1]}")
+                return Decision.cap(held[0], f"reserved earlier for {account}")
+            row = tx.one("SELECT balance, currency FROM credit_accounts WHERE account = ?", (account,))
+            if row is None:
+                return self._deny(cfg, f"unknown account {account}")
+            balance, currency = row
+            if currency != cfg["currency"]:
+                return self._deny(cfg, f"account {account} is in {currency}, rates in {cfg['currency']}")
+            reserved = tx.one(
+                "SELECT COALESCE(SUM(amount), 0) FROM credit_reservations WHERE account = ? AND status = 'open'",
+                (account,),
+            )
+            available = balance - int(reserved[0] if reserved else 0)
+            seconds = tariff.affordable(available, cfg["max_duration"])
+            if seconds < cfg["minimum_seconds"]:
+                return self._deny(
+                    cfg, f"account {account}: {fmt(available, cfg['decimals'])} {currency} buys {seconds} s"
+                )
+            amount = tariff.cost(seconds)
+            tx.execute(
+                "INSERT INTO credit_reservations (callid, account, amount, rate, first_increment, next_increment, "
+                "minimum_charge, max_duration, status, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)",
+                (event.callid, account, amount, str(rate), self.first, self.nxt, self.minimum, seconds, now,
+                 now + seconds + cfg["grace"]),
+            )
+        reason = (f"{account}: reserved {fmt(amount, cfg['decimals'])} {currency} for {seconds} s "
+                  f"at {rate}/min ({rate_from})")
+        if cfg["announce"]:
+            minutes = seconds // 60
+            text = f"You have {minutes} minute{'s' if minutes != 1 else ''} of credit."
+            return Decision(max_duration=seconds, reason=reason,
+                            instructions=(Answer(), Say(text=text, locale=cfg["prompt_locale"])))
+        return Decision.cap(seconds, reason)
+
+    def _deny(self, cfg: Mapping[str, Any], reason: str) -> Decision:
+        prompt = cfg["deny_prompt"]
+        return Decision.denied(reason, prompt=prompt, locale=cfg["prompt_locale"] if prompt else None)
+
+    @hookimpl
+    def switchboard_after_answer(self, event: Any, answer: Any, trace: Any) -> None:
+        """Fit the reservation to the answer that was sent.
+
+        A call answered with hangup will not run: its reservation is released. A call
+        capped lower than what was reserved (another plugin's cap, the action's own
+        maxDuration) keeps only what that shorter call can cost.
+        """
+        if event.name != "ice" or answer is None or self.store is None or trace["duplicate"]:
+            return  # a repeated delivery's answer says nothing new about the call
+        action = answer["action"]
+        with self.store.transaction() as tx:
+            if action["name"] == "hangup":
+                tx.execute(
+                    "UPDATE credit_reservations SET status = 'released' WHERE callid = ? AND status = 'open'",
+                    (event.callid,),
+                )
+                return
+            cap = action.get("maxDuration")
+            row = tx.one(
+                "SELECT rate, first_increment, next_increment, minimum_charge, max_duration, created_at "
+                "FROM credit_reservations WHERE callid = ? AND status = 'open'",
+                (event.callid,),
+            )
+            if row is None or cap is None or cap >= row[4]:
+                return
+            tariff = Tariff(Decimal(row[0]), row[1], row[2], row[3], self.scale)
+            tx.execute(
+                "UPDATE credit_reservations SET amount = ?, max_duration = ?, expires_at = ? WHERE callid = ?",
+                (tariff.cost(cap), cap, row[5] + cap + self.config["grace"], event.callid),
+            )
+
+    # ------------------------------------------------------------------ DiCE: settle
+
+    @hookimpl
+    def switchboard_dice(self, event: Any, ctx: Any) -> None:
+        cfg = ctx.config
+        now = time.time()
+        answered = (event.result or "").upper() == "ANSWERED" or (event.result is None and (event.duration or 0) > 0)
+        duration = (event.duration or 0) if answered else 0
+        with ctx.store.transaction() as tx:
+            if tx.one("SELECT 1 FROM credit_settled WHERE callid = ?", (event.callid,)) is not None:
+                return  # settled already: a replay changes nothing
+            res = tx.one(
+                "SELECT account, amount, rate, first_increment, next_increment, minimum_charge, max_duration, status "
+                "FROM credit_reservations WHERE callid = ?",
+                (event.callid,),
+            )
+            details: dict[str, Any] = {"duration": duration, "result": event.result, "reason": event.reason}
+            if res is None:
+                details["debit"] = str(event.debit.amount) if event.debit else None
+                tx.execute(
+                    "INSERT INTO credit_settled (callid, account, amount, status, at, details) "
+                    "VALUES (?, NULL, 0, 'unreserved', ?, ?)",
+                    (event.callid, now, json.dumps(details)),
+                )
+                ctx.log.warning("DiCE for call %s that was never reserved: recorded, not charged", event.callid)
+                return
+            account, reserved, rate, first, nxt, minimum, cap, status = res
+            tariff = Tariff(Decimal(rate), first, nxt, minimum, self.scale)
+            charge = tariff.cost(duration)
+            details.update(rate=rate, billed_seconds=tariff.billed_seconds(duration), cap=cap, reserved=reserved)
+            if cfg["settle_with"] == "debit" and event.debit is not None and duration > 0:
+                if (event.debit.currency_id or cfg["currency"]) == cfg["currency"]:
+                    charge = int((event.debit.amount * self.scale).to_integral_value(rounding=ROUND_CEILING))
+                    details["settled_by"] = "debit"
+                else:
+                    details["note"] = f"debit in {event.debit.currency_id}, settled by rate"
+            balance = tx.one("SELECT balance FROM credit_accounts WHERE account = ?", (account,))
+            applied = min(charge, balance[0] if balance else 0)
+            if applied < charge:
+                details["uncollected"] = charge - applied
+                ctx.log.warning("call %s: %s could not be collected from %s", event.callid, charge - applied, account)
+            self._book(tx, account, "call", -applied, event.callid, details)
+            tx.execute("UPDATE credit_reservations SET status = 'settled' WHERE callid = ?", (event.callid,))
+            tx.execute(
+                "INSERT INTO credit_settled (callid, account, amount, status, at, details) "
+                "VALUES (?, ?, ?, 'settled', ?, ?)",
+                (event.callid, account, applied, now, json.dumps(details)),
+            )
+
+    # ------------------------------------------------------------------ sweeper
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Expire open reservations past maxDuration + grace; return their call ids."""
+        if self.store is None:
+            return []
+        now = time.time() if now is None else now
+        with self.store.transaction() as tx:
+            rows = tx.all(
+                "SELECT callid, account, amount FROM credit_reservations WHERE status = 'open' AND expires_at < ?",
+                (now,),
+            )
+            for callid, _, _ in rows:
+                tx.execute("UPDATE credit_reservations SET status = 'expired' WHERE callid = ?", (callid,))
+        for callid, account, amount in rows:
+            log.warning(
+                "reservation of call %s expired (no DiCE): released %s from account %s",
+                callid, fmt(amount, self.config["decimals"]), account,
+            )
+        return [r[0] for r in rows]
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.config["sweep_interval"]):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("reservation sweep failed")
+
+    # ------------------------------------------------------------------ accounts
+
+    def _create(self, tx: Tx, account: str) -> None:
+        tx.execute(
+            "INSERT INTO credit_accounts (account, currency, balance, updated_at) VALUES (?, ?, 0, ?)",
+            (account, self.config["currency"], time.time()),
+        )
+
+    def _book(self, tx: Tx, account: str, kind: str, amount: int, callid: str | None, details: Any) -> int:
+        """Write a ledger entry and move the balance by ``amount``; return the new balance."""
+        row = tx.one("SELECT balance FROM credit_accounts WHERE account = ?", (account,))
+        if row is None:
+            raise ValueError(f"unknown account {account!r}")
+        balance = row[0] + amount
+        if balance < 0:
+            raise ValueError(f"account {account!r} would go below zero")
+        seq = tx.one("SELECT COALESCE(MAX(seq), 0) + 1 FROM credit_ledger WHERE account = ?", (account,))
+        now = time.time()
+        tx.execute(
+            "INSERT INTO credit_ledger (account, seq, at, kind, amount, balance_after, callid, details) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (account, seq[0] if seq else 1, now, kind, amount, balance, callid, json.dumps(details, default=str)),
+        )
+        tx.execute("UPDATE credit_accounts SET balance = ?, updated_at = ? WHERE account = ?", (balance, now, account))
+        return balance
+
+    def topup(self, store: Store, account: str, amount: str) -> int:
+        minor = parse_amount(amount, self.config["decimals"])
+        if minor <= 0:
+            raise ValueError(f"amount must be greater than 0, got {amount!r}")
+        with store.transaction() as tx:
+            if tx.one("SELECT 1 FROM credit_accounts WHERE account = ?", (account,)) is None:
+                self._create(tx, account)
+            return self._book(tx, account, "topup", minor, None, {"source": "cli"})
+
+    def show(self, store: Store, account: str) -> dict[str, Any] | None:
+        rows = store.query("SELECT balance, currency FROM credit_accounts WHERE account = ?", (account,))
+        if not rows:
+            return None
+        balance, currency = rows[0]
+        reserved = store.query(
+            "SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM credit_reservations WHERE account = ? AND status = 'open'",
+            (account,),
+        )[0]
+        return {"account": account, "currency": currency, "balance": balance, "reserved": int(reserved[0]),
+                "open_calls": reserved[1], "available": balance - int(reserved[0])}
+
+    # ------------------------------------------------------------------ CLI
+
+    @hookimpl
+    def switchboard_add_commands(self, subparsers: Any) -> None:
+        parser = subparsers.add_parser("credit", help="prepaid accounts: topup, show, ledger")
+        sub = parser.add_subparsers(dest="credit_command", metavar="ACTION", required=True)
+        p = sub.add_parser("topup", help="add credit to an account (created if new)")
+        p.add_argument("account")
+        p.add_argument("amount", help="in major units, e.g. 10.00")
+        p.set_defaults(func=self._cmd_topup)
+        p = sub.add_parser("show", help="balance, reserved and available credit")
+        p.add_argument("account")
+        p.set_defaults(func=self._cmd_show)
+        p = sub.add_parser("ledger", help="every booking of an account, oldest first")
+        p.add_argument("account")
+        p.set_defaults(func=self._cmd_ledger)
+
+    def _cmd_topup(self, args: Any, runtime: Any) -> int:
+        try:
+            balance = self.topup(runtime.store, args.account, args.amount)
+        except ValueError as exc:
+            print(f"error: {exc}")
+            return 2
+        d = self.config["decimals"]
+        print(f"{args.account}: +{fmt(parse_amount(args.amount, d), d)}, balance {fmt(balance, d)} "
+              f"{self.config['currency']}")
+        return 0
+
+    def _cmd_show(self, args: Any, runtime: Any) -> int:
+        info = self.show(runtime.store, args.account)
+        if info is None:
+            print(f"error: no account {args.account!r}")
+            return 1
+        d = self.config["decimals"]
+        print(f"account   {info['account']} ({info['currency']})")
+        print(f"balance   {fmt(info['balance'], d)}")
+        print(f"reserved  {fmt(info['reserved'], d)} for {info['open_calls']} call(s)")
+        print(f"available {fmt(info['available'], d)}")
+        return 0
+
+    def _cmd_ledger(self, args: Any, runtime: Any) -> int:
+        rows = runtime.store.query(
+            "SELECT seq, at, kind, amount, balance_after, callid FROM credit_ledger WHERE account = ? ORDER BY seq",
+            (args.account,),
+        )
+        if not rows and self.show(runtime.store, args.account) is None:
+            print(f"error: no account {args.account!r}")
+            return 1
+        d = self.config["decimals"]
+        for seq, at, kind, amount, after, callid in rows:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+            print(f"{seq:>5} {when} {kind:<8} {fmt(amount, d):>12} {fmt(after, d):>12} {callid or ''}")
+        print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
+        return 0
