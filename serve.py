@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 import urllib.error
@@ -27,7 +28,7 @@ from core.config import ConfigError, Settings
 from core.plugins import PluginError, Plugins, list_installed, make_plugins
 from core.runtime import Runtime
 from core.signing import format_timestamp, sign_headers
-from core.store import StoreError
+from core.store import Store, StoreError
 
 DEFAULT_CONFIG = os.environ.get("SWITCHBOARD_CONFIG", "config.toml")
 log = logging.getLogger("switchboard")
@@ -274,9 +275,10 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
         runtime = Runtime.build(settings, store=_scratch_store() if not args.use_store else None)
         try:
+            runtime.start(serving=False)  # one callback: no background workers
             status, text = _wsgi_post(make_app(runtime), server["callback_path"], headers, body)
             _print_answer(status, text)
-            _print_trace(runtime, callid)
+            _print_trace(runtime.store, callid)
         finally:
             runtime.close()
         return 0 if status == 200 else 1
@@ -294,21 +296,19 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             f"no server answered at {url} ({reason}); start it with 'python serve.py' or use --in-process"
         ) from None
     _print_answer(status, text)
-    if not args.url or args.use_store:
-        try:
-            runtime = Runtime.build(settings)
-        except (PluginError, StoreError, ConfigError):
-            return 0 if status == 200 else 1
-        try:
-            _print_trace(runtime, callid)
-        finally:
-            runtime.close()
+    try:  # the server records the trace in the store this config names
+        store = Store(config_mod.store_path(settings))
+    except (StoreError, ConfigError):
+        return 0 if status == 200 else 1
+    try:
+        if not _print_trace(store, callid):
+            print(f"(no trace of call {callid} in {settings.store['url']}: the server uses another store)")
+    finally:
+        store.close()
     return 0 if status == 200 else 1
 
 
-def _scratch_store() -> Any:
-    from core.store import Store
-
+def _scratch_store() -> Store:
     return Store(":memory:")
 
 
@@ -323,8 +323,13 @@ def _print_answer(status: int, text: str) -> None:
         print("< (empty body)")
 
 
-def _print_trace(runtime: Runtime, callid: str) -> None:
-    for row in runtime.store.traces(callid):
+def _print_trace(store: Store, callid: str) -> bool:
+    """Print the recorded traces of a call; False when there are none."""
+    try:
+        rows = store.traces(callid)
+    except sqlite3.Error:  # no schema yet: the server has not used this store
+        return False
+    for row in rows:
         trace = json.loads(row["trace"]) if row["trace"] else {}
         print(f"trace {row['event']}: rule {trace.get('rule')}, {trace.get('elapsed_ms', '?')} ms")
         for p in trace.get("plugins", []):
@@ -334,6 +339,7 @@ def _print_trace(runtime: Runtime, callid: str) -> None:
             print(f"  conflict: {c['plugin']} proposed {json.dumps(c['proposed'])}, lost to {c['lost_to']}")
         for n in trace.get("notes", []):
             print(f"  note: {n}")
+    return bool(rows)
 
 
 # ---------------------------------------------------------------------------- parser
@@ -361,7 +367,8 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     p.add_argument("--duration", type=int, default=42, help="DiCE duration in seconds")
     p.add_argument("--digits", default="1", help="PIE digits")
     p.add_argument("--currency", default="USD")
-    p.add_argument("--url", help="callback URL of a running server (default: from the config)")
+    p.add_argument("--url", help="callback URL of a running server (default: from the config); the trace is read "
+                   "from the config's store")
     p.add_argument("--in-process", action="store_true", help="answer with an in-process app instead")
     p.add_argument(
         "--use-store", action="store_true", help="with --in-process: use the configured store, not a scratch one"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,65 +20,23 @@ from tests.test_plugins import make_dist
 REPO = Path(__file__).resolve().parent.parent
 
 
-class Server:
-    def __init__(self, proc: subprocess.Popen[str], url: str, stderr: Path) -> None:
-        self.proc, self.url, self._stderr = proc, url, stderr
-
-    @property
-    def log(self) -> str:
-        return self._stderr.read_text()
-
-    def post(self, event, *, headers=None, body=None, timeout=10):
-        data, signed_headers = signed(event) if body is None else (body, {})
-        request = urllib.request.Request(self.url, data=data, headers=headers or signed_headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                return resp.status, resp.headers.get("Content-Type"), resp.read()
-        except urllib.error.HTTPError as err:
-            with err:
-                return err.code, err.headers.get("Content-Type"), err.read()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
-
-
 @pytest.fixture
-def start(tmp_path):
-    """Start `python serve.py` with a config; the server picks a free port."""
-    servers: list[Server] = []
+def start(serve, tmp_path):
+    """A server with the test plugins installed; ``extra`` is appended to its config."""
     site = tmp_path / "site"
     make_dist(site, "switchboard-test-plugins", "vip = tests.vip_plugin\nslow = tests.slow_plugin")
+    count = iter(range(100))
 
-    def _start(extra: str = "", enabled: str = "", insecure: bool = False) -> Server:
-        config = tmp_path / f"config{len(servers)}.toml"
+    def _start(extra: str = "", enabled: str = "", insecure: bool = False):
+        n = next(count)
         keys = "insecure = true" if insecure else f'keys = [{{ key = "{KEY}", secret = "{SECRET}" }}]'
-        config.write_text(
-            f'[server]\nport = 0\n[sinch]\n{keys}\n[store]\nurl = "sqlite:///sb{len(servers)}.db"\n'
-            f"[plugins]\nenabled = [{enabled}]\n{extra}"
+        return serve(
+            f'[server]\nport = 0\n[sinch]\n{keys}\n[store]\nurl = "sqlite:///sb{n}.db"\n'
+            f"[plugins]\nenabled = [{enabled}]\n{extra}",
+            name=f"config{n}", pythonpath=str(site),
         )
-        stderr = tmp_path / f"stderr{len(servers)}.log"
-        env = {**os.environ, "PYTHONPATH": f"{site}:{REPO}"}
-        with stderr.open("w") as err_file:
-            proc = subprocess.Popen(
-                [sys.executable, str(REPO / "serve.py"), "--config", str(config)],
-                stdout=subprocess.PIPE, stderr=err_file, text=True, env=env, cwd=tmp_path,
-            )
-        line = proc.stdout.readline()
-        if not line.startswith("switchboard listening on "):
-            proc.kill()
-            raise AssertionError(f"server did not start: {line!r}\n{stderr.read_text()}")
-        server = Server(proc, line.split()[3], stderr)
-        servers.append(server)
-        return server
 
-    yield _start
-    for server in servers:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
-        server.proc.stdout.close()
+    return _start
 
 
 def test_real_server_answers_signed_callbacks(start):

@@ -1,0 +1,95 @@
+"""Fixtures shared by the real-server tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import signed
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Server:
+    """A `python serve.py` subprocess and a signed HTTP client for it."""
+
+    def __init__(self, proc: subprocess.Popen[str], url: str, stderr: Path, config: Path) -> None:
+        self.proc, self.url, self._stderr, self.config = proc, url, stderr, config
+
+    @property
+    def log(self) -> str:
+        return self._stderr.read_text()
+
+    def post(self, event, *, headers=None, body=None, timeout=10):
+        data, signed_headers = signed(event) if body is None else (body, {})
+        request = urllib.request.Request(self.url, data=data, headers=headers or signed_headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                return resp.status, resp.headers.get("Content-Type"), resp.read()
+        except urllib.error.HTTPError as err:
+            with err:
+                return err.code, err.headers.get("Content-Type"), err.read()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """``serve(config_text, name=..., env=...)`` starts `python serve.py` on that config.
+
+    The config should set ``[server] port = 0``; the server's URL is read from its first
+    line of output. Every server still running is killed after the test.
+    """
+    servers: list[Server] = []
+
+    def _serve(config_text: str, *, name: str | None = None, env: dict[str, str] | None = None,
+               pythonpath: str = "") -> Server:
+        name = name or f"server{len(servers)}"
+        config = tmp_path / f"{name}.toml"
+        config.write_text(config_text)
+        stderr = tmp_path / f"{name}-{len(servers)}.log"
+        full_env = {**os.environ, **(env or {}), "PYTHONPATH": f"{pythonpath}:{REPO}" if pythonpath else str(REPO)}
+        with stderr.open("w") as err_file:
+            proc = subprocess.Popen(
+                [sys.executable, str(REPO / "serve.py"), "--config", str(config)],
+                stdout=subprocess.PIPE, stderr=err_file, text=True, env=full_env, cwd=tmp_path,
+            )
+        line = proc.stdout.readline()
+        if not line.startswith("switchboard listening on "):
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            raise AssertionError(f"server did not start: {line!r}\n{stderr.read_text()}")
+        server = Server(proc, line.split()[3], stderr, config)
+        servers.append(server)
+        return server
+
+    yield _serve
+    for server in servers:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+        server.proc.stdout.close()
+
+
+def run_cli(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a `python serve.py` command on ``config``."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "serve.py"), "--config", str(config), *args],
+        capture_output=True, text=True, timeout=120, cwd=config.parent,
+        env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}, check=False,
+    )
