@@ -123,9 +123,25 @@ def redacted(section: Mapping[str, Any], keys: Mapping[str, Key]) -> dict[str, A
     }
 
 
-def _positive(value: Any) -> None:
+# Checks for ``Key(check=...)``, for the core's keys and plugins' alike.
+
+
+def positive(value: Any) -> None:
     if value <= 0:
         raise ValueError("must be greater than 0")
+
+
+def non_negative(value: Any) -> None:
+    if value < 0:
+        raise ValueError("must not be negative")
+
+
+def between(low: Any, high: Any, unit: str = "") -> Callable[[Any], None]:
+    def check(value: Any) -> None:
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}{' ' + unit if unit else ''}")
+
+    return check
 
 
 def _port(value: int) -> None:
@@ -146,13 +162,13 @@ def _prefix(value: str) -> None:
 SERVER_KEYS = {
     "host": Key(str, "127.0.0.1", "address to listen on"),
     "port": Key(int, 8080, "TCP port (0 picks a free one)", check=_port),
-    "threads": Key(int, 8, "waitress worker threads", check=_positive),
+    "threads": Key(int, 8, "waitress worker threads", check=positive),
     "callback_path": Key(str, "/sinch/callback", "path Sinch POSTs callbacks to", check=_url_path),
     "public_path_prefix": Key(
         str, "", "prefix a reverse proxy strips before forwarding; part of the signed path", check=_prefix
     ),
-    "max_body_bytes": Key(int, 65536, "largest callback body accepted (413 above)", check=_positive),
-    "shutdown_grace": Key(float, 10.0, "seconds to finish in-flight callbacks on SIGTERM", check=_positive),
+    "max_body_bytes": Key(int, 65536, "largest callback body accepted (413 above)", check=positive),
+    "shutdown_grace": Key(float, 10.0, "seconds to finish in-flight callbacks on SIGTERM", check=positive),
 }
 
 SINCH_KEYS = {
@@ -180,7 +196,7 @@ POLICY_KEYS = {
     "ice_default": Key(
         str, "deny", "ICE answer when no plugin proposes an action", choices=("deny", "connect")
     ),
-    "workers": Key(int, 32, "threads that run plugin hooks", check=_positive),
+    "workers": Key(int, 32, "threads that run plugin hooks", check=positive),
     "fallback": Key(dict, {}, "SVAML sent when the budget passes or the merge fails, per event"),
 }
 
@@ -202,7 +218,7 @@ PLUGIN_CORE_KEYS = {
     "on_error": Key(
         str, None, "deny (fail closed) or abstain (fail open) when the plugin errs", choices=("deny", "abstain")
     ),
-    "timeout": Key(float, None, "seconds this plugin may take (at most the budget)", check=_positive),
+    "timeout": Key(float, None, "seconds this plugin may take (at most the budget)", check=positive),
 }
 
 RESERVED_PLUGIN_NAMES = ("enabled",)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from core.config import Key
+from core.config import Key, between, non_negative
 from core.decisions import Decision
 from core.hookspecs import hookimpl
 from core.store import Migration
@@ -75,16 +75,6 @@ MIGRATIONS = [
 ]
 
 
-def _non_negative(value: Any) -> None:
-    if value < 0:
-        raise ValueError("must not be negative")
-
-
-def _duration(value: int) -> None:
-    if not 1 <= value <= MAX_DURATION:
-        raise ValueError(f"must be between 1 and {MAX_DURATION} seconds")
-
-
 KEYS = {
     "default": Key(str, "deny", "verdict for a destination no rule matches", choices=("deny", "allow")),
     "allow": Key(list, [], "destination numbers or prefixes ('+44*') that may be called"),
@@ -93,15 +83,15 @@ KEYS = {
     "allow_callers": Key(list, [], "caller numbers or prefixes that may call"),
     "deny_callers": Key(list, [], "caller numbers or prefixes that may not call"),
     "builtin_deny": Key(bool, True, "deny the built-in high-risk ranges (premium-rate, IRSF)"),
-    "max_duration": Key(int, None, "maxDuration of the connectPstn for an allowed call", check=_duration),
+    "max_duration": Key(int, None, "maxDuration of the connectPstn for an allowed call", check=between(1, MAX_DURATION, "seconds")),
     "cli": Key(str, None, "caller id shown on the connected call (E.164 or 'private')"),
     "deny_prompt": Key(str, None, "said to the caller before a denied call is hung up"),
     "prompt_locale": Key(str, "en-US", "locale of deny_prompt"),
-    "caller_limit": Key(int, 0, "calls per caller per caller_window (0: no limit)", check=_non_negative),
-    "caller_window": Key(float, 3600.0, "seconds", check=_non_negative),
-    "prefix_limit": Key(int, 0, "calls per destination prefix per prefix_window (0: no limit)", check=_non_negative),
-    "prefix_window": Key(float, 3600.0, "seconds", check=_non_negative),
-    "prefix_digits": Key(int, 6, "digits of the destination (after '+') that form its prefix", check=_non_negative),
+    "caller_limit": Key(int, 0, "calls per caller per caller_window (0: no limit)", check=non_negative),
+    "caller_window": Key(float, 3600.0, "seconds", check=non_negative),
+    "prefix_limit": Key(int, 0, "calls per destination prefix per prefix_window (0: no limit)", check=non_negative),
+    "prefix_window": Key(float, 3600.0, "seconds", check=non_negative),
+    "prefix_digits": Key(int, 6, "digits of the destination (after '+') that form its prefix", check=non_negative),
 }
 
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any
 
-from core.config import Key
+from core.config import Key, between, non_negative, positive
 from core.decisions import Decision
 from core.hookspecs import hookimpl
 from core.store import Migration, Store, Tx
@@ -63,42 +63,27 @@ MIGRATIONS = [
 ]
 
 
-def _decimal_ge0(value: Decimal) -> None:
-    if value < 0:
-        raise ValueError("must not be negative")
-
-
-def _positive(value: Any) -> None:
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-
-
-def _duration(value: int) -> None:
-    if not 1 <= value <= MAX_DURATION:
-        raise ValueError(f"must be between 1 and {MAX_DURATION} seconds")
-
-
 KEYS = {
     "currency": Key(str, "USD", "currency of accounts and rates (ISO 4217)"),
-    "decimals": Key(int, 2, "digits of the minor unit (2: cents)", check=_decimal_ge0),
+    "decimals": Key(int, 2, "digits of the minor unit (2: cents)", check=non_negative),
     "account_from": Key(str, "cli", "how a call names its account: cli, custom, header:NAME or fixed"),
     "account": Key(str, None, "the account when account_from = 'fixed'"),
     "rates": Key(dict, {}, "price per minute by destination prefix, e.g. { '+1' = 0.02, '+44' = '0.05' }"),
     "rate_source": Key(str, "table", "table, or user_rate (Sinch's userRate, then the table)",
                        choices=("table", "user_rate")),
-    "markup_percent": Key(Decimal, Decimal(0), "added to Sinch's userRate", check=_decimal_ge0),
+    "markup_percent": Key(Decimal, Decimal(0), "added to Sinch's userRate", check=non_negative),
     "increments": Key(str, "60/60", "billing increments: first/next in seconds, e.g. 60/60 or 1/1"),
-    "minimum_charge": Key(Decimal, Decimal(0), "smallest charge for an answered call", check=_decimal_ge0),
-    "minimum_seconds": Key(int, 60, "deny calls the balance buys fewer seconds of", check=_duration),
-    "max_duration": Key(int, MAX_DURATION, "cap for any call", check=_duration),
+    "minimum_charge": Key(Decimal, Decimal(0), "smallest charge for an answered call", check=non_negative),
+    "minimum_seconds": Key(int, 60, "deny calls the balance buys fewer seconds of", check=between(1, MAX_DURATION, "seconds")),
+    "max_duration": Key(int, MAX_DURATION, "cap for any call", check=between(1, MAX_DURATION, "seconds")),
     "deny_prompt": Key(str, None, "said before a call without credit is hung up"),
     "announce": Key(bool, False, "answer and say the minutes left before connecting"),
     "prompt_locale": Key(str, "en-US", "locale of the prompts"),
     "settle_with": Key(str, "rate", "rate (duration x reserved rate) or debit (Sinch's debit)",
                        choices=("rate", "debit")),
     "grace": Key(float, 300.0, "seconds after maxDuration before an unsettled reservation expires",
-                 check=_positive),
-    "sweep_interval": Key(float, 30.0, "seconds between sweeps for expired reservations", check=_positive),
+                 check=positive),
+    "sweep_interval": Key(float, 30.0, "seconds between sweeps for expired reservations", check=positive),
     "initial_accounts": Key(dict, {}, "accounts created with this balance when absent, e.g. { demo = '5.00' }"),
 }
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from core.config import Key
+from core.config import Key, positive
 from core.hookspecs import hookimpl
 from core.store import Migration, Store
 
@@ -55,11 +55,6 @@ MIGRATIONS = [
 ]
 
 
-def _positive(value: Any) -> None:
-    if value <= 0:
-        raise ValueError("must be greater than 0")
-
-
 def _url(value: str) -> None:
     if not value.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL")
@@ -69,12 +64,12 @@ KEYS = {
     "webhook_url": Key(str, None, "where call records are POSTed (none: record only)", check=_url),
     "webhook_secret": Key(str, None, "HMAC key for X-Switchboard-Signature", secret=True,
                           env="SWITCHBOARD_CRM_SECRET"),
-    "delivery_timeout": Key(float, 5.0, "seconds per delivery attempt", check=_positive),
-    "max_attempts": Key(int, 8, "attempts before a record goes to the dead-letter table", check=_positive),
-    "backoff": Key(float, 2.0, "seconds before the first retry; doubles each time", check=_positive),
-    "max_backoff": Key(float, 600.0, "longest wait between retries", check=_positive),
-    "poll_interval": Key(float, 1.0, "seconds between outbox checks when idle", check=_positive),
-    "batch": Key(int, 20, "records taken from the outbox at a time", check=_positive),
+    "delivery_timeout": Key(float, 5.0, "seconds per delivery attempt", check=positive),
+    "max_attempts": Key(int, 8, "attempts before a record goes to the dead-letter table", check=positive),
+    "backoff": Key(float, 2.0, "seconds before the first retry; doubles each time", check=positive),
+    "max_backoff": Key(float, 600.0, "longest wait between retries", check=positive),
+    "poll_interval": Key(float, 1.0, "seconds between outbox checks when idle", check=positive),
+    "batch": Key(int, 20, "records taken from the outbox at a time", check=positive),
 }
 
 
