@@ -1,9 +1,9 @@
 """Switchboard command line: serve (default), plugins, check, simulate, plugin commands.
 
-    python serve.py                      # serve config.toml with waitress
-    python serve.py plugins              # installed plugins, their hooks and precedence
-    python serve.py check                # validate the config, say what would load
-    python serve.py simulate ice         # send a signed ICE to the running server
+python serve.py                      # serve config.toml with waitress
+python serve.py plugins              # installed plugins, their hooks and precedence
+python serve.py check                # validate the config, say what would load
+python serve.py simulate ice         # send a signed ICE to the running server
 """
 
 from __future__ import annotations
@@ -107,7 +107,10 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
         while _busy() and time.monotonic() < grace_end:
             loop(timeout=0.05, map=server._map, count=1)
         if _busy():
-            log.warning("shutdown grace of %s s passed with callbacks in flight", server_cfg["shutdown_grace"])
+            log.warning(
+                "shutdown grace of %s s passed with callbacks in flight",
+                server_cfg["shutdown_grace"],
+            )
     finally:
         server.task_dispatcher.shutdown(timeout=1)
         runtime.close()
@@ -170,8 +173,11 @@ def cmd_check(args: argparse.Namespace, runtime: Runtime) -> int:
     else:
         keys = ", ".join(c.key for c in s.credentials)
         window = s.sinch["timestamp_window"]
-        print(f"  signatures verified for key(s) {keys}; timestamp window {window:g} s" if window else
-              f"  signatures verified for key(s) {keys}; timestamp check off")
+        print(
+            f"  signatures verified for key(s) {keys}; timestamp window {window:g} s"
+            if window
+            else f"  signatures verified for key(s) {keys}; timestamp check off"
+        )
     print(f"  budget {s.policy['budget']:g} s, ICE default {s.policy['ice_default']}")
     print(f"  store {s.store['url']} ({runtime.store.backend})")
     print(f"  plugins in precedence order: {', '.join(s.enabled) or 'none'}")
@@ -183,7 +189,9 @@ def cmd_check(args: argparse.Namespace, runtime: Runtime) -> int:
             print(f"       {key} = {json.dumps(value, default=str)}")
     pending = runtime.pending_migrations()
     if pending:
-        print("  migrations to apply at start: " + "; ".join(f"{o} {v}" for o, v in pending.items()))
+        print(
+            "  migrations to apply at start: " + "; ".join(f"{o} {v}" for o, v in pending.items())
+        )
     else:
         print("  store schema up to date")
     return 0
@@ -212,7 +220,12 @@ def build_event(name: str, args: argparse.Namespace, application_key: str | None
             rdnis="",
         )
     elif name == "pie":
-        base["menuResult"] = {"type": "sequence", "value": args.digits, "menuId": "main", "inputMethod": "dtmf"}
+        base["menuResult"] = {
+            "type": "sequence",
+            "value": args.digits,
+            "menuId": "main",
+            "inputMethod": "dtmf",
+        }
     elif name == "dice":
         base.update(
             reason="CALLERHANGUP",
@@ -224,7 +237,9 @@ def build_event(name: str, args: argparse.Namespace, application_key: str | None
             **{"from": args.cli.lstrip("+")},
         )
     elif name == "notify":
-        base.update(type="recording_finished", destination="azure://switchboard/recordings/simulated.mp3")
+        base.update(
+            type="recording_finished", destination="azure://switchboard/recordings/simulated.mp3"
+        )
     return base
 
 
@@ -259,7 +274,9 @@ def _wsgi_post(app: Any, path: str, headers: dict[str, str], body: bytes) -> tup
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     event = args.event.lower()
     key = settings.credentials[0] if settings.credentials else None
-    body = json.dumps(build_event(event, args, key.key if key else None), separators=(",", ":")).encode()
+    body = json.dumps(
+        build_event(event, args, key.key if key else None), separators=(",", ":")
+    ).encode()
     server = settings.server
     signed_path = server["public_path_prefix"] + server["callback_path"]
     headers = (
@@ -302,7 +319,9 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         return 0 if status == 200 else 1
     try:
         if not _print_trace(store, callid):
-            print(f"(no trace of call {callid} in {settings.store['url']}: the server uses another store)")
+            print(
+                f"(no trace of call {callid} in {settings.store['url']}: the server uses another store)"
+            )
     finally:
         store.close()
     return 0 if status == 200 else 1
@@ -334,9 +353,13 @@ def _print_trace(store: Store, callid: str) -> bool:
         print(f"trace {row['event']}: rule {trace.get('rule')}, {trace.get('elapsed_ms', '?')} ms")
         for p in trace.get("plugins", []):
             detail = p.get("decision") or p.get("error") or ""
-            print(f"  {p['plugin']}: {p['status']} in {p.get('ms')} ms {json.dumps(detail) if detail else ''}")
+            print(
+                f"  {p['plugin']}: {p['status']} in {p.get('ms')} ms {json.dumps(detail) if detail else ''}"
+            )
         for c in trace.get("conflicts", []):
-            print(f"  conflict: {c['plugin']} proposed {json.dumps(c['proposed'])}, lost to {c['lost_to']}")
+            print(
+                f"  conflict: {c['plugin']} proposed {json.dumps(c['proposed'])}, lost to {c['lost_to']}"
+            )
         for n in trace.get("notes", []):
             print(f"  note: {n}")
     return bool(rows)
@@ -346,8 +369,12 @@ def _print_trace(store: Store, callid: str) -> bool:
 
 
 def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="serve.py", description="Switchboard: Sinch Voice callback server")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="configuration file (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog="serve.py", description="Switchboard: Sinch Voice callback server"
+    )
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="configuration file (default: %(default)s)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("serve", help="serve callbacks with waitress (the default)")
@@ -359,7 +386,9 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
 
     sub.add_parser("check", help="validate the configuration and say what would load")
 
-    p = sub.add_parser("simulate", help="send a realistic, signed callback and print the answer and trace")
+    p = sub.add_parser(
+        "simulate", help="send a realistic, signed callback and print the answer and trace"
+    )
     p.add_argument("event", choices=["ice", "ace", "pie", "dice", "notify"], type=str.lower)
     p.add_argument("--to", default="+15612600684", help="dialled number (default: %(default)s)")
     p.add_argument("--cli", default="+12015555555", help="caller's number (default: %(default)s)")
@@ -367,11 +396,18 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     p.add_argument("--duration", type=int, default=42, help="DiCE duration in seconds")
     p.add_argument("--digits", default="1", help="PIE digits")
     p.add_argument("--currency", default="USD")
-    p.add_argument("--url", help="callback URL of a running server (default: from the config); the trace is read "
-                   "from the config's store")
-    p.add_argument("--in-process", action="store_true", help="answer with an in-process app instead")
     p.add_argument(
-        "--use-store", action="store_true", help="with --in-process: use the configured store, not a scratch one"
+        "--url",
+        help="callback URL of a running server (default: from the config); the trace is read "
+        "from the config's store",
+    )
+    p.add_argument(
+        "--in-process", action="store_true", help="answer with an in-process app instead"
+    )
+    p.add_argument(
+        "--use-store",
+        action="store_true",
+        help="with --in-process: use the configured store, not a scratch one",
     )
     if plugins is not None:
         plugins.call_each("switchboard_add_commands", subparsers=sub)

@@ -31,7 +31,9 @@ _JSON_TYPES = ("application/json",)
 
 def _json_error(status: int, message: str, field_name: str | None = None) -> bottle.HTTPResponse:
     return bottle.HTTPResponse(
-        body=error_body(message, field_name), status=status, headers={"Content-Type": "application/json"}
+        body=error_body(message, field_name),
+        status=status,
+        headers={"Content-Type": "application/json"},
     )
 
 

@@ -74,7 +74,9 @@ def coerce(path: str, key: Key, value: Any) -> Any:
         shown = "<redacted>" if key.secret else repr(value)
         raise ConfigError(f"{path}: expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {shown}")
     if key.choices is not None and value not in key.choices:
-        raise ConfigError(f"{path}: must be one of {', '.join(map(repr, key.choices))}, got {value!r}")
+        raise ConfigError(
+            f"{path}: must be one of {', '.join(map(repr, key.choices))}, got {value!r}"
+        )
     if key.check is not None:
         try:
             key.check(value)
@@ -108,7 +110,9 @@ def read_section(
                 try:
                     value = tomllib.loads(f"v = {raw}", parse_float=Decimal)["v"]
                 except tomllib.TOMLDecodeError:
-                    raise ConfigError(f"{where}: environment variable {key.env} is not a valid value") from None
+                    raise ConfigError(
+                        f"{where}: environment variable {key.env} is not a valid value"
+                    ) from None
             out[name] = coerce(f"{where} (from ${key.env})", key, value)
         elif key.required:
             raise ConfigError(f"{where}: required")
@@ -119,7 +123,8 @@ def read_section(
 
 def redacted(section: Mapping[str, Any], keys: Mapping[str, Key]) -> dict[str, Any]:
     return {
-        k: ("<redacted>" if keys.get(k, Key(str)).secret and v is not None else v) for k, v in section.items()
+        k: ("<redacted>" if keys.get(k, Key(str)).secret and v is not None else v)
+        for k, v in section.items()
     }
 
 
@@ -165,16 +170,25 @@ SERVER_KEYS = {
     "threads": Key(int, 8, "waitress worker threads", check=positive),
     "callback_path": Key(str, "/sinch/callback", "path Sinch POSTs callbacks to", check=_url_path),
     "public_path_prefix": Key(
-        str, "", "prefix a reverse proxy strips before forwarding; part of the signed path", check=_prefix
+        str,
+        "",
+        "prefix a reverse proxy strips before forwarding; part of the signed path",
+        check=_prefix,
     ),
     "max_body_bytes": Key(int, 65536, "largest callback body accepted (413 above)", check=positive),
-    "shutdown_grace": Key(float, 10.0, "seconds to finish in-flight callbacks on SIGTERM", check=positive),
+    "shutdown_grace": Key(
+        float, 10.0, "seconds to finish in-flight callbacks on SIGTERM", check=positive
+    ),
 }
 
 SINCH_KEYS = {
     "keys": Key(list, [], "application key/secret pairs accepted (several during rotation)"),
-    "insecure": Key(bool, False, "accept unsigned callbacks (development only; logged at every start)"),
-    "timestamp_window": Key(float, 300.0, "accepted x-timestamp skew in seconds; 0 disables the check"),
+    "insecure": Key(
+        bool, False, "accept unsigned callbacks (development only; logged at every start)"
+    ),
+    "timestamp_window": Key(
+        float, 300.0, "accepted x-timestamp skew in seconds; 0 disables the check"
+    ),
 }
 
 CREDENTIAL_KEYS = {
@@ -216,9 +230,14 @@ DEFAULT_FALLBACK = {
 
 PLUGIN_CORE_KEYS = {
     "on_error": Key(
-        str, None, "deny (fail closed) or abstain (fail open) when the plugin errs", choices=("deny", "abstain")
+        str,
+        None,
+        "deny (fail closed) or abstain (fail open) when the plugin errs",
+        choices=("deny", "abstain"),
     ),
-    "timeout": Key(float, None, "seconds this plugin may take (at most the budget)", check=positive),
+    "timeout": Key(
+        float, None, "seconds this plugin may take (at most the budget)", check=positive
+    ),
 }
 
 RESERVED_PLUGIN_NAMES = ("enabled",)
@@ -259,7 +278,8 @@ class Settings:
             "store": dict(self.store),
             "enabled": list(self.enabled),
             "plugins": {
-                name: redacted(values, self.plugin_keys.get(name, {})) for name, values in self.plugins.items()
+                name: redacted(values, self.plugin_keys.get(name, {}))
+                for name, values in self.plugins.items()
             },
         }
 
@@ -312,7 +332,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def parse(data: Mapping[str, Any], path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+def parse(
+    data: Mapping[str, Any], path: Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
     """Validate the core sections of a parsed config.toml."""
     env = os.environ if env is None else env
     sections = {"server", "sinch", "policy", "store", "logging", "plugins"}
@@ -379,7 +401,9 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
 
 
 def with_plugins(
-    settings: Settings, declared: Mapping[str, Mapping[str, Key]], env: Mapping[str, str] | None = None
+    settings: Settings,
+    declared: Mapping[str, Mapping[str, Key]],
+    env: Mapping[str, str] | None = None,
 ) -> Settings:
     """Validate each enabled plugin's ``[plugins.<name>]`` table against its declared keys."""
     stray = sorted(set(settings.plugin_tables) - set(settings.enabled))
@@ -398,7 +422,9 @@ def with_plugins(
         section = read_section(f"plugins.{name}", settings.plugin_tables.get(name), keys, env)
         timeout = section["timeout"]
         if timeout is not None and timeout > settings.policy["budget"]:
-            raise ConfigError(f"plugins.{name}.timeout: must not exceed policy.budget ({settings.policy['budget']} s)")
+            raise ConfigError(
+                f"plugins.{name}.timeout: must not exceed policy.budget ({settings.policy['budget']} s)"
+            )
         values[name] = MappingProxyType(section)
         keys_by_plugin[name] = MappingProxyType(keys)
     return Settings(
@@ -414,7 +440,9 @@ def store_path(settings: Settings) -> str:
     """The SQLite file of ``store.url``, relative paths taken from the config's folder."""
     url = settings.store["url"]
     if not url.startswith("sqlite://"):
-        raise ConfigError(f"store.url: unsupported store {url.split(':', 1)[0]!r} (use sqlite:///path)")
+        raise ConfigError(
+            f"store.url: unsupported store {url.split(':', 1)[0]!r} (use sqlite:///path)"
+        )
     rest = url[len("sqlite://") :]
     if rest in ("", "/", "/:memory:"):
         return ":memory:"

@@ -56,7 +56,9 @@ class Decision:
                 raise DecisionError(f"{name} must be an SVAML action, got {type(value).__name__}")
         for ins in self.instructions:
             if not isinstance(ins, Instruction):
-                raise DecisionError(f"instructions must be SVAML instructions, got {type(ins).__name__}")
+                raise DecisionError(
+                    f"instructions must be SVAML instructions, got {type(ins).__name__}"
+                )
         if self.max_duration is not None:
             if isinstance(self.max_duration, bool) or not isinstance(self.max_duration, int):
                 raise DecisionError("max_duration must be an integer number of seconds")
@@ -106,7 +108,12 @@ class Decision:
         instructions: Sequence[Instruction] = (),
     ) -> Decision:
         """Propose the action to answer with (rule 2: highest precedence wins)."""
-        return cls(action=action, max_duration=max_duration, instructions=tuple(instructions), reason=reason)
+        return cls(
+            action=action,
+            max_duration=max_duration,
+            instructions=tuple(instructions),
+            reason=reason,
+        )
 
     @classmethod
     def cap(cls, seconds: int, reason: str = "") -> Decision:
@@ -202,8 +209,12 @@ def merge(
     if caps:
         if not action.caps_duration:
             names = [n for n, _ in caps]
-            outcome.notes.append(f"{action.name} cannot carry maxDuration; capped by {', '.join(names)}")
-            return Outcome(Svaml(Hangup()), "cap-unenforceable", names, outcome.conflicts, outcome.notes)
+            outcome.notes.append(
+                f"{action.name} cannot carry maxDuration; capped by {', '.join(names)}"
+            )
+            return Outcome(
+                Svaml(Hangup()), "cap-unenforceable", names, outcome.conflicts, outcome.notes
+            )
         values = [v for _, v in caps if v is not None]
         own = getattr(action, "max_duration", None)
         if own is not None:

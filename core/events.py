@@ -116,7 +116,9 @@ class Money:
         if r is None:
             return None
         amount = r.number("amount")
-        return cls(currency_id=r.str("currencyId"), amount=amount if amount is not None else Decimal(0))
+        return cls(
+            currency_id=r.str("currencyId"), amount=amount if amount is not None else Decimal(0)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +365,9 @@ def parse_event(body: bytes | Mapping[str, Any]) -> Event:
         raise EventError("event", "field 'event' must be a string")
     parser = _PARSERS.get(name.lower())
     if parser is None:
-        raise EventError("event", f"unknown event {name!r} (expected one of {', '.join(EVENT_NAMES)})")
+        raise EventError(
+            "event", f"unknown event {name!r} (expected one of {', '.join(EVENT_NAMES)})"
+        )
     r = _Reader(data)
     r.seen.add("event")
     return parser(r)

@@ -149,7 +149,9 @@ def switchboard_notify(event: Notify, ctx: CallContext) -> None:
 
 
 @hookspec
-def switchboard_after_answer(event: Event, answer: Mapping[str, Any] | None, trace: Mapping[str, Any]) -> None:
+def switchboard_after_answer(
+    event: Event, answer: Mapping[str, Any] | None, trace: Mapping[str, Any]
+) -> None:
     """Observe every answered callback, after the answer is decided.
 
     Called for every callback that passed verification and parsing, including

@@ -117,7 +117,9 @@ class Pipeline:
         self.executor = ThreadPoolExecutor(
             max_workers=settings.policy["workers"], thread_name_prefix="switchboard-hook"
         )
-        self._plugin_logs = {name: logging.getLogger(f"switchboard.plugin.{name}") for name in plugins.order}
+        self._plugin_logs = {
+            name: logging.getLogger(f"switchboard.plugin.{name}") for name in plugins.order
+        }
         self._pending_after: set[Future[Any]] = set()
 
     # ------------------------------------------------------------------ entry
@@ -181,7 +183,9 @@ class Pipeline:
             results = self._run_hooks(event, deadline, trace, decision=True)
             if results is None:
                 svaml = self.fallback[event.name]
-                trace.update(rule="budget", notes=trace["notes"] + ["plugins still running at the budget"])
+                trace.update(
+                    rule="budget", notes=trace["notes"] + ["plugins still running at the budget"]
+                )
             else:
                 outcome = self._merge(event, results, trace)
                 svaml = outcome.svaml
@@ -193,12 +197,18 @@ class Pipeline:
             raise
         return self._respond(event, body, trace, started)
 
-    def _merge(self, event: Event, results: list[tuple[str, Decision | None]], trace: dict[str, Any]) -> Outcome:
+    def _merge(
+        self, event: Event, results: list[tuple[str, Decision | None]], trace: dict[str, Any]
+    ) -> Outcome:
         try:
             outcome = merge(event.name, results, ice_default=self.ice_default)
             outcome.svaml.validate_for(event.name)
         except SvamlError as exc:
-            outcome = Outcome(self.fallback[event.name], "invalid-answer", notes=[f"merged answer rejected: {exc}"])
+            outcome = Outcome(
+                self.fallback[event.name],
+                "invalid-answer",
+                notes=[f"merged answer rejected: {exc}"],
+            )
         trace.update(
             rule=outcome.rule,
             decided_by=outcome.decided_by,
@@ -215,8 +225,12 @@ class Pipeline:
             time.sleep(POLL_INTERVAL)
         return None
 
-    def _duplicate(self, event: Event, answer: str | None, trace: dict[str, Any], started: float) -> Response:
-        trace.update(rule="duplicate", duplicate=True, answer=json.loads(answer) if answer else None)
+    def _duplicate(
+        self, event: Event, answer: str | None, trace: dict[str, Any], started: float
+    ) -> Response:
+        trace.update(
+            rule="duplicate", duplicate=True, answer=json.loads(answer) if answer else None
+        )
         return self._respond(event, answer or "", trace, started)
 
     # ------------------------------------------------------------------ observers
@@ -257,13 +271,20 @@ class Pipeline:
                 config=config,
                 store=self.store,
                 deadline=deadline,
-                log=self._plugin_logs.get(impl.plugin) or logging.getLogger(f"switchboard.plugin.{impl.plugin}"),
+                log=self._plugin_logs.get(impl.plugin)
+                or logging.getLogger(f"switchboard.plugin.{impl.plugin}"),
             )
             own = config.get("timeout")
             timeout = own if own is not None else self.budget * DEFAULT_TIMEOUT_SHARE
             on_error = config.get("on_error") or ("deny" if decision else "abstain")
             runs.append(
-                _PluginRun(impl, self.executor.submit(_timed, impl, event, ctx), timeout, on_error, time.monotonic())
+                _PluginRun(
+                    impl,
+                    self.executor.submit(_timed, impl, event, ctx),
+                    timeout,
+                    on_error,
+                    time.monotonic(),
+                )
             )
 
         cutoff = deadline - self.budget * MERGE_RESERVE
@@ -298,17 +319,25 @@ class Pipeline:
                     results.append((run.impl.plugin, None))
             if entry.get("error"):
                 self._plugin_logs.get(run.impl.plugin, log).warning(
-                    "%s %s for call %s: %s", event.name, entry["status"], event.callid, entry["error"]
+                    "%s %s for call %s: %s",
+                    event.name,
+                    entry["status"],
+                    event.callid,
+                    entry["error"],
                 )
             trace["plugins"].append(entry)
         if decision and over_budget:
             return None
         return results
 
-    def _on_error(self, run: _PluginRun, entry: dict[str, Any], decision: bool) -> tuple[str, Decision | None]:
+    def _on_error(
+        self, run: _PluginRun, entry: dict[str, Any], decision: bool
+    ) -> tuple[str, Decision | None]:
         entry["on_error"] = run.on_error
         if decision and run.on_error == "deny":
-            return run.impl.plugin, Decision(deny=True, reason=f"plugin {entry['status']} (on_error=deny)")
+            return run.impl.plugin, Decision(
+                deny=True, reason=f"plugin {entry['status']} (on_error=deny)"
+            )
         return run.impl.plugin, None
 
     # ------------------------------------------------------------------ recording
@@ -327,15 +356,21 @@ class Pipeline:
             "answer": None,
         }
 
-    def _finish(self, event: Event, sub: str, body: str | None, trace: dict[str, Any], started: float) -> None:
+    def _finish(
+        self, event: Event, sub: str, body: str | None, trace: dict[str, Any], started: float
+    ) -> None:
         trace["elapsed_ms"] = _ms(time.monotonic() - started)
         outcome = trace["answer"]["action"]["name"] if trace.get("answer") else trace["rule"]
-        self.store.finish(event.callid, event.name, sub, body, json.dumps(trace, default=str), outcome)
+        self.store.finish(
+            event.callid, event.name, sub, body, json.dumps(trace, default=str), outcome
+        )
 
     def _respond(self, event: Event, body: str, trace: dict[str, Any], started: float) -> Response:
         trace["elapsed_ms"] = _ms(time.monotonic() - started)
         answer = trace.get("answer")
-        outcome = answer["action"]["name"] if answer else ("duplicate" if trace["duplicate"] else "ok")
+        outcome = (
+            answer["action"]["name"] if answer else ("duplicate" if trace["duplicate"] else "ok")
+        )
         log.info(
             json.dumps(
                 {
@@ -346,7 +381,8 @@ class Pipeline:
                     "rule": trace["rule"],
                     "latency_ms": trace["elapsed_ms"],
                     "plugins": {
-                        p["plugin"]: f"{p['status']}:{p.get('ms', 0)}ms" + (f":{p['decision']['kind']}" if "decision" in p else "")
+                        p["plugin"]: f"{p['status']}:{p.get('ms', 0)}ms"
+                        + (f":{p['decision']['kind']}" if "decision" in p else "")
                         for p in trace["plugins"]
                     },
                     "conflicts": len(trace["conflicts"]),
@@ -358,9 +394,21 @@ class Pipeline:
         return Response(200, body, trace)
 
     def _reject(
-        self, started: float, status: int, message: str, *, field_name: str | None = None, reason: str | None = None
+        self,
+        started: float,
+        status: int,
+        message: str,
+        *,
+        field_name: str | None = None,
+        reason: str | None = None,
     ) -> Response:
-        line: dict[str, Any] = {"callid": None, "event": None, "status": status, "outcome": "rejected", "error": message}
+        line: dict[str, Any] = {
+            "callid": None,
+            "event": None,
+            "status": status,
+            "outcome": "rejected",
+            "error": message,
+        }
         if reason:
             line["reason"] = reason
         line["latency_ms"] = _ms(time.monotonic() - started)

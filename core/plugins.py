@@ -87,19 +87,25 @@ def _load(name: str, ep: md.EntryPoint) -> object:
     try:
         obj = ep.load()
     except Exception as exc:  # any import failure stops the start, named
-        raise PluginError(f"plugin {name!r} from {origin} failed to import: {type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"plugin {name!r} from {origin} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
     if isinstance(obj, type):
         try:
             obj = obj()
         except Exception as exc:
-            raise PluginError(f"plugin {name!r} from {origin} failed to start: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(
+                f"plugin {name!r} from {origin} failed to start: {type(exc).__name__}: {exc}"
+            ) from exc
     return obj
 
 
 class Plugins:
     """The enabled plugins, in precedence order, over one pluggy manager."""
 
-    def __init__(self, pm: pluggy.PluginManager, order: Sequence[str], info: Mapping[str, PluginInfo]) -> None:
+    def __init__(
+        self, pm: pluggy.PluginManager, order: Sequence[str], info: Mapping[str, PluginInfo]
+    ) -> None:
         self.pm = pm
         self.order = tuple(order)
         self.info = dict(info)
@@ -138,7 +144,9 @@ class Plugins:
             except PluginError:
                 raise
             except Exception as exc:
-                raise PluginError(f"plugin {impl.plugin!r} failed in {hook}: {type(exc).__name__}: {exc}") from exc
+                raise PluginError(
+                    f"plugin {impl.plugin!r} failed in {hook}: {type(exc).__name__}: {exc}"
+                ) from exc
         return results
 
     def hooks_of(self, name: str) -> tuple[str, ...]:
@@ -157,7 +165,9 @@ def _register(pm: pluggy.PluginManager, name: str, obj: object, origin: str) -> 
         pm.register(obj, name=name)
     except pluggy.PluginValidationError as exc:
         detail = str(exc).replace("\n", "; ")
-        raise PluginError(f"plugin {name!r} from {origin} implements a hook wrongly: {detail}") from None
+        raise PluginError(
+            f"plugin {name!r} from {origin} implements a hook wrongly: {detail}"
+        ) from None
     except ValueError as exc:
         raise PluginError(f"plugin {name!r} from {origin} cannot be registered: {exc}") from None
     for caller in pm.get_hookcallers(obj) or ():
@@ -187,7 +197,12 @@ def make_plugins(
     info: dict[str, PluginInfo] = {}
     for name in enabled:
         if name in given:
-            obj, version, builtin, origin = given[name], None, False, f"object {_qualname(given[name])}"
+            obj, version, builtin, origin = (
+                given[name],
+                None,
+                False,
+                f"object {_qualname(given[name])}",
+            )
         elif name in eps:
             version, builtin, origin = _describe_ep(eps[name])
             obj = _load(name, eps[name])
@@ -240,9 +255,13 @@ def declared_keys(plugins: Plugins) -> dict[str, Mapping[str, Key]]:
         if keys is None:
             continue
         if not isinstance(keys, Mapping):
-            raise PluginError(f"plugin {name!r}: switchboard_config_keys must return a mapping of Key")
+            raise PluginError(
+                f"plugin {name!r}: switchboard_config_keys must return a mapping of Key"
+            )
         for key, spec in keys.items():
             if not isinstance(spec, Key):
-                raise PluginError(f"plugin {name!r}: config key {key!r} must be declared with core.config.Key")
+                raise PluginError(
+                    f"plugin {name!r}: config key {key!r} must be declared with core.config.Key"
+                )
         out[name] = keys
     return out

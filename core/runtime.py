@@ -73,7 +73,9 @@ class Runtime:
         for name, items in self.plugins.call_each("switchboard_store_migrations").items():
             items = list(items or ())
             if not all(isinstance(m, Migration) for m in items):
-                raise PluginError(f"plugin {name!r}: switchboard_store_migrations must return Migration objects")
+                raise PluginError(
+                    f"plugin {name!r}: switchboard_store_migrations must return Migration objects"
+                )
             out[name] = items
         return out
 

@@ -153,7 +153,9 @@ class Verifier:
             raise SignatureError("scheme", "Authorization scheme must be 'application'")
         key, sep, signature = credential.partition(":")
         if not sep or not key or not signature:
-            raise SignatureError("malformed", "Authorization must be 'application <key>:<signature>'")
+            raise SignatureError(
+                "malformed", "Authorization must be 'application <key>:<signature>'"
+            )
         secrets = self._by_key.get(key)
         if secrets is None:
             raise SignatureError("unknown-key", "unknown application key")
@@ -164,7 +166,9 @@ class Verifier:
             try:
                 sent = parse_timestamp(timestamp)
             except ValueError:
-                raise SignatureError("bad-timestamp", "x-timestamp is not an ISO-8601 time") from None
+                raise SignatureError(
+                    "bad-timestamp", "x-timestamp is not an ISO-8601 time"
+                ) from None
             skew = abs((self.clock() - sent).total_seconds())
             if skew > self.window:
                 raise SignatureError(

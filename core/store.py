@@ -198,7 +198,10 @@ class Store:
         for m in self.pending(owner, migrations):
             try:
                 with self.transaction() as tx:
-                    if tx.one("SELECT 1 FROM schema_migrations WHERE owner = ? AND version = ?", (owner, m.version)):
+                    if tx.one(
+                        "SELECT 1 FROM schema_migrations WHERE owner = ? AND version = ?",
+                        (owner, m.version),
+                    ):
                         continue  # another process got there first
                     for statement in m.statements:
                         tx.execute(statement)
@@ -213,7 +216,9 @@ class Store:
 
     # -------------------------------------------------------------- core: callbacks
 
-    def claim(self, callid: str, event: str, sub: str, lease: float, now: float | None = None) -> Claim:
+    def claim(
+        self, callid: str, event: str, sub: str, lease: float, now: float | None = None
+    ) -> Claim:
         """Atomically claim ``(callid, event, sub)`` for processing (see ``Claim``).
 
         A claim whose lease ran out (its worker died) can be taken over.
@@ -242,7 +247,9 @@ class Store:
                 return Claim("new")
             return Claim("busy")
 
-    def finish(self, callid: str, event: str, sub: str, answer: str | None, trace: str, outcome: str) -> None:
+    def finish(
+        self, callid: str, event: str, sub: str, answer: str | None, trace: str, outcome: str
+    ) -> None:
         """Record the answer and trace of a claimed callback."""
         with self.transaction() as tx:
             tx.execute(
@@ -261,7 +268,8 @@ class Store:
 
     def answer_of(self, callid: str, event: str, sub: str) -> Claim:
         rows = self.query(
-            "SELECT state, answer FROM callbacks WHERE callid = ? AND event = ? AND sub = ?", (callid, event, sub)
+            "SELECT state, answer FROM callbacks WHERE callid = ? AND event = ? AND sub = ?",
+            (callid, event, sub),
         )
         if not rows:
             return Claim("missing")

@@ -24,7 +24,47 @@ MAX_HEADER_BYTES = 1024
 MAX_CONFERENCE_ID = 64
 
 INDICATIONS = frozenset(
-    ["at", "au", "bg", "br", "be", "ch", "cl", "cn", "cz", "de", "dk", "ee", "es", "fi", "fr", "gr", "hu", "il", "in", "it", "lt", "jp", "mx", "my", "nl", "no", "nz", "ph", "pl", "pt", "ru", "se", "sg", "th", "uk", "us", "tw", "ve", "za"]
+    [
+        "at",
+        "au",
+        "bg",
+        "br",
+        "be",
+        "ch",
+        "cl",
+        "cn",
+        "cz",
+        "de",
+        "dk",
+        "ee",
+        "es",
+        "fi",
+        "fr",
+        "gr",
+        "hu",
+        "il",
+        "in",
+        "it",
+        "lt",
+        "jp",
+        "mx",
+        "my",
+        "nl",
+        "no",
+        "nz",
+        "ph",
+        "pl",
+        "pt",
+        "ru",
+        "se",
+        "sg",
+        "th",
+        "uk",
+        "us",
+        "tw",
+        "ve",
+        "za",
+    ]
 )
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 _DTMF = re.compile(r"^[0-9#w]+$")
@@ -234,7 +274,9 @@ class MenuOption(Node):
 
     def check(self) -> None:
         if not _MENU_ACTION.match(self.action or ""):
-            raise SvamlError("options.action", f"must be menu(<id>) or return(<value>), got {self.action!r}")
+            raise SvamlError(
+                "options.action", f"must be menu(<id>) or return(<value>), got {self.action!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -491,7 +533,17 @@ class StopRecording(Instruction):
 
 ACTIONS: dict[str, type[Action]] = {
     c.name: c
-    for c in (Hangup, Continue, ConnectPstn, ConnectMxp, ConnectConf, ConnectSip, ConnectStream, RunMenu, Park)
+    for c in (
+        Hangup,
+        Continue,
+        ConnectPstn,
+        ConnectMxp,
+        ConnectConf,
+        ConnectSip,
+        ConnectStream,
+        RunMenu,
+        Park,
+    )
 }
 INSTRUCTIONS: dict[str, type[Instruction]] = {
     c.name: c for c in (PlayFiles, Say, SendDtmf, SetCookie, Answer, StartRecording, StopRecording)
@@ -500,7 +552,16 @@ INSTRUCTIONS: dict[str, type[Instruction]] = {
 # SINCH.md 3.2: which action / instruction may answer which event.
 LEGAL_ACTIONS: dict[str, frozenset[str]] = {
     "ice": frozenset(
-        {"hangup", "connectPstn", "connectMxp", "connectConf", "connectSip", "connectStream", "runMenu", "park"}
+        {
+            "hangup",
+            "connectPstn",
+            "connectMxp",
+            "connectConf",
+            "connectSip",
+            "connectStream",
+            "runMenu",
+            "park",
+        }
     ),
     "ace": frozenset({"hangup", "continue", "connectConf", "runMenu"}),
     "pie": frozenset({"hangup", "continue", "connectPstn", "connectConf", "connectSip", "runMenu"}),
@@ -508,7 +569,9 @@ LEGAL_ACTIONS: dict[str, frozenset[str]] = {
 LEGAL_INSTRUCTIONS: dict[str, frozenset[str]] = {
     "ice": frozenset(INSTRUCTIONS),
     "ace": frozenset({"playFiles", "say", "setCookie", "startRecording", "stopRecording"}),
-    "pie": frozenset({"playFiles", "say", "sendDtmf", "setCookie", "startRecording", "stopRecording"}),
+    "pie": frozenset(
+        {"playFiles", "say", "sendDtmf", "setCookie", "startRecording", "stopRecording"}
+    ),
 }
 
 
@@ -531,18 +594,23 @@ class Svaml:
                 raise SvamlError(f"instructions[{i}]", "must be an SVAML instruction")
         cookies = sum(i.size for i in self.instructions if isinstance(i, SetCookie))
         if cookies > MAX_COOKIE_BYTES:
-            raise SvamlError("instructions", f"cookies total {cookies} bytes, limit {MAX_COOKIE_BYTES}")
+            raise SvamlError(
+                "instructions", f"cookies total {cookies} bytes, limit {MAX_COOKIE_BYTES}"
+            )
 
     def validate_for(self, event: str) -> Svaml:
         """Raise SvamlError unless this answer is legal for ``event`` (ice, ace, pie)."""
         if event not in LEGAL_ACTIONS:
             raise SvamlError("event", f"{event!r} takes no SVAML answer")
         if self.action.name not in LEGAL_ACTIONS[event]:
-            raise SvamlError("action", f"{self.action.name!r} is not allowed in an {event.upper()} answer")
+            raise SvamlError(
+                "action", f"{self.action.name!r} is not allowed in an {event.upper()} answer"
+            )
         for i, ins in enumerate(self.instructions):
             if ins.name not in LEGAL_INSTRUCTIONS[event]:
                 raise SvamlError(
-                    f"instructions[{i}]", f"{ins.name!r} is not allowed in an {event.upper()} answer"
+                    f"instructions[{i}]",
+                    f"{ins.name!r} is not allowed in an {event.upper()} answer",
                 )
         return self
 

@@ -76,22 +76,37 @@ MIGRATIONS = [
 
 
 KEYS = {
-    "default": Key(str, "deny", "verdict for a destination no rule matches", choices=("deny", "allow")),
+    "default": Key(
+        str, "deny", "verdict for a destination no rule matches", choices=("deny", "allow")
+    ),
     "allow": Key(list, [], "destination numbers or prefixes ('+44*') that may be called"),
     "deny": Key(list, [], "destination numbers or prefixes that may not be called"),
-    "callers_default": Key(str, "allow", "verdict for a caller no caller rule matches", choices=("deny", "allow")),
+    "callers_default": Key(
+        str, "allow", "verdict for a caller no caller rule matches", choices=("deny", "allow")
+    ),
     "allow_callers": Key(list, [], "caller numbers or prefixes that may call"),
     "deny_callers": Key(list, [], "caller numbers or prefixes that may not call"),
     "builtin_deny": Key(bool, True, "deny the built-in high-risk ranges (premium-rate, IRSF)"),
-    "max_duration": Key(int, None, "maxDuration of the connectPstn for an allowed call", check=between(1, MAX_DURATION, "seconds")),
+    "max_duration": Key(
+        int,
+        None,
+        "maxDuration of the connectPstn for an allowed call",
+        check=between(1, MAX_DURATION, "seconds"),
+    ),
     "cli": Key(str, None, "caller id shown on the connected call (E.164 or 'private')"),
     "deny_prompt": Key(str, None, "said to the caller before a denied call is hung up"),
     "prompt_locale": Key(str, "en-US", "locale of deny_prompt"),
-    "caller_limit": Key(int, 0, "calls per caller per caller_window (0: no limit)", check=non_negative),
+    "caller_limit": Key(
+        int, 0, "calls per caller per caller_window (0: no limit)", check=non_negative
+    ),
     "caller_window": Key(float, 3600.0, "seconds", check=non_negative),
-    "prefix_limit": Key(int, 0, "calls per destination prefix per prefix_window (0: no limit)", check=non_negative),
+    "prefix_limit": Key(
+        int, 0, "calls per destination prefix per prefix_window (0: no limit)", check=non_negative
+    ),
     "prefix_window": Key(float, 3600.0, "seconds", check=non_negative),
-    "prefix_digits": Key(int, 6, "digits of the destination (after '+') that form its prefix", check=non_negative),
+    "prefix_digits": Key(
+        int, 6, "digits of the destination (after '+') that form its prefix", check=non_negative
+    ),
 }
 
 
@@ -150,7 +165,9 @@ class Allowlist:
                 return self._deny(cfg, f"{dest} matches no allow rule (default deny)")
         elif found[0] == "deny":
             why = self.builtin.get(found[1].text)
-            detail = f"high-risk range {found[1].digits} ({why})" if why else f"rule {found[1].text!r}"
+            detail = (
+                f"high-risk range {found[1].digits} ({why})" if why else f"rule {found[1].text!r}"
+            )
             return self._deny(cfg, f"{dest} denied by {detail}")
 
         caller = event.cli_e164
@@ -173,7 +190,11 @@ class Allowlist:
         return Decision.allowed(f"{dest} allowed by {rule}", action=action)
 
     def _deny(self, cfg: Mapping[str, Any], reason: str) -> Decision:
-        return Decision.denied(reason, prompt=cfg["deny_prompt"], locale=cfg["prompt_locale"] if cfg["deny_prompt"] else None)
+        return Decision.denied(
+            reason,
+            prompt=cfg["deny_prompt"],
+            locale=cfg["prompt_locale"] if cfg["deny_prompt"] else None,
+        )
 
     def _velocity(self, event: Any, ctx: Any, dest: str, caller: str) -> str | None:
         cfg = ctx.config
@@ -181,14 +202,26 @@ class Allowlist:
         if cfg["caller_limit"]:
             checks.append(("caller", caller, cfg["caller_limit"], cfg["caller_window"]))
         if cfg["prefix_limit"]:
-            checks.append(("prefix", dest[: 1 + cfg["prefix_digits"]], cfg["prefix_limit"], cfg["prefix_window"]))
+            checks.append(
+                (
+                    "prefix",
+                    dest[: 1 + cfg["prefix_digits"]],
+                    cfg["prefix_limit"],
+                    cfg["prefix_window"],
+                )
+            )
         if not checks:
             return None
         now = time.time()
         with ctx.store.transaction() as tx:
             for scope, key, limit, window in checks:
-                tx.execute("DELETE FROM allowlist_hits WHERE scope = ? AND key = ? AND at < ?", (scope, key, now - window))
-                row = tx.one("SELECT COUNT(*) FROM allowlist_hits WHERE scope = ? AND key = ?", (scope, key))
+                tx.execute(
+                    "DELETE FROM allowlist_hits WHERE scope = ? AND key = ? AND at < ?",
+                    (scope, key, now - window),
+                )
+                row = tx.one(
+                    "SELECT COUNT(*) FROM allowlist_hits WHERE scope = ? AND key = ?", (scope, key)
+                )
                 if row is not None and row[0] >= limit:
                     return f"{scope} {key} reached {limit} calls per {window:g} s"
             for scope, key, _, _ in checks:

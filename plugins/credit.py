@@ -66,25 +66,54 @@ MIGRATIONS = [
 KEYS = {
     "currency": Key(str, "USD", "currency of accounts and rates (ISO 4217)"),
     "decimals": Key(int, 2, "digits of the minor unit (2: cents)", check=non_negative),
-    "account_from": Key(str, "cli", "how a call names its account: cli, custom, header:NAME or fixed"),
+    "account_from": Key(
+        str, "cli", "how a call names its account: cli, custom, header:NAME or fixed"
+    ),
     "account": Key(str, None, "the account when account_from = 'fixed'"),
-    "rates": Key(dict, {}, "price per minute by destination prefix, e.g. { '+1' = 0.02, '+44' = '0.05' }"),
-    "rate_source": Key(str, "table", "table, or user_rate (Sinch's userRate, then the table)",
-                       choices=("table", "user_rate")),
+    "rates": Key(
+        dict, {}, "price per minute by destination prefix, e.g. { '+1' = 0.02, '+44' = '0.05' }"
+    ),
+    "rate_source": Key(
+        str,
+        "table",
+        "table, or user_rate (Sinch's userRate, then the table)",
+        choices=("table", "user_rate"),
+    ),
     "markup_percent": Key(Decimal, Decimal(0), "added to Sinch's userRate", check=non_negative),
     "increments": Key(str, "60/60", "billing increments: first/next in seconds, e.g. 60/60 or 1/1"),
-    "minimum_charge": Key(Decimal, Decimal(0), "smallest charge for an answered call", check=non_negative),
-    "minimum_seconds": Key(int, 60, "deny calls the balance buys fewer seconds of", check=between(1, MAX_DURATION, "seconds")),
-    "max_duration": Key(int, MAX_DURATION, "cap for any call", check=between(1, MAX_DURATION, "seconds")),
+    "minimum_charge": Key(
+        Decimal, Decimal(0), "smallest charge for an answered call", check=non_negative
+    ),
+    "minimum_seconds": Key(
+        int,
+        60,
+        "deny calls the balance buys fewer seconds of",
+        check=between(1, MAX_DURATION, "seconds"),
+    ),
+    "max_duration": Key(
+        int, MAX_DURATION, "cap for any call", check=between(1, MAX_DURATION, "seconds")
+    ),
     "deny_prompt": Key(str, None, "said before a call without credit is hung up"),
     "announce": Key(bool, False, "answer and say the minutes left before connecting"),
     "prompt_locale": Key(str, "en-US", "locale of the prompts"),
-    "settle_with": Key(str, "rate", "rate (duration x reserved rate) or debit (Sinch's debit)",
-                       choices=("rate", "debit")),
-    "grace": Key(float, 300.0, "seconds after maxDuration before an unsettled reservation expires",
-                 check=positive),
-    "sweep_interval": Key(float, 30.0, "seconds between sweeps for expired reservations", check=positive),
-    "initial_accounts": Key(dict, {}, "accounts created with this balance when absent, e.g. { demo = '5.00' }"),
+    "settle_with": Key(
+        str,
+        "rate",
+        "rate (duration x reserved rate) or debit (Sinch's debit)",
+        choices=("rate", "debit"),
+    ),
+    "grace": Key(
+        float,
+        300.0,
+        "seconds after maxDuration before an unsettled reservation expires",
+        check=positive,
+    ),
+    "sweep_interval": Key(
+        float, 30.0, "seconds between sweeps for expired reservations", check=positive
+    ),
+    "initial_accounts": Key(
+        dict, {}, "accounts created with this balance when absent, e.g. { demo = '5.00' }"
+    ),
 }
 
 
@@ -171,8 +200,12 @@ class Credit:
         self.config = config
         self.scale = 10 ** config["decimals"]
         source = config["account_from"]
-        if source not in ("cli", "custom", "fixed") and not (source.startswith("header:") and len(source) > 7):
-            raise ValueError(f"account_from must be cli, custom, header:NAME or fixed, got {source!r}")
+        if source not in ("cli", "custom", "fixed") and not (
+            source.startswith("header:") and len(source) > 7
+        ):
+            raise ValueError(
+                f"account_from must be cli, custom, header:NAME or fixed, got {source!r}"
+            )
         if source == "fixed" and not config["account"]:
             raise ValueError("account_from = 'fixed' needs account")
         self.rates = {}
@@ -181,15 +214,21 @@ class Credit:
             try:
                 rate = Decimal(str(price))
             except InvalidOperation:
-                raise ValueError(f"rates[{prefix!r}] must be a price per minute, got {price!r}") from None
+                raise ValueError(
+                    f"rates[{prefix!r}] must be a price per minute, got {price!r}"
+                ) from None
             if not rate.is_finite() or rate < 0:
                 raise ValueError(f"rates[{prefix!r}] must be a price of 0 or more, got {price!r}")
             self.rates[pattern.digits or "+"] = rate
         if not self.rates and config["rate_source"] == "table":
-            raise ValueError("rates is empty: give prices per minute by prefix, e.g. rates = { '+1' = 0.02 }")
+            raise ValueError(
+                "rates is empty: give prices per minute by prefix, e.g. rates = { '+1' = 0.02 }"
+            )
         first, sep, nxt = config["increments"].partition("/")
         if not (sep and first.isdigit() and nxt.isdigit() and int(first) > 0 and int(nxt) > 0):
-            raise ValueError(f"increments must look like 60/60 or 1/1, got {config['increments']!r}")
+            raise ValueError(
+                f"increments must look like 60/60 or 1/1, got {config['increments']!r}"
+            )
         self.first, self.nxt = int(first), int(nxt)
         self.minimum = parse_amount(config["minimum_charge"], config["decimals"], "minimum_charge")
         for account, amount in config["initial_accounts"].items():
@@ -205,10 +244,14 @@ class Credit:
                 if tx.one("SELECT 1 FROM credit_accounts WHERE account = ?", (account,)) is None:
                     self._create(tx, account)
                     if minor:
-                        self._book(tx, account, "initial", minor, None, {"source": "initial_accounts"})
+                        self._book(
+                            tx, account, "initial", minor, None, {"source": "initial_accounts"}
+                        )
         if serving:
             self._stop.clear()
-            self._sweeper = threading.Thread(target=self._sweep_loop, name="credit-sweeper", daemon=True)
+            self._sweeper = threading.Thread(
+                target=self._sweep_loop, name="credit-sweeper", daemon=True
+            )
             self._sweeper.start()
 
     @hookimpl
@@ -259,17 +302,24 @@ class Credit:
         tariff = Tariff(rate, self.first, self.nxt, self.minimum, self.scale)
         now = time.time()
         with ctx.store.transaction() as tx:
-            held = tx.one("SELECT max_duration, status FROM credit_reservations WHERE callid = ?", (event.callid,))
+            held = tx.one(
+                "SELECT max_duration, status FROM credit_reservations WHERE callid = ?",
+                (event.callid,),
+            )
             if held is not None:  # a takeover after a crash: keep what was reserved
                 if held[1] != "open":
                     return self._deny(cfg, f"reservation already {held[1]}")
                 return Decision.cap(held[0], f"reserved earlier for {account}")
-            row = tx.one("SELECT balance, currency FROM credit_accounts WHERE account = ?", (account,))
+            row = tx.one(
+                "SELECT balance, currency FROM credit_accounts WHERE account = ?", (account,)
+            )
             if row is None:
                 return self._deny(cfg, f"unknown account {account}")
             balance, currency = row
             if currency != cfg["currency"]:
-                return self._deny(cfg, f"account {account} is in {currency}, rates in {cfg['currency']}")
+                return self._deny(
+                    cfg, f"account {account} is in {currency}, rates in {cfg['currency']}"
+                )
             reserved = tx.one(
                 "SELECT COALESCE(SUM(amount), 0) FROM credit_reservations WHERE account = ? AND status = 'open'",
                 (account,),
@@ -278,28 +328,46 @@ class Credit:
             seconds = tariff.affordable(available, cfg["max_duration"])
             if seconds < cfg["minimum_seconds"]:
                 return self._deny(
-                    cfg, f"account {account}: {fmt(available, cfg['decimals'])} {currency} buys {seconds} s"
+                    cfg,
+                    f"account {account}: {fmt(available, cfg['decimals'])} {currency} buys {seconds} s",
                 )
             amount = tariff.cost(seconds)
             tx.execute(
                 "INSERT INTO credit_reservations (callid, account, amount, rate, first_increment, next_increment, "
                 "minimum_charge, max_duration, status, created_at, expires_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)",
-                (event.callid, account, amount, str(rate), self.first, self.nxt, self.minimum, seconds, now,
-                 now + seconds + cfg["grace"]),
+                (
+                    event.callid,
+                    account,
+                    amount,
+                    str(rate),
+                    self.first,
+                    self.nxt,
+                    self.minimum,
+                    seconds,
+                    now,
+                    now + seconds + cfg["grace"],
+                ),
             )
-        reason = (f"{account}: reserved {fmt(amount, cfg['decimals'])} {currency} for {seconds} s "
-                  f"at {rate}/min ({rate_from})")
+        reason = (
+            f"{account}: reserved {fmt(amount, cfg['decimals'])} {currency} for {seconds} s "
+            f"at {rate}/min ({rate_from})"
+        )
         if cfg["announce"]:
             minutes = seconds // 60
             text = f"You have {minutes} minute{'s' if minutes != 1 else ''} of credit."
-            return Decision(max_duration=seconds, reason=reason,
-                            instructions=(Answer(), Say(text=text, locale=cfg["prompt_locale"])))
+            return Decision(
+                max_duration=seconds,
+                reason=reason,
+                instructions=(Answer(), Say(text=text, locale=cfg["prompt_locale"])),
+            )
         return Decision.cap(seconds, reason)
 
     def _deny(self, cfg: Mapping[str, Any], reason: str) -> Decision:
         prompt = cfg["deny_prompt"]
-        return Decision.denied(reason, prompt=prompt, locale=cfg["prompt_locale"] if prompt else None)
+        return Decision.denied(
+            reason, prompt=prompt, locale=cfg["prompt_locale"] if prompt else None
+        )
 
     @hookimpl
     def switchboard_after_answer(self, event: Any, answer: Any, trace: Any) -> None:
@@ -339,7 +407,9 @@ class Credit:
     def switchboard_dice(self, event: Any, ctx: Any) -> None:
         cfg = ctx.config
         now = time.time()
-        answered = (event.result or "").upper() == "ANSWERED" or (event.result is None and (event.duration or 0) > 0)
+        answered = (event.result or "").upper() == "ANSWERED" or (
+            event.result is None and (event.duration or 0) > 0
+        )
         duration = (event.duration or 0) if answered else 0
         with ctx.store.transaction() as tx:
             if tx.one("SELECT 1 FROM credit_settled WHERE callid = ?", (event.callid,)) is not None:
@@ -349,7 +419,11 @@ class Credit:
                 "FROM credit_reservations WHERE callid = ?",
                 (event.callid,),
             )
-            details: dict[str, Any] = {"duration": duration, "result": event.result, "reason": event.reason}
+            details: dict[str, Any] = {
+                "duration": duration,
+                "result": event.result,
+                "reason": event.reason,
+            }
             if res is None:
                 details["debit"] = str(event.debit.amount) if event.debit else None
                 tx.execute(
@@ -357,15 +431,24 @@ class Credit:
                     "VALUES (?, NULL, 0, 'unreserved', ?, ?)",
                     (event.callid, now, json.dumps(details)),
                 )
-                ctx.log.warning("DiCE for call %s that was never reserved: recorded, not charged", event.callid)
+                ctx.log.warning(
+                    "DiCE for call %s that was never reserved: recorded, not charged", event.callid
+                )
                 return
             account, reserved, rate, first, nxt, minimum, cap, status = res
             tariff = Tariff(Decimal(rate), first, nxt, minimum, self.scale)
             charge = tariff.cost(duration)
-            details.update(rate=rate, billed_seconds=tariff.billed_seconds(duration), cap=cap, reserved=reserved)
+            details.update(
+                rate=rate,
+                billed_seconds=tariff.billed_seconds(duration),
+                cap=cap,
+                reserved=reserved,
+            )
             if cfg["settle_with"] == "debit" and event.debit is not None and duration > 0:
                 if (event.debit.currency_id or cfg["currency"]) == cfg["currency"]:
-                    charge = int((event.debit.amount * self.scale).to_integral_value(rounding=ROUND_CEILING))
+                    charge = int(
+                        (event.debit.amount * self.scale).to_integral_value(rounding=ROUND_CEILING)
+                    )
                     details["settled_by"] = "debit"
                 else:
                     details["note"] = f"debit in {event.debit.currency_id}, settled by rate"
@@ -373,9 +456,17 @@ class Credit:
             applied = min(charge, balance[0] if balance else 0)
             if applied < charge:
                 details["uncollected"] = charge - applied
-                ctx.log.warning("call %s: %s could not be collected from %s", event.callid, charge - applied, account)
+                ctx.log.warning(
+                    "call %s: %s could not be collected from %s",
+                    event.callid,
+                    charge - applied,
+                    account,
+                )
             self._book(tx, account, "call", -applied, event.callid, details)
-            tx.execute("UPDATE credit_reservations SET status = 'settled' WHERE callid = ?", (event.callid,))
+            tx.execute(
+                "UPDATE credit_reservations SET status = 'settled' WHERE callid = ?",
+                (event.callid,),
+            )
             tx.execute(
                 "INSERT INTO credit_settled (callid, account, amount, status, at, details) "
                 "VALUES (?, ?, ?, 'settled', ?, ?)",
@@ -395,11 +486,15 @@ class Credit:
                 (now,),
             )
             for callid, _, _ in rows:
-                tx.execute("UPDATE credit_reservations SET status = 'expired' WHERE callid = ?", (callid,))
+                tx.execute(
+                    "UPDATE credit_reservations SET status = 'expired' WHERE callid = ?", (callid,)
+                )
         for callid, account, amount in rows:
             log.warning(
                 "reservation of call %s expired (no DiCE): released %s from account %s",
-                callid, fmt(amount, self.config["decimals"]), account,
+                callid,
+                fmt(amount, self.config["decimals"]),
+                account,
             )
         return [r[0] for r in rows]
 
@@ -418,7 +513,9 @@ class Credit:
             (account, self.config["currency"], time.time()),
         )
 
-    def _book(self, tx: Tx, account: str, kind: str, amount: int, callid: str | None, details: Any) -> int:
+    def _book(
+        self, tx: Tx, account: str, kind: str, amount: int, callid: str | None, details: Any
+    ) -> int:
         """Write a ledger entry and move the balance by ``amount``; return the new balance."""
         row = tx.one("SELECT balance FROM credit_accounts WHERE account = ?", (account,))
         if row is None:
@@ -426,14 +523,28 @@ class Credit:
         balance = row[0] + amount
         if balance < 0:
             raise ValueError(f"account {account!r} would go below zero")
-        seq = tx.one("SELECT COALESCE(MAX(seq), 0) + 1 FROM credit_ledger WHERE account = ?", (account,))
+        seq = tx.one(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM credit_ledger WHERE account = ?", (account,)
+        )
         now = time.time()
         tx.execute(
             "INSERT INTO credit_ledger (account, seq, at, kind, amount, balance_after, callid, details) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (account, seq[0] if seq else 1, now, kind, amount, balance, callid, json.dumps(details, default=str)),
+            (
+                account,
+                seq[0] if seq else 1,
+                now,
+                kind,
+                amount,
+                balance,
+                callid,
+                json.dumps(details, default=str),
+            ),
         )
-        tx.execute("UPDATE credit_accounts SET balance = ?, updated_at = ? WHERE account = ?", (balance, now, account))
+        tx.execute(
+            "UPDATE credit_accounts SET balance = ?, updated_at = ? WHERE account = ?",
+            (balance, now, account),
+        )
         return balance
 
     def topup(self, store: Store, account: str, amount: str) -> int:
@@ -446,7 +557,9 @@ class Credit:
             return self._book(tx, account, "topup", minor, None, {"source": "cli"})
 
     def show(self, store: Store, account: str) -> dict[str, Any] | None:
-        rows = store.query("SELECT balance, currency FROM credit_accounts WHERE account = ?", (account,))
+        rows = store.query(
+            "SELECT balance, currency FROM credit_accounts WHERE account = ?", (account,)
+        )
         if not rows:
             return None
         balance, currency = rows[0]
@@ -454,8 +567,14 @@ class Credit:
             "SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM credit_reservations WHERE account = ? AND status = 'open'",
             (account,),
         )[0]
-        return {"account": account, "currency": currency, "balance": balance, "reserved": int(reserved[0]),
-                "open_calls": reserved[1], "available": balance - int(reserved[0])}
+        return {
+            "account": account,
+            "currency": currency,
+            "balance": balance,
+            "reserved": int(reserved[0]),
+            "open_calls": reserved[1],
+            "available": balance - int(reserved[0]),
+        }
 
     # ------------------------------------------------------------------ CLI
 
@@ -481,8 +600,10 @@ class Credit:
             print(f"error: {exc}")
             return 2
         d = self.config["decimals"]
-        print(f"{args.account}: +{fmt(parse_amount(args.amount, d), d)}, balance {fmt(balance, d)} "
-              f"{self.config['currency']}")
+        print(
+            f"{args.account}: +{fmt(parse_amount(args.amount, d), d)}, balance {fmt(balance, d)} "
+            f"{self.config['currency']}"
+        )
         return 0
 
     def _cmd_show(self, args: Any, runtime: Any) -> int:
@@ -508,6 +629,8 @@ class Credit:
         d = self.config["decimals"]
         for seq, at, kind, amount, after, callid in rows:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
-            print(f"{seq:>5} {when} {kind:<8} {fmt(amount, d):>12} {fmt(after, d):>12} {callid or ''}")
+            print(
+                f"{seq:>5} {when} {kind:<8} {fmt(amount, d):>12} {fmt(after, d):>12} {callid or ''}"
+            )
         print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}")
         return 0

@@ -62,10 +62,13 @@ def _url(value: str) -> None:
 
 KEYS = {
     "webhook_url": Key(str, None, "where call records are POSTed (none: record only)", check=_url),
-    "webhook_secret": Key(str, None, "HMAC key for X-Switchboard-Signature", secret=True,
-                          env="SWITCHBOARD_CRM_SECRET"),
+    "webhook_secret": Key(
+        str, None, "HMAC key for X-Switchboard-Signature", secret=True, env="SWITCHBOARD_CRM_SECRET"
+    ),
     "delivery_timeout": Key(float, 5.0, "seconds per delivery attempt", check=positive),
-    "max_attempts": Key(int, 8, "attempts before a record goes to the dead-letter table", check=positive),
+    "max_attempts": Key(
+        int, 8, "attempts before a record goes to the dead-letter table", check=positive
+    ),
     "backoff": Key(float, 2.0, "seconds before the first retry; doubles each time", check=positive),
     "max_backoff": Key(float, 600.0, "longest wait between retries", check=positive),
     "poll_interval": Key(float, 1.0, "seconds between outbox checks when idle", check=positive),
@@ -80,7 +83,10 @@ def _iso(moment: float | None) -> str | None:
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
-    return "v1=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return (
+        "v1="
+        + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    )
 
 
 class Crm:
@@ -104,7 +110,9 @@ class Crm:
     @hookimpl
     def switchboard_configure(self, config: Mapping[str, Any]) -> None:
         if config["webhook_url"] and not config["webhook_secret"]:
-            raise ValueError("webhook_url needs webhook_secret (or SWITCHBOARD_CRM_SECRET in the environment)")
+            raise ValueError(
+                "webhook_url needs webhook_secret (or SWITCHBOARD_CRM_SECRET in the environment)"
+            )
         self.config = config
 
     @hookimpl
@@ -132,13 +140,19 @@ class Crm:
         for row in ctx.store.traces(event.callid):
             trace = json.loads(row["trace"]) if row["trace"] else {}
             if row["event"] == "ice":
-                started, ice_answer, ice_trace = trace.get("received_at"), row["answer"], row["trace"]
+                started, ice_answer, ice_trace = (
+                    trace.get("received_at"),
+                    row["answer"],
+                    row["trace"],
+                )
             elif row["event"] == "ace":
                 answered = trace.get("received_at")
         record = {
             "callid": event.callid,
             "caller": event.from_e164 or event.from_,
-            "destination": event.to.e164 if event.to and event.to.e164 else (event.to.endpoint if event.to else None),
+            "destination": event.to.e164
+            if event.to and event.to.e164
+            else (event.to.endpoint if event.to else None),
             "started_at": started,
             "answered_at": answered,
             "ended_at": event.timestamp,
@@ -164,7 +178,12 @@ class Crm:
                 tx.execute(
                     "INSERT INTO crm_outbox (callid, payload, attempts, next_attempt_at, created_at) "
                     "VALUES (?, ?, 0, ?, ?)",
-                    (event.callid, json.dumps(self.payload(record), separators=(",", ":")), now, now),
+                    (
+                        event.callid,
+                        json.dumps(self.payload(record), separators=(",", ":")),
+                        now,
+                        now,
+                    ),
                 )
         self._wake.set()
 
@@ -173,11 +192,15 @@ class Crm:
         out = {k: v for k, v in record.items() if k not in ("ice_answer", "ice_trace")}
         out["ice_answer"] = json.loads(record["ice_answer"]) if record.get("ice_answer") else None
         trace = json.loads(record["ice_trace"]) if record.get("ice_trace") else None
-        out["ice_decision"] = None if trace is None else {
-            "rule": trace.get("rule"),
-            "decided_by": trace.get("decided_by"),
-            "plugins": trace.get("plugins"),
-        }
+        out["ice_decision"] = (
+            None
+            if trace is None
+            else {
+                "rule": trace.get("rule"),
+                "decided_by": trace.get("decided_by"),
+                "plugins": trace.get("plugins"),
+            }
+        )
         return out
 
     # ------------------------------------------------------------------ delivery
@@ -204,9 +227,13 @@ class Crm:
             if only is not None:
                 sql += " AND callid = ?"
                 params.append(only)
-            rows = tx.all(sql + " ORDER BY next_attempt_at LIMIT ?", [*params, self.config["batch"]])
+            rows = tx.all(
+                sql + " ORDER BY next_attempt_at LIMIT ?", [*params, self.config["batch"]]
+            )
             for callid, _, _ in rows:
-                tx.execute("UPDATE crm_outbox SET next_attempt_at = ? WHERE callid = ?", (lease, callid))
+                tx.execute(
+                    "UPDATE crm_outbox SET next_attempt_at = ? WHERE callid = ?", (lease, callid)
+                )
         for callid, payload, attempts in rows:
             if self._stop.is_set() and only is None:
                 break
@@ -228,15 +255,25 @@ class Crm:
                     "INSERT INTO crm_dead (callid, payload, attempts, last_error, failed_at) VALUES (?, ?, ?, ?, ?)",
                     (callid, payload, attempt, error, now),
                 )
-                log.error("call %s moved to the CRM dead letters after %d attempts: %s", callid, attempt, error)
+                log.error(
+                    "call %s moved to the CRM dead letters after %d attempts: %s",
+                    callid,
+                    attempt,
+                    error,
+                )
             else:
                 delay = min(self.config["backoff"] * 2 ** (attempt - 1), self.config["max_backoff"])
                 tx.execute(
                     "UPDATE crm_outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE callid = ?",
                     (attempt, now + delay, error, callid),
                 )
-                log.warning("call %s: CRM delivery attempt %d failed (%s); retry in %.1f s",
-                            callid, attempt, error, delay)
+                log.warning(
+                    "call %s: CRM delivery attempt %d failed (%s); retry in %.1f s",
+                    callid,
+                    attempt,
+                    error,
+                    delay,
+                )
 
     def _post(self, callid: str, body: bytes) -> str | None:
         """POST one record; None on success, else a short error (never the secret)."""
@@ -283,10 +320,16 @@ class Crm:
 
     @hookimpl
     def switchboard_add_commands(self, subparsers: Any) -> None:
-        parser = subparsers.add_parser("crm", help="call records and CRM delivery: outbox, dead, replay, export")
+        parser = subparsers.add_parser(
+            "crm", help="call records and CRM delivery: outbox, dead, replay, export"
+        )
         sub = parser.add_subparsers(dest="crm_command", metavar="ACTION", required=True)
-        sub.add_parser("outbox", help="records waiting for delivery").set_defaults(func=self._cmd_outbox)
-        sub.add_parser("dead", help="records that exhausted their attempts").set_defaults(func=self._cmd_dead)
+        sub.add_parser("outbox", help="records waiting for delivery").set_defaults(
+            func=self._cmd_outbox
+        )
+        sub.add_parser("dead", help="records that exhausted their attempts").set_defaults(
+            func=self._cmd_dead
+        )
         p = sub.add_parser("replay", help="deliver dead letters again (all, or one call)")
         p.add_argument("callid", nargs="?")
         p.set_defaults(func=self._cmd_replay)
@@ -305,7 +348,9 @@ class Crm:
         return 0
 
     def _cmd_dead(self, args: Any, runtime: Any) -> int:
-        rows = runtime.store.query("SELECT callid, attempts, failed_at, last_error FROM crm_dead ORDER BY failed_at")
+        rows = runtime.store.query(
+            "SELECT callid, attempts, failed_at, last_error FROM crm_dead ORDER BY failed_at"
+        )
         for callid, attempts, failed, error in rows:
             print(f"{callid} attempts={attempts} failed={_iso(failed)} last_error={error}")
         print(f"{len(rows)} dead letter(s)")
@@ -322,18 +367,36 @@ class Crm:
         failed = 0
         for callid in moved:
             self.drain(only=callid)
-            left = runtime.store.query("SELECT last_error FROM crm_outbox WHERE callid = ?", (callid,))
+            left = runtime.store.query(
+                "SELECT last_error FROM crm_outbox WHERE callid = ?", (callid,)
+            )
             if left:
                 failed += 1
-                print(f"{callid}: delivery failed ({left[0][0]}); it stays in the outbox and is retried")
+                print(
+                    f"{callid}: delivery failed ({left[0][0]}); it stays in the outbox and is retried"
+                )
             else:
                 print(f"{callid}: delivered")
         print(f"{len(moved) - failed} of {len(moved)} delivered")
         return 1 if failed else 0
 
     def _cmd_export(self, args: Any, runtime: Any) -> int:
-        columns = ["callid", "caller", "destination", "started_at", "answered_at", "ended_at", "duration", "result",
-                   "reason", "debit_amount", "debit_currency", "ice_answer", "recorded_at", "delivered_at"]
+        columns = [
+            "callid",
+            "caller",
+            "destination",
+            "started_at",
+            "answered_at",
+            "ended_at",
+            "duration",
+            "result",
+            "reason",
+            "debit_amount",
+            "debit_currency",
+            "ice_answer",
+            "recorded_at",
+            "delivered_at",
+        ]
         sql = f"SELECT {', '.join(columns)} FROM crm_calls"  # noqa: S608 - fixed column names
         params: list[Any] = []
         if args.since:
@@ -355,7 +418,9 @@ class Crm:
             records.append(record)
         if args.format == "jsonl":
             for record in records:
-                record["ice_answer"] = json.loads(record["ice_answer"]) if record["ice_answer"] else None
+                record["ice_answer"] = (
+                    json.loads(record["ice_answer"]) if record["ice_answer"] else None
+                )
                 print(json.dumps(record, separators=(",", ":")))
         else:
             out = io.StringIO()

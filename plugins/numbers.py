@@ -31,7 +31,9 @@ def parse_pattern(text: str) -> Pattern:
     if raw == "*":
         return Pattern("", False, text)
     if not _PATTERN.match(raw):
-        raise ValueError(f"{text!r} is not a number pattern (+E.164 number, or digits ending in '*')")
+        raise ValueError(
+            f"{text!r} is not a number pattern (+E.164 number, or digits ending in '*')"
+        )
     exact = not raw.endswith("*")
     digits = raw.rstrip("*")
     if not digits.startswith("+"):

@@ -29,7 +29,9 @@ class Server:
 
     def post(self, event, *, headers=None, body=None, timeout=10):
         data, signed_headers = signed(event) if body is None else (body, {})
-        request = urllib.request.Request(self.url, data=data, headers=headers or signed_headers, method="POST")
+        request = urllib.request.Request(
+            self.url, data=data, headers=headers or signed_headers, method="POST"
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as resp:
                 return resp.status, resp.headers.get("Content-Type"), resp.read()
@@ -56,17 +58,30 @@ def serve(tmp_path):
     """
     servers: list[Server] = []
 
-    def _serve(config_text: str, *, name: str | None = None, env: dict[str, str] | None = None,
-               pythonpath: str = "") -> Server:
+    def _serve(
+        config_text: str,
+        *,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+        pythonpath: str = "",
+    ) -> Server:
         name = name or f"server{len(servers)}"
         config = tmp_path / f"{name}.toml"
         config.write_text(config_text)
         stderr = tmp_path / f"{name}-{len(servers)}.log"
-        full_env = {**os.environ, **(env or {}), "PYTHONPATH": f"{pythonpath}:{REPO}" if pythonpath else str(REPO)}
+        full_env = {
+            **os.environ,
+            **(env or {}),
+            "PYTHONPATH": f"{pythonpath}:{REPO}" if pythonpath else str(REPO),
+        }
         with stderr.open("w") as err_file:
             proc = subprocess.Popen(
                 [sys.executable, str(REPO / "serve.py"), "--config", str(config)],
-                stdout=subprocess.PIPE, stderr=err_file, text=True, env=full_env, cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=err_file,
+                text=True,
+                env=full_env,
+                cwd=tmp_path,
             )
         line = proc.stdout.readline()
         if not line.startswith("switchboard listening on "):
@@ -86,10 +101,16 @@ def serve(tmp_path):
         server.proc.stdout.close()
 
 
-def run_cli(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    config: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a `python serve.py` command on ``config``."""
     return subprocess.run(
         [sys.executable, str(REPO / "serve.py"), "--config", str(config), *args],
-        capture_output=True, text=True, timeout=120, cwd=config.parent,
-        env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=config.parent,
+        env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)},
+        check=False,
     )

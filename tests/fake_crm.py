@@ -38,9 +38,15 @@ class FakeCrm:
                     crm.attempts += 1
                     failing = crm.attempts <= crm.fail_first
                     stamp = self.headers.get("X-Switchboard-Timestamp", "")
-                    expected = "v1=" + hmac.new(crm.secret.encode(), stamp.encode() + b"." + body,
-                                                hashlib.sha256).hexdigest()
-                    valid = hmac.compare_digest(expected, self.headers.get("X-Switchboard-Signature", ""))
+                    expected = (
+                        "v1="
+                        + hmac.new(
+                            crm.secret.encode(), stamp.encode() + b"." + body, hashlib.sha256
+                        ).hexdigest()
+                    )
+                    valid = hmac.compare_digest(
+                        expected, self.headers.get("X-Switchboard-Signature", "")
+                    )
                     if not valid:
                         crm.bad_signatures += 1
                     elif not failing:

@@ -43,7 +43,9 @@ def runtime(given: Mapping[str, object] | None = None, **sections: Any) -> Runti
     """
     given = dict(given or {})
     sections["plugins"] = {"enabled": list(given), **sections.get("plugins", {})}
-    return Runtime.build(settings(**sections), given=given, load_entrypoints=False, store=Store(":memory:"))
+    return Runtime.build(
+        settings(**sections), given=given, load_entrypoints=False, store=Store(":memory:")
+    )
 
 
 def webapp(rt: Runtime) -> webtest.TestApp:
@@ -54,14 +56,21 @@ def body_of(event: dict[str, Any] | bytes) -> bytes:
     return event if isinstance(event, bytes) else json.dumps(event, separators=(",", ":")).encode()
 
 
-def signed(event: dict[str, Any] | bytes, *, path: str = PATH, credential: Credential = CREDENTIAL,
-           timestamp: str | None = None) -> tuple[bytes, dict[str, str]]:
+def signed(
+    event: dict[str, Any] | bytes,
+    *,
+    path: str = PATH,
+    credential: Credential = CREDENTIAL,
+    timestamp: str | None = None,
+) -> tuple[bytes, dict[str, str]]:
     body = body_of(event)
     ts = timestamp or format_timestamp(datetime.now(UTC))
     return body, sign_headers(credential, "POST", path, body, timestamp=ts)
 
 
-def post(app: webtest.TestApp, event: dict[str, Any] | bytes, *, status: int | str = 200, **kw: Any) -> Any:
+def post(
+    app: webtest.TestApp, event: dict[str, Any] | bytes, *, status: int | str = 200, **kw: Any
+) -> Any:
     body, headers = signed(event, **kw)
     return app.post(PATH, body, headers=headers, status=status)
 
@@ -69,7 +78,9 @@ def post(app: webtest.TestApp, event: dict[str, Any] | bytes, *, status: int | s
 _counter = iter(range(1, 10**9))
 
 
-def ice(callid: str | None = None, to: str = "+15612600684", cli: str = "12015555555", **extra: Any) -> dict[str, Any]:
+def ice(
+    callid: str | None = None, to: str = "+15612600684", cli: str = "12015555555", **extra: Any
+) -> dict[str, Any]:
     return {
         "event": "ice",
         "callid": callid or f"call-{next(_counter)}",
@@ -87,7 +98,13 @@ def ice(callid: str | None = None, to: str = "+15612600684", cli: str = "1201555
 
 
 def ace(callid: str, **extra: Any) -> dict[str, Any]:
-    return {"event": "ace", "callid": callid, "timestamp": "2024-06-06T17:20:20Z", "version": 1, **extra}
+    return {
+        "event": "ace",
+        "callid": callid,
+        "timestamp": "2024-06-06T17:20:20Z",
+        "version": 1,
+        **extra,
+    }
 
 
 def pie(callid: str, value: str = "1", **extra: Any) -> dict[str, Any]:
@@ -119,8 +136,14 @@ def dice(callid: str, duration: int = 42, **extra: Any) -> dict[str, Any]:
 
 
 def notify(callid: str, **extra: Any) -> dict[str, Any]:
-    return {"event": "notify", "callid": callid, "version": 1, "type": "recording_finished",
-            "destination": "azure://rec/x.mp3", **extra}
+    return {
+        "event": "notify",
+        "callid": callid,
+        "version": 1,
+        "type": "recording_finished",
+        "destination": "azure://rec/x.mp3",
+        **extra,
+    }
 
 
 def table_counts(store: Store) -> dict[str, int]:

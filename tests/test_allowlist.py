@@ -37,19 +37,20 @@ def _trace_reason(rt, callid):
 
 def test_tutorial_intent_only_one_number(app_with):
     _, app = app_with(allow=["+15612600684"], max_duration=600)
-    assert _answer(app, "+15612600684") == {"action": {"name": "connectPstn", "number": "+15612600684",
-                                                       "maxDuration": 600}}
+    assert _answer(app, "+15612600684") == {
+        "action": {"name": "connectPstn", "number": "+15612600684", "maxDuration": 600}
+    }
     assert _answer(app, "15612600684")["action"]["name"] == "connectPstn"  # without '+'
     assert _answer(app, "+15612600685") == {"action": {"name": "hangup"}}
 
 
 def test_most_specific_rule_wins_and_deny_wins_a_tie(app_with):
     rt, app = app_with(allow=["+44*", "+4420*"], deny=["+442079*", "+4420", "+4420*"])
-    assert _answer(app, "+441234567890")["action"]["name"] == "connectPstn"      # +44* allow
-    assert _answer(app, "+442012345678")["action"]["name"] == "hangup"          # +4420* tie: deny
-    assert _answer(app, "+442079460000")["action"]["name"] == "hangup"          # +442079* deny
+    assert _answer(app, "+441234567890")["action"]["name"] == "connectPstn"  # +44* allow
+    assert _answer(app, "+442012345678")["action"]["name"] == "hangup"  # +4420* tie: deny
+    assert _answer(app, "+442079460000")["action"]["name"] == "hangup"  # +442079* deny
     _, app = app_with(allow=["+442079460000"], deny=["+442079*"])
-    assert _answer(app, "+442079460000")["action"]["name"] == "connectPstn"     # exact beats prefix
+    assert _answer(app, "+442079460000")["action"]["name"] == "connectPstn"  # exact beats prefix
 
 
 def test_default_allow_and_default_deny(app_with):
@@ -90,8 +91,11 @@ def test_caller_rules(app_with):
 def test_denied_call_gets_prompt_then_hangup(app_with):
     _, app = app_with(deny_prompt="This number cannot be called.", prompt_locale="en-GB")
     assert _answer(app, "+14155550000") == {
-        "instructions": [{"name": "say", "text": "This number cannot be called.", "locale": "en-GB"}],
-        "action": {"name": "hangup"}}
+        "instructions": [
+            {"name": "say", "text": "This number cannot be called.", "locale": "en-GB"}
+        ],
+        "action": {"name": "hangup"},
+    }
 
 
 def test_allowed_call_uses_configured_cli(app_with):
@@ -116,7 +120,9 @@ def test_caller_velocity_limit(app_with, caplog):
 
 def test_prefix_velocity_limit_counts_across_callers(app_with):
     rt, app = app_with(default="allow", prefix_limit=2, prefix_digits=4)
-    got = [_answer(app, f"+1415555{i:04d}", cli=f"1201555{i:04d}")["action"]["name"] for i in range(3)]
+    got = [
+        _answer(app, f"+1415555{i:04d}", cli=f"1201555{i:04d}")["action"]["name"] for i in range(3)
+    ]
     assert got == ["connectPstn", "connectPstn", "hangup"]
     assert _answer(app, "+14165550000")["action"]["name"] == "connectPstn"  # another prefix
 
@@ -134,7 +140,9 @@ def test_velocity_counters_are_shared_through_the_store(app_with):
     rt, app = app_with(default="allow", caller_limit=2, caller_window=60)
     from core.runtime import Runtime
 
-    other = Runtime.build(rt.settings, given={"allowlist": Allowlist()}, load_entrypoints=False, store=rt.store)
+    other = Runtime.build(
+        rt.settings, given={"allowlist": Allowlist()}, load_entrypoints=False, store=rt.store
+    )
     other_app = webapp(other)
     assert _answer(app, "+14155550000", cli="12015550012")["action"]["name"] == "connectPstn"
     assert _answer(other_app, "+14155550000", cli="12015550012")["action"]["name"] == "connectPstn"
@@ -142,13 +150,16 @@ def test_velocity_counters_are_shared_through_the_store(app_with):
     other.pipeline.close()
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"allow": ["15612600684x"]}, "allow: '15612600684x' is not a number pattern"),
-    ({"deny": [5]}, "deny: 5 is not a string"),
-    ({"cli": "anonymous"}, "cli"),
-    ({"max_duration": 20000}, "plugins.allowlist.max_duration: must be between 1 and 14400"),
-    ({"default": "maybe"}, "plugins.allowlist.default: must be one of"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"allow": ["15612600684x"]}, "allow: '15612600684x' is not a number pattern"),
+        ({"deny": [5]}, "deny: 5 is not a string"),
+        ({"cli": "anonymous"}, "cli"),
+        ({"max_duration": 20000}, "plugins.allowlist.max_duration: must be between 1 and 14400"),
+        ({"default": "maybe"}, "plugins.allowlist.default: must be one of"),
+    ],
+)
 def test_bad_configuration_is_named(config, message):
     with pytest.raises((PluginError, ConfigError)) as err:
         runtime({"allowlist": Allowlist()}, plugins={"allowlist": config})

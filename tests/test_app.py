@@ -64,13 +64,21 @@ def test_every_event_type_is_answered(make):
     rt, app = make({"router": Fixed(Decision.propose(PSTN))})
     r = post(app, ice("c1"))
     assert r.content_type == "application/json"
-    assert r.json == {"action": {"name": "connectPstn", "number": "+15612600684", "maxDuration": 600}}
+    assert r.json == {
+        "action": {"name": "connectPstn", "number": "+15612600684", "maxDuration": 600}
+    }
     assert post(app, ace("c1")).json == {"action": {"name": "continue"}}
     assert post(app, pie("c1")).json == {"action": {"name": "continue"}}
     for event in (dice("c1"), notify("c1")):
         r = post(app, event)
         assert r.status_int == 200 and r.body == b""
-    assert [row["event"] for row in rt.store.traces("c1")] == ["ice", "ace", "pie", "dice", "notify"]
+    assert [row["event"] for row in rt.store.traces("c1")] == [
+        "ice",
+        "ace",
+        "pie",
+        "dice",
+        "notify",
+    ]
 
 
 def test_ice_without_plugins_follows_the_configured_default(make):
@@ -81,23 +89,36 @@ def test_ice_without_plugins_follows_the_configured_default(make):
 
 
 def test_decision_is_merged_and_traced(make):
-    rt, app = make({
-        "vip": Fixed(Decision.propose(PSTN, "vip caller", instructions=[Say(text="Welcome")])),
-        "credit": Fixed(Decision.cap(120, "balance buys 2 min")),
-        "conf": Fixed(Decision.propose(ConnectConf(conference_id="x"))),
-        "quiet": Fixed(None),
-    })
+    rt, app = make(
+        {
+            "vip": Fixed(Decision.propose(PSTN, "vip caller", instructions=[Say(text="Welcome")])),
+            "credit": Fixed(Decision.cap(120, "balance buys 2 min")),
+            "conf": Fixed(Decision.propose(ConnectConf(conference_id="x"))),
+            "quiet": Fixed(None),
+        }
+    )
     r = post(app, ice("c2"))
-    assert r.json == {"instructions": [{"name": "say", "text": "Welcome"}],
-                      "action": {"name": "connectPstn", "number": "+15612600684", "maxDuration": 120}}
+    assert r.json == {
+        "instructions": [{"name": "say", "text": "Welcome"}],
+        "action": {"name": "connectPstn", "number": "+15612600684", "maxDuration": 120},
+    }
     trace = _trace(rt, "c2", "ice")
     assert trace["rule"] == "proposal" and trace["decided_by"] == ["vip"]
     assert [p["plugin"] for p in trace["plugins"]] == ["vip", "credit", "conf", "quiet"]
     assert [p["status"] for p in trace["plugins"]] == ["decided", "decided", "decided", "abstained"]
-    assert trace["plugins"][1]["decision"] == {"kind": "cap", "reason": "balance buys 2 min", "max_duration": 120}
+    assert trace["plugins"][1]["decision"] == {
+        "kind": "cap",
+        "reason": "balance buys 2 min",
+        "max_duration": 120,
+    }
     assert all(p["ms"] >= 0 for p in trace["plugins"])
-    assert trace["conflicts"] == [{"plugin": "conf", "proposed": {"name": "connectConf", "conferenceId": "x"},
-                                   "lost_to": "vip"}]
+    assert trace["conflicts"] == [
+        {
+            "plugin": "conf",
+            "proposed": {"name": "connectConf", "conferenceId": "x"},
+            "lost_to": "vip",
+        }
+    ]
     assert trace["answer"] == r.json and trace["elapsed_ms"] > 0
 
 
@@ -111,8 +132,12 @@ def test_illegal_merged_answer_is_never_sent(make):
 
 
 def test_configured_fallback_is_used(make):
-    fallback = {"ace": {"instructions": [{"name": "say", "text": "Goodbye"}], "action": {"name": "hangup"}}}
-    _, app = make({"bad": Fixed(Decision.propose(PSTN), events=("ace",))}, policy={"fallback": fallback})
+    fallback = {
+        "ace": {"instructions": [{"name": "say", "text": "Goodbye"}], "action": {"name": "hangup"}}
+    }
+    _, app = make(
+        {"bad": Fixed(Decision.propose(PSTN), events=("ace",))}, policy={"fallback": fallback}
+    )
     assert post(app, ace("c4")).json == fallback["ace"]
 
 
@@ -122,8 +147,18 @@ def test_configured_fallback_is_used(make):
 def _bad_requests():
     good = body_of(ice("bad-1"))
     _, headers = signed(good)
-    yield "missing signature", 401, good, {"Content-Type": headers["Content-Type"], "x-timestamp": headers["x-timestamp"]}
-    yield "bad signature", 401, good, {**headers, "Authorization": headers["Authorization"][:-4] + "AAA="}
+    yield (
+        "missing signature",
+        401,
+        good,
+        {"Content-Type": headers["Content-Type"], "x-timestamp": headers["x-timestamp"]},
+    )
+    yield (
+        "bad signature",
+        401,
+        good,
+        {**headers, "Authorization": headers["Authorization"][:-4] + "AAA="},
+    )
     yield "tampered body", 401, good.replace(b"15612600684", b"19005550100"), headers
     yield "stale timestamp", 401, *signed(good, timestamp="2024-06-06T17:20:14.1234567Z")
     yield "wrong path signed", 401, *signed(good, path="/other")
@@ -137,7 +172,11 @@ def _bad_requests():
     yield "too large", 413, *signed(ice("bad-1", padding="x" * 70000))
 
 
-@pytest.mark.parametrize(("case", "status", "body", "headers"), list(_bad_requests()), ids=[c[0] for c in _bad_requests()])
+@pytest.mark.parametrize(
+    ("case", "status", "body", "headers"),
+    list(_bad_requests()),
+    ids=[c[0] for c in _bad_requests()],
+)
 def test_bad_input_gets_its_status_and_changes_nothing(make, case, status, body, headers):
     recorder = Recorder()
     rt, app = make({"rec": recorder})
@@ -155,9 +194,16 @@ def test_errors_name_the_problem(make):
     r = post(app, {"event": "ice", "callid": "x", "to": {"endpoint": 5}}, status=400)
     assert r.json == {"error": "field 'to.endpoint' must be a string", "field": "to.endpoint"}
     body, headers = signed(ice(), timestamp="2020-01-01T00:00:00Z")
-    assert "outside the accepted window" in app.post(PATH, body, headers=headers, status=401).json["error"]
-    assert app.post(PATH, body, headers={**headers, "Content-Type": "text/xml"}, status=415).json["error"] == \
-        "Content-Type must be application/json, got text/xml"
+    assert (
+        "outside the accepted window"
+        in app.post(PATH, body, headers=headers, status=401).json["error"]
+    )
+    assert (
+        app.post(PATH, body, headers={**headers, "Content-Type": "text/xml"}, status=415).json[
+            "error"
+        ]
+        == "Content-Type must be application/json, got text/xml"
+    )
 
 
 def test_wrong_method_and_unknown_path(make):
@@ -227,8 +273,10 @@ def test_raising_plugin_fails_closed_by_default(make):
 
 
 def test_raising_plugin_with_abstain_does_not_take_others_down(make):
-    rt, app = make({"boom": Raising(), "router": Fixed(Decision.propose(PSTN))},
-                   plugins={"boom": {"on_error": "abstain"}})
+    rt, app = make(
+        {"boom": Raising(), "router": Fixed(Decision.propose(PSTN))},
+        plugins={"boom": {"on_error": "abstain"}},
+    )
     assert post(app, ice("c7")).json["action"]["name"] == "connectPstn"
     assert _trace(rt, "c7", "ice")["plugins"][0]["on_error"] == "abstain"
 
@@ -241,14 +289,19 @@ def test_plugin_returning_garbage_is_an_error(make):
 
     rt, app = make({"garbage": Garbage()})
     assert post(app, ice("c8")).json == {"action": {"name": "hangup"}}
-    assert _trace(rt, "c8", "ice")["plugins"][0]["error"] == "returned dict, expected Decision or None"
+    assert (
+        _trace(rt, "c8", "ice")["plugins"][0]["error"] == "returned dict, expected Decision or None"
+    )
 
 
 def test_hanging_plugin_past_the_budget_gets_the_fallback_in_time(make):
     stuck = Hanging()
     try:
-        rt, app = make({"stuck": stuck, "router": Fixed(Decision.propose(PSTN))},
-                       policy={"budget": 0.5}, plugins={"stuck": {"timeout": 0.5}})
+        rt, app = make(
+            {"stuck": stuck, "router": Fixed(Decision.propose(PSTN))},
+            policy={"budget": 0.5},
+            plugins={"stuck": {"timeout": 0.5}},
+        )
         start = time.monotonic()
         r = post(app, ice("c9"))
         elapsed = time.monotonic() - start
@@ -264,8 +317,11 @@ def test_hanging_plugin_past_the_budget_gets_the_fallback_in_time(make):
 def test_hanging_plugin_is_cut_at_its_timeout_and_others_merge(make):
     stuck = Hanging()
     try:
-        rt, app = make({"stuck": stuck, "router": Fixed(Decision.propose(PSTN))},
-                       policy={"budget": 0.5}, plugins={"stuck": {"on_error": "abstain"}})
+        rt, app = make(
+            {"stuck": stuck, "router": Fixed(Decision.propose(PSTN))},
+            policy={"budget": 0.5},
+            plugins={"stuck": {"on_error": "abstain"}},
+        )
         start = time.monotonic()
         r = post(app, ice("c10"))
         elapsed = time.monotonic() - start
@@ -300,9 +356,12 @@ def test_hooks_fire_in_call_order_with_after_answer(make):
         post(app, event)
         rt.pipeline.wait_idle()
     assert recorder.seen == [
-        ("ice", "c12"), ("after_answer:ice", "c12"),
-        ("ace", "c12"), ("after_answer:ace", "c12"),
-        ("dice", "c12"), ("after_answer:dice", "c12"),
+        ("ice", "c12"),
+        ("after_answer:ice", "c12"),
+        ("ace", "c12"),
+        ("after_answer:ace", "c12"),
+        ("dice", "c12"),
+        ("after_answer:dice", "c12"),
     ]
 
 
@@ -329,8 +388,15 @@ def test_plugin_context(make):
     class Ctx:
         @hookimpl
         def switchboard_ice(self, event, ctx):
-            seen.update(callid=ctx.callid, event=ctx.event, plugin=ctx.plugin, remaining=ctx.remaining(),
-                        config=dict(ctx.config), store=ctx.store, log=ctx.log.name)
+            seen.update(
+                callid=ctx.callid,
+                event=ctx.event,
+                plugin=ctx.plugin,
+                remaining=ctx.remaining(),
+                config=dict(ctx.config),
+                store=ctx.store,
+                log=ctx.log.name,
+            )
 
     rt, app = make({"ctx": Ctx()}, plugins={"ctx": {"on_error": "abstain"}})
     post(app, ice("c14"))
@@ -367,7 +433,12 @@ def test_one_structured_log_line_per_callback_without_secrets(make, caplog):
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "switchboard.callback"]
     assert len(lines) == 2
     ok, rejected = lines
-    assert (ok["callid"], ok["event"], ok["outcome"], ok["rule"]) == ("c15", "ice", "connectPstn", "proposal")
+    assert (ok["callid"], ok["event"], ok["outcome"], ok["rule"]) == (
+        "c15",
+        "ice",
+        "connectPstn",
+        "proposal",
+    )
     assert ok["plugins"]["router"].startswith("decided:") and ok["latency_ms"] >= 0
     assert (rejected["status"], rejected["reason"]) == (401, "stale")
     text = caplog.text

@@ -46,15 +46,26 @@ def test_defaults():
         ({"server": {"callback_path": "sinch"}}, "server.callback_path: must be a path"),
         ({"server": {"public_path_prefix": "/voice/"}}, "server.public_path_prefix: must be empty"),
         ({"policy": {"budget": 6}}, "policy.budget: must be greater than 0 and at most 4.5"),
-        ({"policy": {"ice_default": "allow"}}, "policy.ice_default: must be one of 'deny', 'connect'"),
-        ({"policy": {"fallback": {"ice": {"action": {"name": "continue"}}}}},
-         "policy.fallback.ice: action: 'continue' is not allowed in an ICE answer"),
+        (
+            {"policy": {"ice_default": "allow"}},
+            "policy.ice_default: must be one of 'deny', 'connect'",
+        ),
+        (
+            {"policy": {"fallback": {"ice": {"action": {"name": "continue"}}}}},
+            "policy.fallback.ice: action: 'continue' is not allowed in an ICE answer",
+        ),
         ({"policy": {"fallback": {"dice": {}}}}, "policy.fallback.dice: unknown event"),
         ({"sinch": {"insecure": "yes"}}, "sinch.insecure: expected true or false"),
         ({"sinch": {"keys": [{"secret": SECRET}]}}, "sinch.keys[0].key: required"),
         ({"sinch": {"keys": [{"key": "k"}]}}, "sinch.keys[0]: needs secret_env"),
-        ({"sinch": {"keys": [{"key": "k", "secret": "%%%"}]}}, "sinch.keys[0]: the application secret is not valid base64"),
-        ({"sinch": {"keys": [{"key": "k", "secret_env": "NOPE"}]}}, "environment variable NOPE is not set"),
+        (
+            {"sinch": {"keys": [{"key": "k", "secret": "%%%"}]}},
+            "sinch.keys[0]: the application secret is not valid base64",
+        ),
+        (
+            {"sinch": {"keys": [{"key": "k", "secret_env": "NOPE"}]}},
+            "environment variable NOPE is not set",
+        ),
         ({"sinch": {"keys": []}}, "sinch.keys: no application key configured"),
         ({"logging": {"level": "LOUD"}}, "logging.level: must be one of"),
         ({"plugins": {"enabled": "allowlist"}}, "plugins.enabled: expected a list"),
@@ -70,26 +81,43 @@ def test_errors_name_the_key(data, message):
 
 def test_secret_never_in_errors_or_descriptions():
     with pytest.raises(ConfigError) as err:
-        _parse({"sinch": {"keys": [{"key": "k", "secret": "c2VjcmV0", "secret_env": "X"}]}}, env={"X": "abc"})
+        _parse(
+            {"sinch": {"keys": [{"key": "k", "secret": "c2VjcmV0", "secret_env": "X"}]}},
+            env={"X": "abc"},
+        )
     assert "c2VjcmV0" not in str(err.value)
     s = _parse({})
     assert SECRET not in repr(s.describe()) and SECRET not in repr(s.credentials)
 
 
 def test_secret_from_environment_and_rotation():
-    s = _parse({"sinch": {"keys": [{"key": "new", "secret_env": "SW_SECRET"}, {"key": "old", "secret": SECRET}]}},
-               env={"SW_SECRET": "c2VjcmV0"})
+    s = _parse(
+        {
+            "sinch": {
+                "keys": [
+                    {"key": "new", "secret_env": "SW_SECRET"},
+                    {"key": "old", "secret": SECRET},
+                ]
+            }
+        },
+        env={"SW_SECRET": "c2VjcmV0"},
+    )
     assert [c.key for c in s.credentials] == ["new", "old"]
     assert s.credentials[0].secret == "c2VjcmV0"
 
 
 def test_plugin_sections_are_validated_against_declared_keys():
     s = _parse({"plugins": {"enabled": ["p"], "p": {"limit": 3, "price": 0.25}}})
-    keys = {"limit": Key(int, 1, "calls"), "price": Key(Decimal, Decimal(0), "per minute"),
-            "token": Key(str, None, "api token", secret=True, env="P_TOKEN")}
+    keys = {
+        "limit": Key(int, 1, "calls"),
+        "price": Key(Decimal, Decimal(0), "per minute"),
+        "token": Key(str, None, "api token", secret=True, env="P_TOKEN"),
+    }
     done = cfg.with_plugins(s, {"p": keys}, env={"P_TOKEN": "t0ps3cret"})
     assert done.plugins["p"]["limit"] == 3
-    assert done.plugins["p"]["price"] == Decimal("0.25") and isinstance(done.plugins["p"]["price"], Decimal)
+    assert done.plugins["p"]["price"] == Decimal("0.25") and isinstance(
+        done.plugins["p"]["price"], Decimal
+    )
     assert done.plugins["p"]["token"] == "t0ps3cret"
     assert done.describe()["plugins"]["p"]["token"] == "<redacted>"
     assert done.plugins["p"]["on_error"] is None
@@ -119,8 +147,10 @@ def test_table_for_a_plugin_that_is_not_enabled():
 
 def test_money_in_toml_is_never_float(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text(f'[sinch]\nkeys = [{{key = "{KEY}", secret = "{SECRET}"}}]\n'
-                    '[plugins]\nenabled = ["p"]\n[plugins.p]\nprice = 0.1\n')
+    path.write_text(
+        f'[sinch]\nkeys = [{{key = "{KEY}", secret = "{SECRET}"}}]\n'
+        '[plugins]\nenabled = ["p"]\n[plugins.p]\nprice = 0.1\n'
+    )
     s = cfg.with_plugins(cfg.load(path, env={}), {"p": {"price": Key(Decimal, Decimal(0))}}, env={})
     assert s.plugins["p"]["price"] == Decimal("0.1")
 
@@ -136,7 +166,9 @@ def test_unreadable_and_invalid_files(tmp_path):
 
 def test_store_url_paths(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text(f'[sinch]\nkeys = [{{key = "{KEY}", secret = "{SECRET}"}}]\n[store]\nurl = "sqlite:///data/sb.db"\n')
+    path.write_text(
+        f'[sinch]\nkeys = [{{key = "{KEY}", secret = "{SECRET}"}}]\n[store]\nurl = "sqlite:///data/sb.db"\n'
+    )
     assert cfg.store_path(cfg.load(path, env={})) == str(tmp_path / "data" / "sb.db")
     assert cfg.store_path(_parse({"store": {"url": "sqlite:////var/sb.db"}})) == "/var/sb.db"
     assert cfg.store_path(_parse({"store": {"url": "sqlite://"}})) == ":memory:"

@@ -16,8 +16,13 @@ from plugins.credit import Credit, Tariff, fmt, parse_amount
 from tests.helpers import KEY, SECRET, Fixed, dice, ice, post, runtime, webapp
 
 REPO = Path(__file__).resolve().parent.parent
-BASE = {"account_from": "fixed", "account": "acme", "rates": {"+1": Decimal("0.60"), "+44": Decimal("1.20")},
-        "increments": "60/60", "minimum_seconds": 60}
+BASE = {
+    "account_from": "fixed",
+    "account": "acme",
+    "rates": {"+1": Decimal("0.60"), "+44": Decimal("1.20")},
+    "increments": "60/60",
+    "minimum_seconds": 60,
+}
 
 
 @pytest.fixture
@@ -26,8 +31,11 @@ def credit_app():
 
     def _make(balance="10.00", extra_plugins=None, **config):
         plugin = Credit()
-        rt = runtime({"credit": plugin, **(extra_plugins or {})}, plugins={"credit": {**BASE, **config}},
-                     policy={"ice_default": "connect"})
+        rt = runtime(
+            {"credit": plugin, **(extra_plugins or {})},
+            plugins={"credit": {**BASE, **config}},
+            policy={"ice_default": "connect"},
+        )
         rt.start()
         if balance is not None:
             plugin.topup(rt.store, config.get("account", "acme"), balance)
@@ -44,11 +52,15 @@ def balance(rt, account="acme"):
 
 
 def ledger_sum(rt, account="acme"):
-    return rt.store.query("SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE account = ?", (account,))[0][0]
+    return rt.store.query(
+        "SELECT COALESCE(SUM(amount), 0) FROM credit_ledger WHERE account = ?", (account,)
+    )[0][0]
 
 
 def reservation(rt, callid):
-    rows = rt.store.query("SELECT amount, max_duration, status FROM credit_reservations WHERE callid = ?", (callid,))
+    rows = rt.store.query(
+        "SELECT amount, max_duration, status FROM credit_reservations WHERE callid = ?", (callid,)
+    )
     return rows[0] if rows else None
 
 
@@ -57,7 +69,14 @@ def reservation(rt, callid):
 
 def test_tariff_increments_and_rounding():
     per_minute = Tariff(Decimal("0.60"), 60, 60, 0, 100)
-    assert [per_minute.billed_seconds(s) for s in (0, 1, 60, 61, 120, 121)] == [0, 60, 60, 120, 120, 180]
+    assert [per_minute.billed_seconds(s) for s in (0, 1, 60, 61, 120, 121)] == [
+        0,
+        60,
+        60,
+        120,
+        120,
+        180,
+    ]
     assert [per_minute.cost(s) for s in (0, 1, 60, 61)] == [0, 60, 60, 120]
     per_second = Tariff(Decimal("0.60"), 1, 1, 0, 100)
     assert [per_second.cost(s) for s in (1, 59, 60)] == [1, 59, 60]
@@ -82,7 +101,11 @@ def test_tariff_affordable_is_the_longest_call_that_fits():
 def test_amounts_are_exact():
     assert parse_amount("12.50", 2) == 1250 and parse_amount(Decimal("0.1"), 2) == 10
     assert fmt(1250, 2) == "12.50" and fmt(-5, 2) == "-0.05"
-    for bad, words in (("1.234", "more than 2 decimals"), ("ten", "must be a number"), ("NaN", "must be a number")):
+    for bad, words in (
+        ("1.234", "more than 2 decimals"),
+        ("ten", "must be a number"),
+        ("NaN", "must be a number"),
+    ):
         with pytest.raises(ValueError, match=words):
             parse_amount(bad, 2)
 
@@ -93,7 +116,9 @@ def test_amounts_are_exact():
 def test_ice_caps_at_what_the_balance_buys_and_reserves_it(credit_app):
     rt, app, _ = credit_app("10.00")
     r = post(app, ice("c1", to="+14155550000"))
-    assert r.json == {"action": {"name": "connectPstn", "maxDuration": 960}}  # 10.00 / 0.60 -> 16 min
+    assert r.json == {
+        "action": {"name": "connectPstn", "maxDuration": 960}
+    }  # 10.00 / 0.60 -> 16 min
     assert reservation(rt, "c1") == (960, 960, "open")
     r = post(app, ice("c2", to="+14155550000"))  # only 0.40 left available
     assert r.json == {"action": {"name": "hangup"}}
@@ -107,43 +132,66 @@ def test_longest_prefix_rate(credit_app):
     _, app, _ = credit_app("12.00", rates=rates)
     assert post(app, ice("c4", to="+4930123456")).json["action"]["maxDuration"] == 7200  # 0.10/min
     _, app, _ = credit_app("30.00", rates=rates)
-    assert post(app, ice("c4", to="+4930123456")).json["action"]["maxDuration"] == 14400  # Sinch's limit
+    assert (
+        post(app, ice("c4", to="+4930123456")).json["action"]["maxDuration"] == 14400
+    )  # Sinch's limit
 
 
 def test_denials_with_prompt(credit_app):
     rt, app, _ = credit_app("0.50", deny_prompt="Please top up.")
     assert post(app, ice("c5", to="+14155550000")).json == {
-        "instructions": [{"name": "say", "text": "Please top up.", "locale": "en-US"}], "action": {"name": "hangup"}}
+        "instructions": [{"name": "say", "text": "Please top up.", "locale": "en-US"}],
+        "action": {"name": "hangup"},
+    }
     rt, app, _ = credit_app("5.00")
     assert post(app, ice("c6", to="+33123456789")).json["action"]["name"] == "hangup"  # no rate
     trace = json.loads(rt.store.traces("c6")[0]["trace"])
     assert trace["plugins"][0]["decision"]["reason"] == "no rate for this destination"
 
 
-@pytest.mark.parametrize(("config", "event_extra", "account"), [
-    ({"account_from": "cli"}, {"cli": "12015550100"}, "+12015550100"),
-    ({"account_from": "custom"}, {"custom": "customer-7"}, "customer-7"),
-    ({"account_from": "header:x-account"}, {"callHeaders": [{"key": "x-account", "value": "team-3"}]}, "team-3"),
-])
+@pytest.mark.parametrize(
+    ("config", "event_extra", "account"),
+    [
+        ({"account_from": "cli"}, {"cli": "12015550100"}, "+12015550100"),
+        ({"account_from": "custom"}, {"custom": "customer-7"}, "customer-7"),
+        (
+            {"account_from": "header:x-account"},
+            {"callHeaders": [{"key": "x-account", "value": "team-3"}]},
+            "team-3",
+        ),
+    ],
+)
 def test_account_rules(credit_app, config, event_extra, account):
     rt, app, plugin = credit_app(None, **config)
     plugin.topup(rt.store, account, "6.00")
-    assert post(app, ice("c7", to="+14155550000", **event_extra)).json["action"]["maxDuration"] == 600
-    assert rt.store.query("SELECT account FROM credit_reservations WHERE callid = 'c7'") == [(account,)]
-    assert post(app, ice("c8", to="+14155550000")).json["action"]["name"] == "hangup"  # no/unknown account
+    assert (
+        post(app, ice("c7", to="+14155550000", **event_extra)).json["action"]["maxDuration"] == 600
+    )
+    assert rt.store.query("SELECT account FROM credit_reservations WHERE callid = 'c7'") == [
+        (account,)
+    ]
+    assert (
+        post(app, ice("c8", to="+14155550000")).json["action"]["name"] == "hangup"
+    )  # no/unknown account
 
 
 def test_user_rate_with_markup(credit_app):
     rt, app, _ = credit_app("6.00", rate_source="user_rate", markup_percent=Decimal(20))
-    event = ice("c9", to="+14155550000", userRate={"currencyId": "USD", "amount": 0.5})  # 0.60 with markup
+    event = ice(
+        "c9", to="+14155550000", userRate={"currencyId": "USD", "amount": 0.5}
+    )  # 0.60 with markup
     assert post(app, event).json["action"]["maxDuration"] == 600
 
 
 def test_announce_minutes(credit_app):
     _, app, _ = credit_app("1.80", announce=True)
     assert post(app, ice("c10", to="+14155550000")).json == {
-        "instructions": [{"name": "answer"}, {"name": "say", "text": "You have 3 minutes of credit.", "locale": "en-US"}],
-        "action": {"name": "connectPstn", "maxDuration": 180}}
+        "instructions": [
+            {"name": "answer"},
+            {"name": "say", "text": "You have 3 minutes of credit.", "locale": "en-US"},
+        ],
+        "action": {"name": "connectPstn", "maxDuration": 180},
+    }
 
 
 def test_reservation_fits_the_answer_sent(credit_app):
@@ -170,7 +218,9 @@ def test_dice_settles_once(credit_app):
     assert balance(rt) == 1000 - 180  # 125 s billed as 3 minutes at 0.60
     assert reservation(rt, "c13")[2] == "settled"
     assert balance(rt) == ledger_sum(rt)
-    entries = rt.store.query("SELECT kind, amount, balance_after, callid FROM credit_ledger ORDER BY seq")
+    entries = rt.store.query(
+        "SELECT kind, amount, balance_after, callid FROM credit_ledger ORDER BY seq"
+    )
     assert entries == [("topup", 1000, 1000, None), ("call", -180, 820, "c13")]
 
 
@@ -201,8 +251,9 @@ def test_settle_with_sinch_debit(credit_app):
 def test_dice_for_a_call_never_reserved_is_recorded(credit_app, caplog):
     rt, app, _ = credit_app("10.00")
     post(app, dice("ghost", duration=30))
-    assert rt.store.query("SELECT account, amount, status FROM credit_settled WHERE callid = 'ghost'") == [
-        (None, 0, "unreserved")]
+    assert rt.store.query(
+        "SELECT account, amount, status FROM credit_settled WHERE callid = 'ghost'"
+    ) == [(None, 0, "unreserved")]
     assert balance(rt) == 1000
     assert any("never reserved" in r.getMessage() for r in caplog.records)
 
@@ -212,7 +263,9 @@ def test_balance_never_goes_below_zero(credit_app):
     post(app, ice("c17", to="+14155550000"))
     post(app, dice("c17", duration=900, debit={"currencyId": "USD", "amount": 25}))
     assert balance(rt) == 0 and ledger_sum(rt) == 0
-    details = json.loads(rt.store.query("SELECT details FROM credit_settled WHERE callid = 'c17'")[0][0])
+    details = json.loads(
+        rt.store.query("SELECT details FROM credit_settled WHERE callid = 'c17'")[0][0]
+    )
     assert details["uncollected"] == 1500
 
 
@@ -228,15 +281,18 @@ def test_sweeper_expires_reservations_without_dice(credit_app, caplog):
     assert balance(rt) == 940
 
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({"rates": {}}, "rates is empty"),
-    ({"rates": {"+1": "cheap"}}, "rates['+1'] must be a price per minute"),
-    ({"rates": {"+1x": "1"}}, "is not a number pattern"),
-    ({"increments": "60"}, "increments must look like 60/60"),
-    ({"account_from": "ani"}, "account_from must be cli, custom, header:NAME or fixed"),
-    ({"account": ""}, "account_from = 'fixed' needs account"),
-    ({"initial_accounts": {"a": "1.001"}}, "initial_accounts.a has more than 2 decimals"),
-])
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"rates": {}}, "rates is empty"),
+        ({"rates": {"+1": "cheap"}}, "rates['+1'] must be a price per minute"),
+        ({"rates": {"+1x": "1"}}, "is not a number pattern"),
+        ({"increments": "60"}, "increments must look like 60/60"),
+        ({"account_from": "ani"}, "account_from must be cli, custom, header:NAME or fixed"),
+        ({"account": ""}, "account_from = 'fixed' needs account"),
+        ({"initial_accounts": {"a": "1.001"}}, "initial_accounts.a has more than 2 decimals"),
+    ],
+)
 def test_bad_configuration_is_named(config, message):
     with pytest.raises(PluginError) as err:
         runtime({"credit": Credit()}, plugins={"credit": {**BASE, **config}})
@@ -255,8 +311,13 @@ def test_credit_commands(tmp_path):
     )
 
     def cli(*args):
-        return subprocess.run([sys.executable, str(REPO / "serve.py"), "--config", str(config), "credit", *args],
-                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        return subprocess.run(
+            [sys.executable, str(REPO / "serve.py"), "--config", str(config), "credit", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
 
     run = cli("topup", "+12015550100", "12.50")
     assert run.returncode == 0, run.stderr

@@ -28,8 +28,15 @@ def crm_app():
 
     def _make(**config):
         plugin = Crm()
-        rt = runtime({"router": Fixed(Decision.propose(ConnectPstn(number="+15612600684", max_duration=600))),
-                      "crm": plugin}, plugins={"crm": config} if config else {})
+        rt = runtime(
+            {
+                "router": Fixed(
+                    Decision.propose(ConnectPstn(number="+15612600684", max_duration=600))
+                ),
+                "crm": plugin,
+            },
+            plugins={"crm": config} if config else {},
+        )
         made.append(rt)
         return rt, webapp(rt), plugin
 
@@ -39,7 +46,9 @@ def crm_app():
 
 
 def records(rt):
-    rows = rt.store.query("SELECT callid, caller, destination, duration, result, ice_answer, delivered_at FROM crm_calls")
+    rows = rt.store.query(
+        "SELECT callid, caller, destination, duration, result, ice_answer, delivered_at FROM crm_calls"
+    )
     return {r[0]: r for r in rows}
 
 
@@ -51,9 +60,15 @@ def test_record_is_committed_before_the_dice_answer(crm_app):
     assert (r.status_int, r.body) == (200, b"")
     row = rt.store.query("SELECT * FROM crm_calls WHERE callid = 'r1'")
     assert len(row) == 1
-    rec = dict(zip([c[1] for c in rt.store.query("PRAGMA table_info(crm_calls)")], row[0], strict=True))
+    rec = dict(
+        zip([c[1] for c in rt.store.query("PRAGMA table_info(crm_calls)")], row[0], strict=True)
+    )
     assert (rec["caller"], rec["destination"], rec["duration"], rec["result"]) == (
-        "+12015555555", "+15612600684", 33, "ANSWERED")
+        "+12015555555",
+        "+15612600684",
+        33,
+        "ANSWERED",
+    )
     assert rec["started_at"] and rec["answered_at"] and rec["ended_at"] == "2024-06-06T17:21:14Z"
     assert rec["debit_amount"] == "0.0095" and rec["debit_currency"] == "USD"
     assert json.loads(rec["ice_answer"])["action"]["name"] == "connectPstn"
@@ -100,9 +115,13 @@ def test_dice_answer_never_waits_for_the_crm(crm_app):
 
 def test_dead_letters_after_max_attempts_then_replay(crm_app, caplog):
     with FakeCrm(CRM_SECRET, fail_first=10**6) as crm:
-        rt, app, plugin = crm_app(webhook_url=crm.url, webhook_secret=CRM_SECRET, max_attempts=3, **FAST)
+        rt, app, plugin = crm_app(
+            webhook_url=crm.url, webhook_secret=CRM_SECRET, max_attempts=3, **FAST
+        )
         post(app, dice("r4"))
-        assert wait_for(lambda: rt.store.query("SELECT COUNT(*) FROM crm_dead")[0][0] == 1, timeout=10)
+        assert wait_for(
+            lambda: rt.store.query("SELECT COUNT(*) FROM crm_dead")[0][0] == 1, timeout=10
+        )
         dead = rt.store.query("SELECT callid, attempts, last_error FROM crm_dead")
         assert dead == [("r4", 3, "HTTP 503")]
         assert crm.attempts == 3 and crm.received == []
@@ -114,12 +133,20 @@ def test_dead_letters_after_max_attempts_then_replay(crm_app, caplog):
 
 
 def test_unreachable_crm_is_retried_with_backoff(crm_app):
-    rt, app, plugin = crm_app(webhook_url="http://127.0.0.1:9/calls", webhook_secret=CRM_SECRET,
-                              backoff=30, poll_interval=0.05)
+    rt, app, plugin = crm_app(
+        webhook_url="http://127.0.0.1:9/calls",
+        webhook_secret=CRM_SECRET,
+        backoff=30,
+        poll_interval=0.05,
+    )
     post(app, dice("r5"))
     assert wait_for(lambda: rt.store.query("SELECT attempts FROM crm_outbox")[0][0] == 1, timeout=5)
-    attempts, due, error = rt.store.query("SELECT attempts, next_attempt_at, last_error FROM crm_outbox")[0]
-    assert 25 < due - time.time() <= 30 and "Connection refused" in error and CRM_SECRET not in error
+    attempts, due, error = rt.store.query(
+        "SELECT attempts, next_attempt_at, last_error FROM crm_outbox"
+    )[0]
+    assert (
+        25 < due - time.time() <= 30 and "Connection refused" in error and CRM_SECRET not in error
+    )
 
 
 def test_webhook_needs_a_secret():
@@ -137,14 +164,33 @@ def test_crm_commands(tmp_path, monkeypatch):
             f'[sinch]\nkeys = [{{ key = "{KEY}", secret = "{SECRET}" }}]\n'
             f'[plugins]\nenabled = ["crm"]\n[plugins.crm]\nwebhook_url = "{crm.url}"\nmax_attempts = 1\n'
         )
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "SWITCHBOARD_CRM_SECRET": CRM_SECRET}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(REPO),
+            "SWITCHBOARD_CRM_SECRET": CRM_SECRET,
+        }
 
         def cli(*args):
-            return subprocess.run([sys.executable, str(REPO / "serve.py"), "--config", str(config), *args],
-                                  capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+            return subprocess.run(
+                [sys.executable, str(REPO / "serve.py"), "--config", str(config), *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=tmp_path,
+                env=env,
+            )
 
         for callid in ("x1", "x2"):
-            sim = cli("simulate", "dice", "--in-process", "--use-store", "--callid", callid, "--duration", "7")
+            sim = cli(
+                "simulate",
+                "dice",
+                "--in-process",
+                "--use-store",
+                "--callid",
+                callid,
+                "--duration",
+                "7",
+            )
             assert sim.returncode == 0, sim.stderr
         outbox = cli("crm", "outbox")
         assert "x1 attempts=0" in outbox.stdout and "2 record(s) waiting" in outbox.stdout
@@ -153,7 +199,9 @@ def test_crm_commands(tmp_path, monkeypatch):
         export = cli("crm", "export", "--format", "jsonl")
         lines = [json.loads(line) for line in export.stdout.splitlines()]
         assert [(r["callid"], r["duration"]) for r in lines] == [("x1", 7), ("x2", 7)]
-        csv_out = cli("crm", "export", "--format", "csv", "--since", "2000-01-01T00:00:00Z").stdout.splitlines()
+        csv_out = cli(
+            "crm", "export", "--format", "csv", "--since", "2000-01-01T00:00:00Z"
+        ).stdout.splitlines()
         assert csv_out[0].startswith("callid,caller,destination") and len(csv_out) == 3
         assert cli("crm", "export", "--since", "2999-01-01").stdout == ""
         assert "must be an ISO-8601 time" in cli("crm", "export", "--since", "soon").stdout

@@ -37,7 +37,11 @@ def test_ice_fields():
 
 
 def test_ace_with_amd():
-    event = parse_event(json.dumps(ace("c1", amd={"status": "human", "reason": "longgreeting", "duration": 15})).encode())
+    event = parse_event(
+        json.dumps(
+            ace("c1", amd={"status": "human", "reason": "longgreeting", "duration": 15})
+        ).encode()
+    )
     assert isinstance(event, Ace)
     assert (event.amd.status, event.amd.reason, event.amd.duration) == ("human", "longgreeting", 15)
 
@@ -46,7 +50,9 @@ def test_dice_money_is_decimal_never_float():
     event = parse_event(json.dumps(dice("c1")).encode())
     assert isinstance(event, Dice)
     assert event.debit.amount == Decimal("0.0095") and isinstance(event.debit.amount, Decimal)
-    assert event.duration == 42 and event.from_ == "12015555555" and event.from_e164 == "+12015555555"
+    assert (
+        event.duration == 42 and event.from_ == "12015555555" and event.from_e164 == "+12015555555"
+    )
     assert event.to.e164 == "+15612600684"
     assert (event.reason, event.result) == ("CALLERHANGUP", "ANSWERED")
 
@@ -54,13 +60,25 @@ def test_dice_money_is_decimal_never_float():
 def test_pie_menu_result():
     event = parse_event(json.dumps(pie("c1", "1234")).encode())
     assert isinstance(event, Pie)
-    assert (event.menu_result.menu_id, event.menu_result.type, event.menu_result.value) == ("main", "sequence", "1234")
+    assert (event.menu_result.menu_id, event.menu_result.type, event.menu_result.value) == (
+        "main",
+        "sequence",
+        "1234",
+    )
 
 
 def test_notify_error_form():
-    event = parse_event(json.dumps(notify("c1", type="callingerror", errorCode=40001, errorMsg="Illegal SVAML")).encode())
+    event = parse_event(
+        json.dumps(
+            notify("c1", type="callingerror", errorCode=40001, errorMsg="Illegal SVAML")
+        ).encode()
+    )
     assert isinstance(event, Notify)
-    assert (event.type, event.error_code, event.error_msg) == ("callingerror", 40001, "Illegal SVAML")
+    assert (event.type, event.error_code, event.error_msg) == (
+        "callingerror",
+        40001,
+        "Illegal SVAML",
+    )
 
 
 def test_unknown_fields_are_kept_read_only():
@@ -89,13 +107,29 @@ def test_events_are_immutable():
         (b'{"event": "ice"}', "callid", "missing field 'callid'"),
         (b'{"event": "ice", "callid": 12}', "callid", "must be a string"),
         (b'{"event": "ice", "callid": "x", "to": "+15612600684"}', "to", "must be an object"),
-        (b'{"event": "ice", "callid": "x", "to": {"endpoint": 1}}', "to.endpoint", "must be a string"),
-        (b'{"event": "ice", "callid": "x", "userRate": {"amount": "1"}}', "userRate.amount", "must be a number"),
+        (
+            b'{"event": "ice", "callid": "x", "to": {"endpoint": 1}}',
+            "to.endpoint",
+            "must be a string",
+        ),
+        (
+            b'{"event": "ice", "callid": "x", "userRate": {"amount": "1"}}',
+            "userRate.amount",
+            "must be a number",
+        ),
         (b'{"event": "ice", "callid": "x", "version": true}', "version", "must be an integer"),
         (b'{"event": "dice", "callid": "x", "duration": 1.5}', "duration", "must be an integer"),
-        (b'{"event": "ice", "callid": "x", "callHeaders": [1]}', "callHeaders[0]", "must be an object"),
+        (
+            b'{"event": "ice", "callid": "x", "callHeaders": [1]}',
+            "callHeaders[0]",
+            "must be an object",
+        ),
         (b'{"event": "pie", "callid": "x", "menuResult": []}', "menuResult", "must be an object"),
-        (b'{"event": "ace", "callid": "x", "amd": {"duration": "long"}}', "amd.duration", "must be an integer"),
+        (
+            b'{"event": "ace", "callid": "x", "amd": {"duration": "long"}}',
+            "amd.duration",
+            "must be an integer",
+        ),
     ],
 )
 def test_bad_bodies_name_the_field(body, field, words):
@@ -107,8 +141,15 @@ def test_bad_bodies_name_the_field(body, field, words):
 
 @pytest.mark.parametrize(
     ("raw", "e164"),
-    [("12015555555", "+12015555555"), ("+12015555555", "+12015555555"), ("0046701234567", "+46701234567"),
-     ("private", None), ("", None), (None, None), ("+1 201-555-5555", "+12015555555")],
+    [
+        ("12015555555", "+12015555555"),
+        ("+12015555555", "+12015555555"),
+        ("0046701234567", "+46701234567"),
+        ("private", None),
+        ("", None),
+        (None, None),
+        ("+1 201-555-5555", "+12015555555"),
+    ],
 )
 def test_numbers_arrive_with_or_without_plus(raw, e164):
     assert normalize_number(raw) == e164

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -31,8 +30,16 @@ def trio():
     rt = runtime(
         {"allowlist": Allowlist(), "credit": Credit(), "crm": Crm()},
         plugins={
-            "allowlist": {"allow": ["+15612600684"], "max_duration": 600, "deny_prompt": "Not allowed."},
-            "credit": {"account_from": "cli", "rates": {"+1": "0.02"}, "initial_accounts": {"+12015555555": "1.00"}},
+            "allowlist": {
+                "allow": ["+15612600684"],
+                "max_duration": 600,
+                "deny_prompt": "Not allowed.",
+            },
+            "credit": {
+                "account_from": "cli",
+                "rates": {"+1": "0.02"},
+                "initial_accounts": {"+12015555555": "1.00"},
+            },
         },
     )
     rt.start()
@@ -43,14 +50,18 @@ def trio():
 def test_allowed_call_flow(trio):
     rt, app = trio
     r = post(app, ice("f1"))
-    assert r.json == {"action": {"name": "connectPstn", "number": "+15612600684", "maxDuration": 600}}
+    assert r.json == {
+        "action": {"name": "connectPstn", "number": "+15612600684", "maxDuration": 600}
+    }
     assert post(app, ace("f1")).json == {"action": {"name": "continue"}}
     rt.pipeline.wait_idle()
     # 1.00 at 0.02/min buys 50 minutes; the answer caps at 10, so only 10 stay reserved
     assert rt.store.query("SELECT amount, max_duration FROM credit_reservations") == [(20, 600)]
     assert post(app, dice("f1", duration=185)).body == b""
     assert rt.store.query("SELECT balance FROM credit_accounts") == [(92,)]  # 4 minutes at 0.02
-    call = rt.store.query("SELECT caller, destination, duration, ice_answer, ice_trace FROM crm_calls")[0]
+    call = rt.store.query(
+        "SELECT caller, destination, duration, ice_answer, ice_trace FROM crm_calls"
+    )[0]
     assert call[:3] == ("+12015555555", "+15612600684", 185)
     assert json.loads(call[3])["action"]["maxDuration"] == 600
     trace = json.loads(call[4])
@@ -61,10 +72,14 @@ def test_allowed_call_flow(trio):
 def test_denied_call_flow(trio):
     rt, app = trio
     r = post(app, ice("f2", to="+19005550100"))
-    assert r.json == {"instructions": [{"name": "say", "text": "Not allowed.", "locale": "en-US"}],
-                      "action": {"name": "hangup"}}
+    assert r.json == {
+        "instructions": [{"name": "say", "text": "Not allowed.", "locale": "en-US"}],
+        "action": {"name": "hangup"},
+    }
     rt.pipeline.wait_idle()
-    assert rt.store.query("SELECT status FROM credit_reservations WHERE callid = 'f2'") == [("released",)]
+    assert rt.store.query("SELECT status FROM credit_reservations WHERE callid = 'f2'") == [
+        ("released",)
+    ]
     post(app, dice("f2", duration=0, result="FAILED", reason="CALLERHANGUP"))
     assert rt.store.query("SELECT balance FROM credit_accounts") == [(100,)]
     record = rt.store.query("SELECT result, ice_answer FROM crm_calls WHERE callid = 'f2'")[0]
@@ -88,10 +103,14 @@ def test_example_config_on_the_real_server(serve, tmp_path):
     server = serve(text, name="config")
     status, _, body = server.post(ice("ex-1"))
     assert status == 200
-    assert json.loads(body) == {"action": {"name": "connectPstn", "number": "+15612600684", "maxDuration": 600}}
+    assert json.loads(body) == {
+        "action": {"name": "connectPstn", "number": "+15612600684", "maxDuration": 600}
+    }
     assert json.loads(server.post(ace("ex-1"))[2]) == {"action": {"name": "continue"}}
     assert server.post(dice("ex-1", duration=61))[::2] == (200, b"")
-    assert json.loads(server.post(ice("ex-2", to="+14155550000"))[2]) == {"action": {"name": "hangup"}}
+    assert json.loads(server.post(ice("ex-2", to="+14155550000"))[2]) == {
+        "action": {"name": "hangup"}
+    }
     assert server.stop() == 0
     show = run_cli(server.config, "credit", "show", "demo")
     assert "balance   4.96" in show.stdout, show.stdout + show.stderr  # 5.00 - 2 minutes at 0.02
@@ -99,7 +118,11 @@ def test_example_config_on_the_real_server(serve, tmp_path):
     assert [json.loads(line)["callid"] for line in export.stdout.splitlines()] == ["ex-1"]
     sim_server = serve(text, name="config")
     sim = run_cli(sim_server.config, "simulate", "ice", "--url", sim_server.url)
-    assert sim.returncode == 0 and '"name": "connectPstn"' in sim.stdout and "allowlist: decided" in sim.stdout
+    assert (
+        sim.returncode == 0
+        and '"name": "connectPstn"' in sim.stdout
+        and "allowlist: decided" in sim.stdout
+    )
 
 
 # ---------------------------------------------------------------- concurrency on one account
@@ -152,7 +175,12 @@ def test_concurrent_calls_on_one_account_never_overspend(serve, tmp_path):
         list(pool.map(call, wave1))
         wave2 = [f"load-b{i}" for i in range(30)]
         # the second wave's ICEs race the first wave's DiCEs
-        list(pool.map(lambda job: job[0](job[1]), [(call, c) for c in wave2] + [(hang_up, c) for c in wave1]))
+        list(
+            pool.map(
+                lambda job: job[0](job[1]),
+                [(call, c) for c in wave2] + [(hang_up, c) for c in wave1],
+            )
+        )
         list(pool.map(hang_up, wave2))
     assert caps, "some calls must have been allowed"
     assert server.stop() == 0
@@ -160,7 +188,9 @@ def test_concurrent_calls_on_one_account_never_overspend(serve, tmp_path):
     store = Store(str(tmp_path / "load.db"))
     try:
         balance = store.query("SELECT balance FROM credit_accounts WHERE account = 'shared'")[0][0]
-        ledger = store.query("SELECT kind, amount, callid FROM credit_ledger WHERE account = 'shared'")
+        ledger = store.query(
+            "SELECT kind, amount, callid FROM credit_ledger WHERE account = 'shared'"
+        )
         assert balance >= 0
         assert balance == sum(amount for _, amount, _ in ledger)
         charges = {callid: -amount for kind, amount, callid in ledger if kind == "call"}
@@ -174,7 +204,9 @@ def test_concurrent_calls_on_one_account_never_overspend(serve, tmp_path):
         assert 10 <= len(wave1_caps) < len(wave1)
         assert sum(tariff.cost(c) for c in wave1_caps) <= 2000
         assert 2000 - balance == sum(charges.values())
-        assert store.query("SELECT COUNT(*) FROM credit_reservations WHERE status = 'open'") == [(0,)]
+        assert store.query("SELECT COUNT(*) FROM credit_reservations WHERE status = 'open'") == [
+            (0,)
+        ]
         assert store.query("SELECT COUNT(*) FROM crm_calls")[0][0] == 60
     finally:
         store.close()

@@ -42,8 +42,12 @@ def test_entry_point_plugin_is_loaded_with_its_metadata(site):
     info = plugins.info["vip"]
     assert (info.version, info.builtin) == ("2.5", False)
     assert "package switchboard-vip" in info.origin
-    assert info.hooks == ("switchboard_add_commands", "switchboard_config_keys", "switchboard_ice",
-                          "switchboard_store_migrations")
+    assert info.hooks == (
+        "switchboard_add_commands",
+        "switchboard_config_keys",
+        "switchboard_ice",
+        "switchboard_store_migrations",
+    )
 
 
 def test_entry_point_plugin_decides_end_to_end(site):
@@ -52,12 +56,22 @@ def test_entry_point_plugin_decides_end_to_end(site):
     from core.runtime import Runtime
     from core.store import Store
 
-    settings = cfg.parse({"sinch": {"keys": [{"key": KEY, "secret": SECRET}]},
-                          "plugins": {"enabled": ["vip"], "vip": {"callers": ["+12015555555"]}}}, None, env={})
+    settings = cfg.parse(
+        {
+            "sinch": {"keys": [{"key": KEY, "secret": SECRET}]},
+            "plugins": {"enabled": ["vip"], "vip": {"callers": ["+12015555555"]}},
+        },
+        None,
+        env={},
+    )
     with Runtime.build(settings, store=Store(":memory:")) as rt:
         app = webapp(rt)
         r = post(app, ice("vip-1", cli="12015555555"))
-        assert r.json["action"] == {"name": "connectPstn", "number": "+15612600684", "maxDuration": 3600}
+        assert r.json["action"] == {
+            "name": "connectPstn",
+            "number": "+15612600684",
+            "maxDuration": 3600,
+        }
         assert post(app, ice("vip-2", cli="14155550000")).json == {"action": {"name": "hangup"}}
         assert rt.store.query("SELECT callid, caller FROM vip_calls") == [("vip-1", "+12015555555")]
 
@@ -125,7 +139,9 @@ def test_bad_config_key_declaration_is_named():
         def switchboard_config_keys(self):
             return {"limit": int}
 
-    with pytest.raises(PluginError, match="plugin 'bad': config key 'limit' must be declared with core.config.Key"):
+    with pytest.raises(
+        PluginError, match="plugin 'bad': config key 'limit' must be declared with core.config.Key"
+    ):
         runtime({"bad": BadKeys()})
 
 
@@ -135,7 +151,9 @@ def test_plugin_refusing_its_configuration_is_named():
         def switchboard_configure(self, settings, config):
             raise ValueError("needs at least one rate")
 
-    with pytest.raises(PluginError, match="plugin 'picky' refused its configuration: needs at least one rate"):
+    with pytest.raises(
+        PluginError, match="plugin 'picky' refused its configuration: needs at least one rate"
+    ):
         runtime({"picky": Picky()})
 
 
@@ -145,8 +163,10 @@ def test_unknown_key_in_plugin_section_is_a_config_error():
 
 
 def test_precedence_is_config_order_not_registration_order():
-    first, second = Fixed(Decision.propose(ConnectConf(conference_id="one"))), \
-        Fixed(Decision.propose(ConnectConf(conference_id="two")))
+    first, second = (
+        Fixed(Decision.propose(ConnectConf(conference_id="one"))),
+        Fixed(Decision.propose(ConnectConf(conference_id="two"))),
+    )
     plugins = make_plugins(["b", "a"], load_entrypoints=False, given={"a": first, "b": second})
     assert [i.plugin for i in plugins.impls("switchboard_ice")] == ["b", "a"]
     rt = runtime({"b": second, "a": first})
@@ -162,7 +182,10 @@ def test_plugin_migrations_and_lifecycle():
     class Life:
         @hookimpl
         def switchboard_store_migrations(self):
-            return [Migration(1, ("CREATE TABLE life (x INTEGER)",)), Migration(2, ("ALTER TABLE life ADD y TEXT",))]
+            return [
+                Migration(1, ("CREATE TABLE life (x INTEGER)",)),
+                Migration(2, ("ALTER TABLE life ADD y TEXT",)),
+            ]
 
         @hookimpl
         def switchboard_startup(self, store, config):
@@ -189,7 +212,10 @@ def test_startup_failure_is_named():
 
     rt = runtime({"fails": Fails()})
     try:
-        with pytest.raises(PluginError, match="plugin 'fails' failed in switchboard_startup: OSError: cannot reach CRM"):
+        with pytest.raises(
+            PluginError,
+            match="plugin 'fails' failed in switchboard_startup: OSError: cannot reach CRM",
+        ):
             rt.start()
     finally:
         rt.close()
@@ -198,12 +224,20 @@ def test_startup_failure_is_named():
 # ---------------------------------------------------------------- through serve.py
 
 
-def _cli(site: Path, tmp: Path, *args: str, config: str | None = None) -> subprocess.CompletedProcess[str]:
+def _cli(
+    site: Path, tmp: Path, *args: str, config: str | None = None
+) -> subprocess.CompletedProcess[str]:
     cfg = tmp / "config.toml"
     cfg.write_text(config or "")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{site}:{REPO}"}
-    return subprocess.run([sys.executable, str(REPO / "serve.py"), "--config", str(cfg), *args],
-                          capture_output=True, text=True, env=env, cwd=tmp, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(REPO / "serve.py"), "--config", str(cfg), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp,
+        timeout=60,
+    )
 
 
 CONFIG = f"""
@@ -222,7 +256,12 @@ def test_serve_py_plugins_lists_the_test_plugin(site, tmp_path):
     assert run.returncode == 0, run.stderr
     rows = {p["name"]: p for p in json.loads(run.stdout)["plugins"]}
     vip = rows["vip"]
-    assert (vip["version"], vip["builtin"], vip["precedence"], vip["enabled"]) == ("3.1", False, 1, True)
+    assert (vip["version"], vip["builtin"], vip["precedence"], vip["enabled"]) == (
+        "3.1",
+        False,
+        1,
+        True,
+    )
     assert "switchboard_ice" in vip["hooks"]
     text = _cli(site, tmp_path, "plugins", config=CONFIG).stdout
     assert "vip 3.1 (third-party, precedence 1)" in text
@@ -237,8 +276,19 @@ def test_serve_py_check_and_plugin_command(site, tmp_path):
     assert "1. vip 1.0 from package switchboard-vip" in check.stdout
     assert 'callers = ["+12015555555"]' in check.stdout
     assert "migrations to apply at start: core [1]; vip [1]" in check.stdout
-    sim = _cli(site, work, "simulate", "ice", "--in-process", "--use-store", "--cli", "+12015555555",
-               "--callid", "sim-1", config=CONFIG)
+    sim = _cli(
+        site,
+        work,
+        "simulate",
+        "ice",
+        "--in-process",
+        "--use-store",
+        "--cli",
+        "+12015555555",
+        "--callid",
+        "sim-1",
+        config=CONFIG,
+    )
     assert sim.returncode == 0, sim.stderr
     assert '"name": "connectPstn"' in sim.stdout and "vip: decided" in sim.stdout
     listed = _cli(site, work, "vip", config=CONFIG)
@@ -247,6 +297,13 @@ def test_serve_py_check_and_plugin_command(site, tmp_path):
 
 
 def test_serve_py_refuses_to_start_with_unknown_plugin(site, tmp_path):
-    run = _cli(site, tmp_path, "check", config=CONFIG.replace('"vip"]', '"vipp"]').replace("[plugins.vip]\ncallers = [\"+12015555555\"]", ""))
+    run = _cli(
+        site,
+        tmp_path,
+        "check",
+        config=CONFIG.replace('"vip"]', '"vipp"]').replace(
+            '[plugins.vip]\ncallers = ["+12015555555"]', ""
+        ),
+    )
     assert run.returncode == 2
     assert "plugin 'vipp' is enabled in config.toml but not installed" in run.stderr

@@ -29,11 +29,14 @@ def start(serve, tmp_path):
 
     def _start(extra: str = "", enabled: str = "", insecure: bool = False):
         n = next(count)
-        keys = "insecure = true" if insecure else f'keys = [{{ key = "{KEY}", secret = "{SECRET}" }}]'
+        keys = (
+            "insecure = true" if insecure else f'keys = [{{ key = "{KEY}", secret = "{SECRET}" }}]'
+        )
         return serve(
             f'[server]\nport = 0\n[sinch]\n{keys}\n[store]\nurl = "sqlite:///sb{n}.db"\n'
             f"[plugins]\nenabled = [{enabled}]\n{extra}",
-            name=f"config{n}", pythonpath=str(site),
+            name=f"config{n}",
+            pythonpath=str(site),
         )
 
     return _start
@@ -43,24 +46,38 @@ def test_real_server_answers_signed_callbacks(start):
     server = start('[plugins.vip]\ncallers = ["+12015555555"]\n', enabled='"vip"')
     status, ctype, body = server.post(ice("srv-1", cli="12015555555"))
     assert (status, ctype) == (200, "application/json")
-    assert json.loads(body) == {"instructions": [{"name": "say", "text": "Welcome back"}],
-                                "action": {"name": "connectPstn", "number": "+15612600684", "maxDuration": 3600}}
+    assert json.loads(body) == {
+        "instructions": [{"name": "say", "text": "Welcome back"}],
+        "action": {"name": "connectPstn", "number": "+15612600684", "maxDuration": 3600},
+    }
     assert json.loads(server.post(ace("srv-1"))[2]) == {"action": {"name": "continue"}}
     assert server.post(dice("srv-1"))[::2] == (200, b"")
     assert server.post(dice("srv-1"))[::2] == (200, b"")  # duplicate: still 200, nothing new
-    with urllib.request.urlopen(server.url.replace("/sinch/callback", "/healthz"), timeout=5) as health:
+    with urllib.request.urlopen(
+        server.url.replace("/sinch/callback", "/healthz"), timeout=5
+    ) as health:
         assert json.loads(health.read()) == {"status": "ok"}
     assert server.stop() == 0
-    lines = [json.loads(line.split("switchboard.callback ", 1)[1]) for line in server.log.splitlines()
-             if "switchboard.callback " in line]
+    lines = [
+        json.loads(line.split("switchboard.callback ", 1)[1])
+        for line in server.log.splitlines()
+        if "switchboard.callback " in line
+    ]
     assert [(entry["event"], entry["outcome"]) for entry in lines] == [
-        ("ice", "connectPstn"), ("ace", "continue"), ("dice", "ok"), ("dice", "duplicate")]
+        ("ice", "connectPstn"),
+        ("ace", "continue"),
+        ("dice", "ok"),
+        ("dice", "duplicate"),
+    ]
 
 
 def test_real_server_rejects_bad_requests(start):
     server = start()
     body, headers = signed(ice("srv-2"))
-    assert server.post(None, body=body, headers={**headers, "Authorization": "application x:y"})[0] == 401
+    assert (
+        server.post(None, body=body, headers={**headers, "Authorization": "application x:y"})[0]
+        == 401
+    )
     assert server.post(None, body=body, headers={**headers, "Content-Type": "text/plain"})[0] == 415
     assert server.post(None, body=b"{", headers=signed(b"{")[1])[0] == 400
     big, big_headers = signed(ice("srv-2", pad="x" * 100_000))
@@ -79,17 +96,35 @@ def test_simulate_against_the_running_server(start, tmp_path):
     server = start()
     config = next(tmp_path.glob("config0.toml"))
     run = subprocess.run(
-        [sys.executable, str(REPO / "serve.py"), "--config", str(config), "simulate", "ice", "--url", server.url],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            str(REPO / "serve.py"),
+            "--config",
+            str(config),
+            "simulate",
+            "ice",
+            "--url",
+            server.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert run.returncode == 0, run.stderr
     assert "< HTTP 200" in run.stdout
-    answer = json.loads("\n".join(line[2:] for line in run.stdout.splitlines() if line.startswith("< ") and "HTTP" not in line))
+    answer = json.loads(
+        "\n".join(
+            line[2:]
+            for line in run.stdout.splitlines()
+            if line.startswith("< ") and "HTTP" not in line
+        )
+    )
     assert answer == {"action": {"name": "hangup"}}
 
 
 def test_sigterm_finishes_in_flight_callbacks(start):
-    server = start('[plugins.slow]\ndelay = 0.8\n', enabled='"slow"')
+    server = start("[plugins.slow]\ndelay = 0.8\n", enabled='"slow"')
     result = {}
     worker = threading.Thread(target=lambda: result.update(reply=server.post(ice("srv-3"))))
     worker.start()
@@ -104,8 +139,9 @@ def test_sigterm_finishes_in_flight_callbacks(start):
 def test_insecure_mode_warns_at_every_start(start):
     for _ in range(2):
         server = start(insecure=True)
-        status, _, _ = server.post(None, body=json.dumps(ice()).encode(),
-                                      headers={"Content-Type": "application/json"})
+        status, _, _ = server.post(
+            None, body=json.dumps(ice()).encode(), headers={"Content-Type": "application/json"}
+        )
         assert status == 200
         server.stop()
         assert "INSECURE: callback signatures are NOT verified" in server.log

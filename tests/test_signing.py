@@ -28,9 +28,13 @@ def _quirk(vector: dict) -> bool:
 
 
 def _verify(vector: dict) -> bool:
-    verifier = Verifier([Credential(vector["application_key"], vector["application_secret"])], window=None)
+    verifier = Verifier(
+        [Credential(vector["application_key"], vector["application_secret"])], window=None
+    )
     try:
-        verifier.verify(vector["method"], vector["path"], vector["headers"], vector["body"].encode())
+        verifier.verify(
+            vector["method"], vector["path"], vector["headers"], vector["body"].encode()
+        )
     except SignatureError:
         return False
     return True
@@ -53,7 +57,9 @@ def test_string_to_sign_and_md5_match_the_docs(vector):
     body = vector["body"].encode()
     if "content_md5" in vector:
         assert content_md5(body) == vector["content_md5"]
-    got = string_to_sign(vector["method"], body, lower["content-type"], lower["x-timestamp"], vector["path"])
+    got = string_to_sign(
+        vector["method"], body, lower["content-type"], lower["x-timestamp"], vector["path"]
+    )
     assert got == vector["string_to_sign"]
 
 
@@ -75,8 +81,14 @@ def test_sign_headers_round_trip_and_tamper_detection():
 
 def test_signature_matches_official_example():
     body = VECTORS["vectors"][0]["body"].encode()
-    headers = sign_headers(CREDENTIAL, "POST", "/sinch/callback/ace", body,
-                           content_type="application/json", timestamp="2014-09-24T10:59:41Z")
+    headers = sign_headers(
+        CREDENTIAL,
+        "POST",
+        "/sinch/callback/ace",
+        body,
+        content_type="application/json",
+        timestamp="2014-09-24T10:59:41Z",
+    )
     assert headers["Authorization"].endswith(":Tg6fMyo8mj9pYfWQ9ssbx3Tc1BNC87IEygAfLbJqZb4=")
 
 
@@ -150,8 +162,12 @@ def test_errors_and_reprs_never_show_secrets():
     sig = headers["Authorization"].split(":", 1)[1]
     for mutate in ("body", "path"):
         with pytest.raises(SignatureError) as err:
-            Verifier([cred]).verify("POST", "/q" if mutate == "path" else "/p", headers,
-                                    b"{ }" if mutate == "body" else b"{}")
+            Verifier([cred]).verify(
+                "POST",
+                "/q" if mutate == "path" else "/p",
+                headers,
+                b"{ }" if mutate == "body" else b"{}",
+            )
         assert SECRET not in str(err.value) and sig not in str(err.value)
 
 
@@ -163,5 +179,7 @@ def test_secret_decoding():
 
 
 def test_seven_digit_fractions_parse():
-    assert parse_timestamp("2023-12-01T15:01:20.0406449Z") == datetime(2023, 12, 1, 15, 1, 20, 40644, tzinfo=UTC)
+    assert parse_timestamp("2023-12-01T15:01:20.0406449Z") == datetime(
+        2023, 12, 1, 15, 1, 20, 40644, tzinfo=UTC
+    )
     assert parse_timestamp("2014-09-24T10:59:41Z").tzinfo is not None

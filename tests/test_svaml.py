@@ -42,41 +42,100 @@ from core.svaml import (
 from tests.helpers import VECTORS
 
 FIXTURES = VECTORS["svaml_fixtures"]["items"]
-MAIN_MENU = (Menu(id="main", main_prompt="#tts[Press 1]", options=(MenuOption(dtmf="1", action="return(one)"),)),)
+MAIN_MENU = (
+    Menu(
+        id="main",
+        main_prompt="#tts[Press 1]",
+        options=(MenuOption(dtmf="1", action="return(one)"),),
+    ),
+)
 
 # One valid instance of every action and instruction, with every field set.
 EXAMPLES = {
     "hangup": Hangup(),
     "continue": Continue(),
     "connectPstn": ConnectPstn(
-        number="+15612600684", locale="en-US", max_duration=600, dial_timeout=30, cli="+12015555555",
-        suppress_callbacks=False, dtmf="ww123#", indications="us", amd=AmdOptions(enabled=True, async_=True),
+        number="+15612600684",
+        locale="en-US",
+        max_duration=600,
+        dial_timeout=30,
+        cli="+12015555555",
+        suppress_callbacks=False,
+        dtmf="ww123#",
+        indications="us",
+        amd=AmdOptions(enabled=True, async_=True),
     ),
-    "connectMxp": ConnectMxp(destination=Endpoint(type="username", endpoint="alice"),
-                             call_headers=(Header(key="k", value="v"),)),
-    "connectConf": ConnectConf(conference_id="room-1",
-                               conference_dtmf_options=ConferenceDtmfOptions(mode="detect", max_digits=2, timeout_mills=3000),
-                               moh="music1"),
-    "connectSip": ConnectSip(destination=Endpoint(type="sip", endpoint="alice@sip.example.com"), max_duration=60,
-                             cli="private", transport="tls", suppress_callbacks=True,
-                             call_headers=(Header(key="X-A", value="1"),), moh="music2"),
-    "connectStream": ConnectStream(destination=Endpoint(type="Websocket", endpoint="wss://example.com/ws"),
-                                   streaming_options=StreamingOptions(version=1, sample_rate=16000), max_duration=60),
-    "runMenu": RunMenu(barge=True, locale="en-US", main_menu="main", enable_voice=True, menus=(
-        Menu(id="main", main_prompt="#tts[Hi]", repeat_prompt="#tts[Again]", repeats=2, max_digits=1,
-             timeout_mills=5000, max_timeout_mills=20000,
-             options=(MenuOption(dtmf="1", action="menu(sub)"), MenuOption(dtmf="2", action="return(two)"))),
-        Menu(id="sub", main_prompt="#tts[Sub]", options=(MenuOption(dtmf="9", action="return(nine)"),)),
-    )),
-    "park": Park(locale="en-US", intro_prompt="#tts[Hold]", hold_prompt="#tts[Still holding]", max_duration=600),
+    "connectMxp": ConnectMxp(
+        destination=Endpoint(type="username", endpoint="alice"),
+        call_headers=(Header(key="k", value="v"),),
+    ),
+    "connectConf": ConnectConf(
+        conference_id="room-1",
+        conference_dtmf_options=ConferenceDtmfOptions(
+            mode="detect", max_digits=2, timeout_mills=3000
+        ),
+        moh="music1",
+    ),
+    "connectSip": ConnectSip(
+        destination=Endpoint(type="sip", endpoint="alice@sip.example.com"),
+        max_duration=60,
+        cli="private",
+        transport="tls",
+        suppress_callbacks=True,
+        call_headers=(Header(key="X-A", value="1"),),
+        moh="music2",
+    ),
+    "connectStream": ConnectStream(
+        destination=Endpoint(type="Websocket", endpoint="wss://example.com/ws"),
+        streaming_options=StreamingOptions(version=1, sample_rate=16000),
+        max_duration=60,
+    ),
+    "runMenu": RunMenu(
+        barge=True,
+        locale="en-US",
+        main_menu="main",
+        enable_voice=True,
+        menus=(
+            Menu(
+                id="main",
+                main_prompt="#tts[Hi]",
+                repeat_prompt="#tts[Again]",
+                repeats=2,
+                max_digits=1,
+                timeout_mills=5000,
+                max_timeout_mills=20000,
+                options=(
+                    MenuOption(dtmf="1", action="menu(sub)"),
+                    MenuOption(dtmf="2", action="return(two)"),
+                ),
+            ),
+            Menu(
+                id="sub",
+                main_prompt="#tts[Sub]",
+                options=(MenuOption(dtmf="9", action="return(nine)"),),
+            ),
+        ),
+    ),
+    "park": Park(
+        locale="en-US",
+        intro_prompt="#tts[Hold]",
+        hold_prompt="#tts[Still holding]",
+        max_duration=600,
+    ),
     "playFiles": PlayFiles(ids=("https://example.com/a.wav", "#tts[Hello]"), locale="en-US"),
     "say": Say(text="Hello", locale="en-US"),
     "sendDtmf": SendDtmf(value="1w2#"),
     "setCookie": SetCookie(key="account", value="42"),
     "answer": Answer(),
-    "startRecording": StartRecording(options=RecordingOptions(
-        destination_url="s3://bucket/", credentials="id:secret:eu-central-1", format="mp3", notification_events=True,
-        transcription_options=TranscriptionOptions(enabled=True, locale="en-US"))),
+    "startRecording": StartRecording(
+        options=RecordingOptions(
+            destination_url="s3://bucket/",
+            credentials="id:secret:eu-central-1",
+            format="mp3",
+            notification_events=True,
+            transcription_options=TranscriptionOptions(enabled=True, locale="en-US"),
+        )
+    ),
     "stopRecording": StopRecording(),
 }
 
@@ -111,15 +170,26 @@ def test_specific_wire_names():
     assert EXAMPLES["connectPstn"].to_dict()["amd"] == {"enabled": True, "async": True}
     assert "maxDuration" in EXAMPLES["connectPstn"].to_dict()
     assert "suppressCallbacks" in EXAMPLES["connectSip"].to_dict()
-    assert "callback" not in EXAMPLES["connectPstn"].to_dict()  # the tutorial's field does not exist
-    assert EXAMPLES["runMenu"].to_dict()["menus"][0]["options"][0] == {"dtmf": "1", "action": "menu(sub)"}
+    assert (
+        "callback" not in EXAMPLES["connectPstn"].to_dict()
+    )  # the tutorial's field does not exist
+    assert EXAMPLES["runMenu"].to_dict()["menus"][0]["options"][0] == {
+        "dtmf": "1",
+        "action": "menu(sub)",
+    }
 
 
 def test_no_null_fields_and_compact_json():
     svaml = Svaml(ConnectPstn(number="+15612600684", max_duration=600))
-    assert svaml.to_json() == '{"action":{"name":"connectPstn","number":"+15612600684","maxDuration":600}}'
+    assert (
+        svaml.to_json()
+        == '{"action":{"name":"connectPstn","number":"+15612600684","maxDuration":600}}'
+    )
     with_ins = Svaml(Hangup(), (Say(text="Bye"),))
-    assert with_ins.to_json() == '{"instructions":[{"name":"say","text":"Bye"}],"action":{"name":"hangup"}}'
+    assert (
+        with_ins.to_json()
+        == '{"instructions":[{"name":"say","text":"Bye"}],"action":{"name":"hangup"}}'
+    )
 
 
 # --------------------------------------------------------------------- SDK fixtures
@@ -135,7 +205,11 @@ PLACEHOLDERS = {
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_sdk_svaml_fixtures(name):
     data = copy.deepcopy(FIXTURES[name]["json"])
-    parse = Svaml.from_dict if "action" in data else (ACTIONS.get(data["name"]) or INSTRUCTIONS[data["name"]]).from_dict
+    parse = (
+        Svaml.from_dict
+        if "action" in data
+        else (ACTIONS.get(data["name"]) or INSTRUCTIONS[data["name"]]).from_dict
+    )
     if name in PLACEHOLDERS:
         field, fix = PLACEHOLDERS[name]
         with pytest.raises(SvamlError) as err:
@@ -167,27 +241,50 @@ def test_sdk_svaml_fixtures(name):
         (lambda: ConnectPstn(dtmf="12*"), "dtmf"),
         (lambda: ConnectPstn(indications="xx"), "indications"),
         (lambda: ConnectPstn(dial_timeout=0), "dialTimeout"),
-        (lambda: ConnectSip(destination=Endpoint(type="sip", endpoint="a@b"), max_duration=20000), "maxDuration"),
+        (
+            lambda: ConnectSip(
+                destination=Endpoint(type="sip", endpoint="a@b"), max_duration=20000
+            ),
+            "maxDuration",
+        ),
         (lambda: ConnectSip(), "destination"),
-        (lambda: ConnectSip(destination=Endpoint(type="number", endpoint="a@b")), "destination.type"),
-        (lambda: ConnectSip(destination=Endpoint(type="sip", endpoint="a@b"), transport="SCTP"), "transport"),
-        (lambda: ConnectStream(destination=Endpoint(type="Websocket", endpoint="wss://x"), max_duration=14401),
-         "maxDuration"),
+        (
+            lambda: ConnectSip(destination=Endpoint(type="number", endpoint="a@b")),
+            "destination.type",
+        ),
+        (
+            lambda: ConnectSip(destination=Endpoint(type="sip", endpoint="a@b"), transport="SCTP"),
+            "transport",
+        ),
+        (
+            lambda: ConnectStream(
+                destination=Endpoint(type="Websocket", endpoint="wss://x"), max_duration=14401
+            ),
+            "maxDuration",
+        ),
         (lambda: ConnectMxp(destination=Endpoint(type="sip", endpoint="x")), "destination.type"),
         (lambda: ConnectMxp(call_headers=(Header(key="k", value="v" * 1024),)), "callHeaders"),
         (lambda: ConnectConf(), "conferenceId"),
         (lambda: ConnectConf(conference_id="x" * 65), "conferenceId"),
         (lambda: ConnectConf(conference_id="x", moh="jazz"), "moh"),
-        (lambda: ConnectConf(conference_id="x", conference_dtmf_options=ConferenceDtmfOptions(mode="loud")),
-         "conferenceDtmfOptions.mode"),
+        (
+            lambda: ConnectConf(
+                conference_id="x", conference_dtmf_options=ConferenceDtmfOptions(mode="loud")
+            ),
+            "conferenceDtmfOptions.mode",
+        ),
         (lambda: Park(max_duration=601), "maxDuration"),
         (lambda: RunMenu(menus=(Menu(id="first"),)), "menus"),
         (lambda: RunMenu(), "menus"),
         (lambda: RunMenu(menus=(Menu(id="main"), Menu(id="main"))), "menus"),
         (lambda: RunMenu(menus=MAIN_MENU, main_menu="nope"), "mainMenu"),
         (lambda: RunMenu(menus=MAIN_MENU, enable_voice=True), "locale"),
-        (lambda: RunMenu(menus=(Menu(id="main", options=(MenuOption(dtmf="1", action="menu(gone)"),)),)),
-         "options.action"),
+        (
+            lambda: RunMenu(
+                menus=(Menu(id="main", options=(MenuOption(dtmf="1", action="menu(gone)"),)),)
+            ),
+            "options.action",
+        ),
         (lambda: MenuOption(dtmf="1", action="goto(x)"), "options.action"),
         (lambda: MenuOption(action="return(x)"), "dtmf"),
         (lambda: Menu(), "id"),
@@ -198,8 +295,12 @@ def test_sdk_svaml_fixtures(name):
         (lambda: PlayFiles(ids=("a", 1)), "ids"),
         (lambda: SendDtmf(value="abc"), "value"),
         (lambda: SetCookie(key="k"), "value"),
-        (lambda: Svaml(Hangup(), (SetCookie(key="a", value="x" * 600), SetCookie(key="b", value="y" * 600))),
-         "instructions"),
+        (
+            lambda: Svaml(
+                Hangup(), (SetCookie(key="a", value="x" * 600), SetCookie(key="b", value="y" * 600))
+            ),
+            "instructions",
+        ),
         (lambda: Svaml(Say(text="hi")), "action"),
         (lambda: Svaml(Hangup(), (Hangup(),)), "instructions[0]"),
     ],
@@ -221,20 +322,35 @@ def test_limits_at_the_edge_are_allowed():
 # --------------------------------------------------------------------- legality table (SINCH.md 3.2)
 
 ACTION_TABLE = {
-    "hangup": "ice ace pie", "continue": "ace pie", "connectPstn": "ice pie", "connectMxp": "ice",
-    "connectConf": "ice ace pie", "connectSip": "ice pie", "connectStream": "ice", "runMenu": "ice ace pie",
+    "hangup": "ice ace pie",
+    "continue": "ace pie",
+    "connectPstn": "ice pie",
+    "connectMxp": "ice",
+    "connectConf": "ice ace pie",
+    "connectSip": "ice pie",
+    "connectStream": "ice",
+    "runMenu": "ice ace pie",
     "park": "ice",
 }
 INSTRUCTION_TABLE = {
-    "playFiles": "ice ace pie", "say": "ice ace pie", "sendDtmf": "ice pie", "setCookie": "ice ace pie",
-    "startRecording": "ice ace pie", "stopRecording": "ice ace pie", "answer": "ice",
+    "playFiles": "ice ace pie",
+    "say": "ice ace pie",
+    "sendDtmf": "ice pie",
+    "setCookie": "ice ace pie",
+    "startRecording": "ice ace pie",
+    "stopRecording": "ice ace pie",
+    "answer": "ice",
 }
 
 
 def test_tables_match_the_documented_matrix():
     for event in ("ice", "ace", "pie"):
-        assert LEGAL_ACTIONS[event] == {a for a, evs in ACTION_TABLE.items() if event in evs.split()}
-        assert LEGAL_INSTRUCTIONS[event] == {i for i, evs in INSTRUCTION_TABLE.items() if event in evs.split()}
+        assert LEGAL_ACTIONS[event] == {
+            a for a, evs in ACTION_TABLE.items() if event in evs.split()
+        }
+        assert LEGAL_INSTRUCTIONS[event] == {
+            i for i, evs in INSTRUCTION_TABLE.items() if event in evs.split()
+        }
 
 
 @pytest.mark.parametrize("event", ["ice", "ace", "pie"])
@@ -275,8 +391,10 @@ def test_dice_and_notify_take_no_svaml(event):
         ({"action": {"name": "hangup"}, "instructions": {"name": "say"}}, "instructions"),
         ({"action": {"name": "hangup"}, "instructions": [{"text": "x"}]}, "instructions[0]"),
         ({"action": {"name": "connectPstn", "maxDuration": 20000}}, "action.maxDuration"),
-        ({"action": {"name": "runMenu", "menus": [{"id": "main", "options": [{"dtmf": "1"}]}]}},
-         "action.menus[0].options[0].action"),
+        (
+            {"action": {"name": "runMenu", "menus": [{"id": "main", "options": [{"dtmf": "1"}]}]}},
+            "action.menus[0].options[0].action",
+        ),
         ([], "svaml"),
     ],
 )

@@ -25,7 +25,9 @@ def switchboard_config_keys():
 
 @hookimpl
 def switchboard_store_migrations():
-    return [Migration(1, ("CREATE TABLE vip_calls (callid TEXT PRIMARY KEY, caller TEXT NOT NULL)",))]
+    return [
+        Migration(1, ("CREATE TABLE vip_calls (callid TEXT PRIMARY KEY, caller TEXT NOT NULL)",))
+    ]
 
 
 @hookimpl
@@ -33,7 +35,9 @@ def switchboard_ice(event, ctx):
     if event.cli_e164 not in ctx.config["callers"]:
         return None
     with ctx.store.transaction() as tx:
-        tx.execute("INSERT INTO vip_calls (callid, caller) VALUES (?, ?)", (event.callid, event.cli_e164))
+        tx.execute(
+            "INSERT INTO vip_calls (callid, caller) VALUES (?, ?)", (event.callid, event.cli_e164)
+        )
     return Decision.propose(
         ConnectPstn(number=ctx.config["line"], max_duration=3600),
         "VIP caller",
