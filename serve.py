@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import time
 import urllib.error
@@ -28,7 +27,7 @@ from core.config import ConfigError, Settings
 from core.plugins import PluginError, Plugins, list_installed, make_plugins
 from core.runtime import Runtime
 from core.signing import format_timestamp, sign_headers
-from core.store import Store, StoreError
+from core.store import SqliteStore, Store, StoreError, open_store, redact_url
 
 DEFAULT_CONFIG = os.environ.get("SWITCHBOARD_CONFIG", "config.toml")
 log = logging.getLogger("switchboard")
@@ -179,7 +178,7 @@ def cmd_check(args: argparse.Namespace, runtime: Runtime) -> int:
             else f"  signatures verified for key(s) {keys}; timestamp check off"
         )
     print(f"  budget {s.policy['budget']:g} s, ICE default {s.policy['ice_default']}")
-    print(f"  store {s.store['url']} ({runtime.store.backend})")
+    print(f"  store {redact_url(s.store['url'])} ({runtime.store.backend})")
     print(f"  plugins in precedence order: {', '.join(s.enabled) or 'none'}")
     for i, name in enumerate(s.enabled, 1):
         info = runtime.plugins.info[name]
@@ -314,13 +313,14 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         ) from None
     _print_answer(status, text)
     try:  # the server records the trace in the store this config names
-        store = Store(config_mod.store_path(settings))
+        store = open_store(settings.store["url"], settings.base_dir, pool_size=2)
     except (StoreError, ConfigError):
         return 0 if status == 200 else 1
     try:
         if not _print_trace(store, callid):
             print(
-                f"(no trace of call {callid} in {settings.store['url']}: the server uses another store)"
+                f"(no trace of call {callid} in {redact_url(settings.store['url'])}: "
+                "the server uses another store)"
             )
     finally:
         store.close()
@@ -328,7 +328,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _scratch_store() -> Store:
-    return Store(":memory:")
+    return SqliteStore(":memory:")
 
 
 def _print_answer(status: int, text: str) -> None:
@@ -346,7 +346,7 @@ def _print_trace(store: Store, callid: str) -> bool:
     """Print the recorded traces of a call; False when there are none."""
     try:
         rows = store.traces(callid)
-    except sqlite3.Error:  # no schema yet: the server has not used this store
+    except Exception:  # no schema yet: the server has not used this store
         return False
     for row in rows:
         trace = json.loads(row["trace"]) if row["trace"] else {}

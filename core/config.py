@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core.signing import Credential, decode_secret
+from core.store import redact_url
 from core.svaml import Svaml, SvamlError
 
 
@@ -214,8 +215,20 @@ POLICY_KEYS = {
     "fallback": Key(dict, {}, "SVAML sent when the budget passes or the merge fails, per event"),
 }
 
+def _store_url(value: str) -> None:
+    if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise ValueError(f"unsupported store {value.split(':', 1)[0]!r} (use sqlite:///path or postgresql://...)")
+
+
 STORE_KEYS = {
-    "url": Key(str, "sqlite:///switchboard.db", "sqlite:///relative/or//absolute path"),
+    "url": Key(
+        str,
+        "sqlite:///switchboard.db",
+        "sqlite:///relative/path, sqlite:////absolute/path or postgresql://user@host:port/db",
+        check=_store_url,
+        env="SWITCHBOARD_STORE_URL",
+    ),
+    "pool_size": Key(int, 16, "PostgreSQL connections per server process", check=positive),
 }
 
 LOGGING_KEYS = {
@@ -275,7 +288,7 @@ class Settings:
             },
             "policy": {k: v for k, v in self.policy.items() if k != "fallback"},
             "fallback": {k: v.to_dict() for k, v in self.fallback.items()},
-            "store": dict(self.store),
+            "store": {**self.store, "url": redact_url(self.store["url"])},
             "enabled": list(self.enabled),
             "plugins": {
                 name: redacted(values, self.plugin_keys.get(name, {}))
@@ -434,19 +447,3 @@ def with_plugins(
             "plugin_keys": MappingProxyType(keys_by_plugin),
         }
     )
-
-
-def store_path(settings: Settings) -> str:
-    """The SQLite file of ``store.url``, relative paths taken from the config's folder."""
-    url = settings.store["url"]
-    if not url.startswith("sqlite://"):
-        raise ConfigError(
-            f"store.url: unsupported store {url.split(':', 1)[0]!r} (use sqlite:///path)"
-        )
-    rest = url[len("sqlite://") :]
-    if rest in ("", "/", "/:memory:"):
-        return ":memory:"
-    if not rest.startswith("/"):
-        raise ConfigError("store.url: expected sqlite:///relative/path or sqlite:////absolute/path")
-    rest = rest[1:]
-    return rest if os.path.isabs(rest) else str(settings.base_dir / rest)

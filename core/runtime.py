@@ -13,10 +13,10 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from core.config import Settings, store_path, with_plugins
+from core.config import Settings, with_plugins
 from core.pipeline import Pipeline
 from core.plugins import PluginError, Plugins, declared_keys, make_plugins
-from core.store import CORE_MIGRATIONS, Migration, Store
+from core.store import CORE_MIGRATIONS, Migration, Store, open_store
 
 log = logging.getLogger("switchboard")
 
@@ -64,7 +64,7 @@ class Runtime:
         if configure_errors:
             raise PluginError("; ".join(configure_errors))
         if store is None:
-            store = Store(store_path(settings))
+            store = open_store(settings.store["url"], settings.base_dir, pool_size=settings.store["pool_size"])
         return cls(settings, plugins, store, clock=clock)
 
     def migrations(self) -> dict[str, list[Migration]]:

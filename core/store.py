@@ -12,6 +12,7 @@ Plugins use ``store.transaction()``; writes inside one are atomic and serialised
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import tempfile
@@ -73,115 +74,79 @@ CORE_MIGRATIONS = (
 
 
 class Tx:
-    """A transaction handle: ``execute`` with ``?`` placeholders, fetch helpers."""
+    """A transaction handle: ``execute`` with ``?`` placeholders, fetch helpers, locks."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Any, store: Store) -> None:
         self._conn = conn
+        self._store = store
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        return self._conn.execute(sql, tuple(params))
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._store.run(self._conn, sql, params)
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        row: tuple[Any, ...] | None = self._conn.execute(sql, tuple(params)).fetchone()
+        row: tuple[Any, ...] | None = self.execute(sql, params).fetchone()
         return row
 
     def all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self._conn.execute(sql, tuple(params)).fetchall())
+        return list(self.execute(sql, params).fetchall())
+
+    def lock(self, key: str) -> None:
+        """Serialise this transaction with every other one that locks ``key``, in any
+        process sharing the store, until it ends. Take it before a read-modify-write
+        (a balance, a counter, an insert-if-absent). SQLite serialises all writers
+        already; PostgreSQL takes a transaction-scoped advisory lock."""
+        self._store.lock(self._conn, key)
 
 
 class Store:
-    """SQLite store. Thread-safe: one connection per thread, WAL, busy timeout."""
+    """What the core and the plugins need from a database; SQLite and PostgreSQL."""
 
-    backend = "sqlite"
+    backend = "?"
 
-    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
-        self._temp: str | None = None
-        if path == ":memory:":  # one private file, so every thread sees the same database
-            fd, path = tempfile.mkstemp(prefix="switchboard-", suffix=".db")
-            os.close(fd)
-            self._temp = path
-        self.path = path
-        self._busy_timeout = busy_timeout
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        self._conn()  # fail early if the file cannot be opened
-
-    # -------------------------------------------------------------- connections
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
-        if self._closed:
-            raise StoreError("the store is closed")
-        try:
-            conn = sqlite3.connect(
-                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from None
-        self._local.conn = conn
-        with self._lock:
-            self._conns.append(conn)
-        return conn
+    # ---- what a backend provides
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        """An atomic write transaction (serialised with every other writer)."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield Tx(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        """An atomic write transaction."""
+        raise NotImplementedError
+        yield  # pragma: no cover
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read outside any transaction."""
-        return list(self._conn().execute(sql, tuple(params)).fetchall())
+        raise NotImplementedError
+
+    def run(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
+        """Execute ``sql`` (``?`` placeholders) on a connection of this backend."""
+        return conn.execute(sql, tuple(params))
+
+    def lock(self, conn: Any, key: str) -> None:
+        """See ``Tx.lock``."""
+
+    def tables(self) -> list[str]:
+        """Names of the tables in the store."""
+        raise NotImplementedError
 
     def ping(self) -> None:
-        self._conn().execute("SELECT 1").fetchone()
+        self.query("SELECT 1")
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
-        self._local = threading.local()
-        if self._temp:
-            for suffix in ("", "-wal", "-shm"):
-                try:
-                    os.unlink(self._temp + suffix)
-                except FileNotFoundError:
-                    pass
+        raise NotImplementedError
 
     # -------------------------------------------------------------- migrations
 
     def _ensure_migration_table(self) -> None:
-        self._conn().execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                owner TEXT NOT NULL, version INTEGER NOT NULL, description TEXT,
-                applied_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (owner, version))"""
-        )
+        with self.transaction() as tx:
+            tx.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                    owner TEXT NOT NULL, version INTEGER NOT NULL, description TEXT,
+                    applied_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (owner, version))"""
+            )
 
     def applied(self, owner: str) -> set[int]:
         """Versions of ``owner`` already applied (reads only; creates nothing)."""
-        try:
-            rows = self.query("SELECT version FROM schema_migrations WHERE owner = ?", (owner,))
-        except sqlite3.OperationalError:  # no table yet: nothing applied
+        if "schema_migrations" not in self.tables():
             return set()
+        rows = self.query("SELECT version FROM schema_migrations WHERE owner = ?", (owner,))
         return {v for (v,) in rows}
 
     def pending(self, owner: str, migrations: Sequence[Migration]) -> list[Migration]:
@@ -198,6 +163,7 @@ class Store:
         for m in self.pending(owner, migrations):
             try:
                 with self.transaction() as tx:
+                    tx.lock("schema_migrations")
                     if tx.one(
                         "SELECT 1 FROM schema_migrations WHERE owner = ? AND version = ?",
                         (owner, m.version),
@@ -209,7 +175,7 @@ class Store:
                         "INSERT INTO schema_migrations (owner, version, description, applied_at) VALUES (?, ?, ?, ?)",
                         (owner, m.version, m.description, time.time()),
                     )
-            except sqlite3.Error as exc:
+            except Exception as exc:
                 raise StoreError(f"migration {m.version} of {owner!r} failed: {exc}") from None
             applied.append(m.version)
         return applied
@@ -225,6 +191,7 @@ class Store:
         """
         now = time.time() if now is None else now
         with self.transaction() as tx:
+            tx.lock(f"callback:{callid}:{event}:{sub}")
             row = tx.one(
                 "SELECT state, answer, lease_until FROM callbacks WHERE callid = ? AND event = ? AND sub = ?",
                 (callid, event, sub),
@@ -287,5 +254,164 @@ class Store:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
-def open_store(path: str) -> Store:
-    return Store(path)
+class SqliteStore(Store):
+    """SQLite: one file, WAL, one connection per thread, every write transaction
+    ``BEGIN IMMEDIATE`` (so writers are serialised and ``Tx.lock`` is free)."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
+        self._temp: str | None = None
+        if path == ":memory:":  # one private file, so every thread sees the same database
+            fd, path = tempfile.mkstemp(prefix="switchboard-", suffix=".db")
+            os.close(fd)
+            self._temp = path
+        self.path = path
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._conn()  # fail early if the file cannot be opened
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StoreError("the store is closed")
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from None
+        self._local.conn = conn
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield Tx(conn, self)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return list(self._conn().execute(sql, tuple(params)).fetchall())
+
+    def lock(self, conn: Any, key: str) -> None:
+        pass  # BEGIN IMMEDIATE already serialises every writer
+
+    def tables(self) -> list[str]:
+        return [n for (n,) in self.query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+        if self._temp:
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.unlink(self._temp + suffix)
+                except FileNotFoundError:
+                    pass
+
+
+class PostgresStore(Store):
+    """PostgreSQL through psycopg 3 and a connection pool (``pip install
+    sinch-switchboard[postgres]``). ``Tx.lock`` takes a transaction-scoped advisory
+    lock, so read-modify-write sequences are serialised across every instance."""
+
+    backend = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = 16, timeout: float = 10.0) -> None:
+        try:
+            import psycopg
+            from psycopg_pool import ConnectionPool
+        except ImportError:
+            raise StoreError(
+                "store.url is PostgreSQL but psycopg is not installed: pip install 'sinch-switchboard[postgres]'"
+            ) from None
+        self._errors = (psycopg.Error,)
+        self.url = url
+        try:
+            self._pool = ConnectionPool(
+                url, min_size=1, max_size=pool_size, timeout=timeout, open=True, name="switchboard"
+            )
+            self._pool.wait(timeout=timeout)
+        except Exception as exc:  # the message may name the host, never a password
+            raise StoreError(f"cannot connect to PostgreSQL at {redact_url(url)}: {type(exc).__name__}") from None
+
+    def run(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
+        return conn.execute(_pg_sql(sql), tuple(params))
+
+    def lock(self, conn: Any, key: str) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._pool.connection() as conn, conn.transaction():
+            yield Tx(conn, self)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._pool.connection() as conn:
+            return list(self.run(conn, sql, params).fetchall())
+
+    def tables(self) -> list[str]:
+        return [
+            n
+            for (n,) in self.query(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = current_schema() ORDER BY table_name"
+            )
+        ]
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+@functools.lru_cache(maxsize=512)
+def _pg_sql(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def redact_url(url: str) -> str:
+    """A store URL with any password removed, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user + ':***' if ':' in userinfo else user}@{host}"
+
+
+def open_store(url: str, base_dir: str | os.PathLike[str] = ".", *, pool_size: int = 16) -> Store:
+    """The store a ``store.url`` names: ``sqlite:///relative/path``, ``sqlite:////abs/path``,
+    ``sqlite://`` (a private temporary file) or ``postgresql://user@host:port/db``."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url, pool_size=pool_size)
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://") :]
+        if rest in ("", "/", "/:memory:"):
+            return SqliteStore(":memory:")
+        if not rest.startswith("/"):
+            raise StoreError("store.url: expected sqlite:///relative/path or sqlite:////absolute/path")
+        rest = rest[1:]
+        return SqliteStore(rest if os.path.isabs(rest) else os.path.join(base_dir, rest))
+    raise StoreError(f"store.url: unsupported store {url.split(':', 1)[0]!r} (use sqlite:/// or postgresql://)")

@@ -214,6 +214,8 @@ class Allowlist:
             return None
         now = time.time()
         with ctx.store.transaction() as tx:
+            for scope, key, _, _ in sorted(checks):  # one order everywhere: no deadlocks
+                tx.lock(f"allowlist:{scope}:{key}")
             for scope, key, limit, window in checks:
                 tx.execute(
                     "DELETE FROM allowlist_hits WHERE scope = ? AND key = ? AND at < ?",

@@ -42,20 +42,20 @@ MIGRATIONS = [
         1,
         (
             """CREATE TABLE credit_accounts (
-                account TEXT PRIMARY KEY, currency TEXT NOT NULL, balance INTEGER NOT NULL,
+                account TEXT PRIMARY KEY, currency TEXT NOT NULL, balance BIGINT NOT NULL,
                 updated_at DOUBLE PRECISION NOT NULL, CHECK (balance >= 0))""",
             """CREATE TABLE credit_ledger (
                 account TEXT NOT NULL, seq INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL,
-                kind TEXT NOT NULL, amount INTEGER NOT NULL, balance_after INTEGER NOT NULL,
+                kind TEXT NOT NULL, amount BIGINT NOT NULL, balance_after BIGINT NOT NULL,
                 callid TEXT, details TEXT, PRIMARY KEY (account, seq))""",
             """CREATE TABLE credit_reservations (
-                callid TEXT PRIMARY KEY, account TEXT NOT NULL, amount INTEGER NOT NULL,
+                callid TEXT PRIMARY KEY, account TEXT NOT NULL, amount BIGINT NOT NULL,
                 rate TEXT NOT NULL, first_increment INTEGER NOT NULL, next_increment INTEGER NOT NULL,
-                minimum_charge INTEGER NOT NULL, max_duration INTEGER NOT NULL, status TEXT NOT NULL,
+                minimum_charge BIGINT NOT NULL, max_duration INTEGER NOT NULL, status TEXT NOT NULL,
                 created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION NOT NULL)""",
             "CREATE INDEX credit_reservations_open ON credit_reservations (account, status)",
             """CREATE TABLE credit_settled (
-                callid TEXT PRIMARY KEY, account TEXT, amount INTEGER NOT NULL, status TEXT NOT NULL,
+                callid TEXT PRIMARY KEY, account TEXT, amount BIGINT NOT NULL, status TEXT NOT NULL,
                 at DOUBLE PRECISION NOT NULL, details TEXT)""",
         ),
         "accounts, ledger, reservations, settlements",
@@ -241,6 +241,7 @@ class Credit:
         for account, amount in config["initial_accounts"].items():
             minor = parse_amount(amount, config["decimals"])
             with store.transaction() as tx:
+                tx.lock(f"credit:account:{account}")
                 if tx.one("SELECT 1 FROM credit_accounts WHERE account = ?", (account,)) is None:
                     self._create(tx, account)
                     if minor:
@@ -302,6 +303,7 @@ class Credit:
         tariff = Tariff(rate, self.first, self.nxt, self.minimum, self.scale)
         now = time.time()
         with ctx.store.transaction() as tx:
+            tx.lock(f"credit:account:{account}")
             held = tx.one(
                 "SELECT max_duration, status FROM credit_reservations WHERE callid = ?",
                 (event.callid,),
@@ -412,6 +414,7 @@ class Credit:
         )
         duration = (event.duration or 0) if answered else 0
         with ctx.store.transaction() as tx:
+            tx.lock(f"credit:call:{event.callid}")
             if tx.one("SELECT 1 FROM credit_settled WHERE callid = ?", (event.callid,)) is not None:
                 return  # settled already: a replay changes nothing
             res = tx.one(
@@ -436,6 +439,7 @@ class Credit:
                 )
                 return
             account, reserved, rate, first, nxt, minimum, cap, status = res
+            tx.lock(f"credit:account:{account}")  # always after the call's lock: no cycles
             tariff = Tariff(Decimal(rate), first, nxt, minimum, self.scale)
             charge = tariff.cost(duration)
             details.update(
@@ -516,7 +520,9 @@ class Credit:
     def _book(
         self, tx: Tx, account: str, kind: str, amount: int, callid: str | None, details: Any
     ) -> int:
-        """Write a ledger entry and move the balance by ``amount``; return the new balance."""
+        """Write a ledger entry and move the balance by ``amount``; return the new balance.
+
+        The caller holds the account's lock (``credit:account:<account>``)."""
         row = tx.one("SELECT balance FROM credit_accounts WHERE account = ?", (account,))
         if row is None:
             raise ValueError(f"unknown account {account!r}")
@@ -552,6 +558,7 @@ class Credit:
         if minor <= 0:
             raise ValueError(f"amount must be greater than 0, got {amount!r}")
         with store.transaction() as tx:
+            tx.lock(f"credit:account:{account}")
             if tx.one("SELECT 1 FROM credit_accounts WHERE account = ?", (account,)) is None:
                 self._create(tx, account)
             return self._book(tx, account, "topup", minor, None, {"source": "cli"})

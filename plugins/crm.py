@@ -166,6 +166,7 @@ class Crm:
         }
         now = time.time()
         with ctx.store.transaction() as tx:
+            tx.lock(f"crm:call:{event.callid}")
             if tx.one("SELECT 1 FROM crm_calls WHERE callid = ?", (event.callid,)) is not None:
                 return
             columns = list(record)
@@ -222,6 +223,7 @@ class Crm:
         now = time.time() if now is None else now
         lease = now + self.config["delivery_timeout"] * 2 + 5  # others skip a row being delivered
         with self.store.transaction() as tx:
+            tx.lock("crm:outbox")  # one process takes a given row at a time
             sql = "SELECT callid, payload, attempts FROM crm_outbox WHERE next_attempt_at <= ?"
             params: list[Any] = [now]
             if only is not None:
@@ -307,6 +309,7 @@ class Crm:
         assert self.store is not None
         now = time.time()
         with self.store.transaction() as tx:
+            tx.lock("crm:outbox")
             sql = "SELECT callid, payload FROM crm_dead"
             rows = tx.all(sql + " WHERE callid = ?", (callid,)) if callid else tx.all(sql)
             for cid, payload in rows:

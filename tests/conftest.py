@@ -114,3 +114,52 @@ def run_cli(
         env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)},
         check=False,
     )
+
+
+# ------------------------------------------------------------------ store backends
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_url() -> str:
+    """The PostgreSQL server for tests: $SWITCHBOARD_TEST_POSTGRES (then it must work),
+    else the local default if one answers; otherwise the PostgreSQL variant skips."""
+    url = os.environ.get("SWITCHBOARD_TEST_POSTGRES")
+    try:
+        import psycopg
+    except ImportError:
+        if url:
+            pytest.fail(
+                "SWITCHBOARD_TEST_POSTGRES is set but psycopg is not installed (pip install -e '.[postgres]')"
+            )
+        pytest.skip("PostgreSQL tests need psycopg (pip install -e '.[postgres]') and a server")
+    try:
+        with psycopg.connect(url or DEFAULT_PG, connect_timeout=3):
+            pass
+    except psycopg.Error as exc:
+        if url:
+            pytest.fail(f"SWITCHBOARD_TEST_POSTGRES is set but PostgreSQL does not answer: {exc}")
+        pytest.skip(f"no PostgreSQL at {DEFAULT_PG} and SWITCHBOARD_TEST_POSTGRES unset")
+    return url or DEFAULT_PG
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request):
+    """Run the test once on SQLite and once on PostgreSQL (each store in its own schema)."""
+    from tests import helpers
+
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    import psycopg
+
+    base = _postgres_url()
+    helpers.BACKEND.update(name="postgres", url=base, schemas={})
+    try:
+        yield "postgres"
+    finally:
+        schemas = list(helpers.BACKEND["schemas"].values())
+        helpers.BACKEND.update(name="sqlite", url="", schemas={})
+        with psycopg.connect(base, autocommit=True) as conn:
+            for schema in schemas:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

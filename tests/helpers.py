@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from core.decisions import Decision
 from core.hookspecs import hookimpl
 from core.runtime import Runtime
 from core.signing import Credential, format_timestamp, sign_headers
-from core.store import Store
+from core.store import SqliteStore, Store, open_store
 
 HERE = Path(__file__).parent
 VECTORS = json.loads((HERE / "conformance" / "sinch-vectors.json").read_text())
@@ -26,6 +27,36 @@ KEY = "669E367E-6BBA-48AB-AF15-266871C28135"
 SECRET = "BeIukql3pTKJ8RGL5zo0DA=="
 CREDENTIAL = Credential(KEY, SECRET)
 PATH = "/sinch/callback"
+
+# The store backend the current test runs on; the ``backend`` fixture switches it.
+# On PostgreSQL every scratch store is a schema of its own, dropped after the test.
+BACKEND: dict[str, Any] = {"name": "sqlite", "url": "", "schemas": {}}
+
+
+def _pg_schema(name: str) -> str:
+    import psycopg
+
+    schemas = BACKEND["schemas"]
+    if name not in schemas:
+        schema = f"sbtest_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(BACKEND["url"], autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+        schemas[name] = schema
+    sep = "&" if "?" in BACKEND["url"] else "?"
+    return f"{BACKEND['url']}{sep}options=-csearch_path%3D{schemas[name]}"
+
+
+def new_store() -> Store:
+    """A scratch store on the current backend."""
+    if BACKEND["name"] == "postgres":
+        return open_store(_pg_schema(uuid.uuid4().hex), pool_size=8)
+    return SqliteStore(":memory:")
+
+
+def store_url(tmp: Path, name: str) -> str:
+    """``store.url`` for a server config on the current backend; the same name gives
+    the same store, so several servers can share one."""
+    return _pg_schema(name) if BACKEND["name"] == "postgres" else f"sqlite:///{tmp / name}.db"
 
 
 def settings(**sections: Any) -> config_mod.Settings:
@@ -44,7 +75,7 @@ def runtime(given: Mapping[str, object] | None = None, **sections: Any) -> Runti
     given = dict(given or {})
     sections["plugins"] = {"enabled": list(given), **sections.get("plugins", {})}
     return Runtime.build(
-        settings(**sections), given=given, load_entrypoints=False, store=Store(":memory:")
+        settings(**sections), given=given, load_entrypoints=False, store=new_store()
     )
 
 
@@ -147,8 +178,7 @@ def notify(callid: str, **extra: Any) -> dict[str, Any]:
 
 
 def table_counts(store: Store) -> dict[str, int]:
-    names = [n for (n,) in store.query("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return {n: store.query(f"SELECT COUNT(*) FROM {n}")[0][0] for n in names}
+    return {n: store.query(f"SELECT COUNT(*) FROM {n}")[0][0] for n in store.tables()}  # noqa: S608
 
 
 # ------------------------------------------------------------------------ test plugins

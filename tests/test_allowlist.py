@@ -9,7 +9,10 @@ import pytest
 from core.config import ConfigError
 from core.plugins import PluginError
 from plugins.allowlist import HIGH_RISK, Allowlist
+
 from tests.helpers import ice, post, runtime, webapp
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 from core.decisions import Decision
 from core.hookspecs import hookimpl
 from core.svaml import ConnectConf, ConnectPstn, Say
+
 from tests.helpers import (
     CREDENTIAL,
     PATH,
@@ -32,6 +33,8 @@ from tests.helpers import (
     wait_for,
     webapp,
 )
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 PSTN = ConnectPstn(number="+15612600684", max_duration=600)
 

@@ -9,6 +9,7 @@ import pytest
 
 from core import config as cfg
 from core.config import ConfigError, Key
+from core.store import StoreError, open_store, redact_url
 from tests.helpers import KEY, SECRET
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ def test_example_config_is_valid():
     settings = cfg.load(REPO / "config.toml", env={})
     assert settings.server["host"] == "127.0.0.1"
     assert settings.store["url"].startswith("sqlite:///")
-    assert cfg.store_path(settings) == str(REPO / "switchboard.db")
+    assert settings.store["url"] == "sqlite:///switchboard.db" and settings.base_dir == REPO
     assert settings.fallback["ice"].to_dict() == {"action": {"name": "hangup"}}
 
 
@@ -164,13 +165,26 @@ def test_unreadable_and_invalid_files(tmp_path):
         cfg.load(bad)
 
 
-def test_store_url_paths(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text(
-        f'[sinch]\nkeys = [{{key = "{KEY}", secret = "{SECRET}"}}]\n[store]\nurl = "sqlite:///data/sb.db"\n'
-    )
-    assert cfg.store_path(cfg.load(path, env={})) == str(tmp_path / "data" / "sb.db")
-    assert cfg.store_path(_parse({"store": {"url": "sqlite:////var/sb.db"}})) == "/var/sb.db"
-    assert cfg.store_path(_parse({"store": {"url": "sqlite://"}})) == ":memory:"
-    with pytest.raises(ConfigError, match="unsupported store 'mysql'"):
-        cfg.store_path(_parse({"store": {"url": "mysql://x"}}))
+def test_store_urls(tmp_path):
+    (tmp_path / "data").mkdir()
+    store = open_store("sqlite:///data/sb.db", tmp_path)
+    assert store.path == str(tmp_path / "data" / "sb.db")
+    store.close()
+    store = open_store(f"sqlite:///{tmp_path}/abs.db")
+    assert store.path == str(tmp_path / "abs.db")
+    store.close()
+    store = open_store("sqlite://")
+    assert store.path.endswith(".db") and store.backend == "sqlite"
+    store.close()
+    with pytest.raises(ConfigError, match="store.url: unsupported store 'mysql'"):
+        _parse({"store": {"url": "mysql://x"}})
+    with pytest.raises(StoreError, match="sqlite:///relative/path"):
+        open_store("sqlite://relative.db")
+
+
+def test_store_url_from_environment_and_redacted():
+    s = _parse({}, env={"SWITCHBOARD_STORE_URL": "postgresql://app:hunter2@db.internal:5432/calls"})
+    assert s.store["url"] == "postgresql://app:hunter2@db.internal:5432/calls"
+    assert s.describe()["store"]["url"] == "postgresql://app:***@db.internal:5432/calls"
+    assert "hunter2" not in repr(s.describe())
+    assert redact_url("postgresql://app@db/calls") == "postgresql://app@db/calls"

@@ -13,7 +13,10 @@ import pytest
 
 from core.plugins import PluginError
 from plugins.credit import Credit, Tariff, fmt, parse_amount
+
 from tests.helpers import KEY, SECRET, Fixed, dice, ice, post, runtime, webapp
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {

@@ -13,13 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from core.store import Store
+from core.store import open_store
 from plugins.allowlist import Allowlist
 from plugins.credit import Credit, Tariff
 from plugins.crm import Crm
 from tests.conftest import run_cli
 from tests.fake_crm import FakeCrm
-from tests.helpers import KEY, SECRET, ace, dice, ice, post, runtime, wait_for, webapp
+
+from tests.helpers import KEY, SECRET, ace, dice, ice, post, runtime, store_url, wait_for, webapp
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 REPO = Path(__file__).resolve().parent.parent
 CRM_SECRET = "crm-flow-secret"
@@ -100,6 +103,9 @@ def test_caller_without_credit_is_denied_and_recorded(trio):
 
 def test_example_config_on_the_real_server(serve, tmp_path):
     text = (REPO / "config.toml").read_text().replace("port = 8080", "port = 0")
+    text = text.replace(
+        'url = "sqlite:///switchboard.db"', f'url = "{store_url(tmp_path, "switchboard")}"'
+    )
     server = serve(text, name="config")
     status, _, body = server.post(ice("ex-1"))
     assert status == 200
@@ -134,7 +140,7 @@ threads = 8
 [sinch]
 keys = [{{ key = "{KEY}", secret = "{SECRET}" }}]
 [store]
-url = "sqlite:///load.db"
+url = "@STORE@"
 [plugins]
 enabled = ["allowlist", "credit", "crm"]
 [plugins.allowlist]
@@ -151,7 +157,7 @@ initial_accounts = {{ shared = "20.00" }}
 
 
 def test_concurrent_calls_on_one_account_never_overspend(serve, tmp_path):
-    server = serve(LOAD_CONFIG, name="load")
+    server = serve(LOAD_CONFIG.replace("@STORE@", store_url(tmp_path, "load")), name="load")
     tariff = Tariff(Decimal("0.60"), 1, 1, 0, 100)
     rng = random.Random(7)
     caps: dict[str, int] = {}
@@ -185,7 +191,7 @@ def test_concurrent_calls_on_one_account_never_overspend(serve, tmp_path):
     assert caps, "some calls must have been allowed"
     assert server.stop() == 0
 
-    store = Store(str(tmp_path / "load.db"))
+    store = open_store(store_url(tmp_path, "load"))
     try:
         balance = store.query("SELECT balance FROM credit_accounts WHERE account = 'shared'")[0][0]
         ledger = store.query(
@@ -223,7 +229,7 @@ port = 0
 [sinch]
 keys = [{{ key = "{KEY}", secret = "{SECRET}" }}]
 [store]
-url = "sqlite:///crash.db"
+url = "{store_url(tmp_path, "crash")}"
 [plugins]
 enabled = ["crm"]
 [plugins.crm]

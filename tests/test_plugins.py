@@ -54,7 +54,7 @@ def test_entry_point_plugin_decides_end_to_end(site):
     make_dist(site, "switchboard-vip", "vip = tests.vip_plugin")
     from core import config as cfg
     from core.runtime import Runtime
-    from core.store import Store
+    from tests.helpers import new_store
 
     settings = cfg.parse(
         {
@@ -64,7 +64,7 @@ def test_entry_point_plugin_decides_end_to_end(site):
         None,
         env={},
     )
-    with Runtime.build(settings, store=Store(":memory:")) as rt:
+    with Runtime.build(settings, store=new_store()) as rt:
         app = webapp(rt)
         r = post(app, ice("vip-1", cli="12015555555"))
         assert r.json["action"] == {
