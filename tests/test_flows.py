@@ -255,3 +255,94 @@ max_attempts = 1000
         second.stop()
         outbox = run_cli(second.config, "crm", "outbox", env=env)
         assert "0 record(s) waiting" in outbox.stdout
+
+
+# ---------------------------------------------------------------- several instances, one store
+
+
+def test_two_instances_share_one_truth(serve, tmp_path):
+    with FakeCrm(CRM_SECRET) as crm:
+        config = f"""
+[server]
+port = 0
+threads = 8
+[sinch]
+keys = [{{ key = "{KEY}", secret = "{SECRET}" }}]
+[store]
+url = "{store_url(tmp_path, "shared")}"
+[plugins]
+enabled = ["allowlist", "credit", "crm"]
+[plugins.allowlist]
+allow = ["+1*"]
+[plugins.credit]
+account_from = "cli"
+rates = {{ "+1" = "0.60" }}
+increments = "1/1"
+minimum_seconds = 30
+max_duration = 120
+initial_accounts = {{ "+12015550001" = "6.00", "+12015550002" = "6.00", "+12015550003" = "3.00" }}
+[plugins.crm]
+webhook_url = "{crm.url}"
+poll_interval = 0.05
+backoff = 0.1
+"""
+        env = {"SWITCHBOARD_CRM_SECRET": CRM_SECRET}
+        a = serve(config, name="instance-a", env=env)
+        b = serve(config, name="instance-b", env=env)
+        tariff = Tariff(Decimal("0.60"), 1, 1, 0, 100)
+        rng = random.Random(11)
+        callers = ["12015550001", "12015550002", "12015550003"]
+        calls = [(f"multi-{i}", callers[i % 3]) for i in range(36)]
+        caps: dict[str, int] = {}
+        durations = {callid: rng.randint(0, 120) for callid, _ in calls}
+
+        def ring(job):
+            callid, caller = job
+            first, second = (a, b) if rng.random() < 0.5 else (b, a)
+            status, _, body = first.post(ice(callid, to="+14155550000", cli=caller))
+            assert status == 200
+            action = json.loads(body)["action"]
+            if action["name"] == "connectPstn":
+                caps[callid] = action["maxDuration"]
+                assert second.post(ace(callid))[0] == 200
+
+        def hang_up(job):
+            callid, _ = job
+            duration = min(durations[callid], caps.get(callid, 0))
+            durations[callid] = duration
+            with ThreadPoolExecutor(2) as both:  # the same DiCE reaches both instances at once
+                results = list(
+                    both.map(lambda s: s.post(dice(callid, duration=duration))[0], (a, b))
+                )
+            assert results == [200, 200]
+
+        with ThreadPoolExecutor(12) as pool:
+            list(pool.map(ring, calls[:18]))
+            list(
+                pool.map(
+                    lambda job: job[0](job[1]),
+                    [(ring, c) for c in calls[18:]] + [(hang_up, c) for c in calls[:18]],
+                )
+            )
+            list(pool.map(hang_up, calls[18:]))
+        assert wait_for(lambda: len(set(crm.received)) == len(calls), timeout=20)
+        time.sleep(0.3)
+        assert a.stop() == 0 and b.stop() == 0
+
+    assert sorted(crm.received) == sorted(c for c, _ in calls)  # one CRM delivery per call
+    store = open_store(store_url(tmp_path, "shared"))
+    try:
+        assert store.query("SELECT COUNT(*) FROM crm_calls")[0][0] == len(calls)  # no lost record
+        ledger = store.query("SELECT account, kind, amount, callid FROM credit_ledger")
+        charged = [(callid, -amount) for _, kind, amount, callid in ledger if kind == "call"]
+        assert len(charged) == len({c for c, _ in charged}) == len(caps)  # no double debit
+        for callid, amount in charged:
+            assert amount == tariff.cost(durations[callid]) and durations[callid] <= caps[callid]
+        for account, balance in store.query("SELECT account, balance FROM credit_accounts"):
+            assert balance >= 0  # no overspend
+            assert balance == sum(amount for acct, _, amount, _ in ledger if acct == account)
+        assert store.query("SELECT COUNT(*) FROM credit_reservations WHERE status = 'open'") == [
+            (0,)
+        ]
+    finally:
+        store.close()

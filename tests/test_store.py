@@ -1,0 +1,116 @@
+"""The store contract, on SQLite and on PostgreSQL: migrations, claims, locks, transactions."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from core.store import CORE_MIGRATIONS, Migration, PostgresStore, StoreError, redact_url
+from tests.helpers import new_store
+
+pytestmark = pytest.mark.usefixtures("backend")
+
+
+@pytest.fixture
+def store():
+    s = new_store()
+    s.migrate("core", CORE_MIGRATIONS)
+    yield s
+    s.close()
+
+
+def test_migrations_apply_once_in_order(store):
+    steps = [
+        Migration(1, ("CREATE TABLE things (id TEXT PRIMARY KEY)",)),
+        Migration(2, ("ALTER TABLE things ADD COLUMN n INTEGER",)),
+    ]
+    assert store.pending("things", steps) == steps
+    assert store.migrate("things", steps) == [1, 2]
+    assert store.migrate("things", steps) == []
+    assert store.applied("things") == {1, 2} and "things" in store.tables()
+    with pytest.raises(StoreError, match="strictly increasing"):
+        store.migrate("other", [Migration(2, ()), Migration(1, ())])
+
+
+def test_failed_migration_changes_nothing_and_names_its_owner(store):
+    bad = [Migration(1, ("CREATE TABLE half (id TEXT)", "CREATE TABLE broken (id NOSUCHTYPE("))]
+    with pytest.raises(StoreError, match="migration 1 of 'half' failed"):
+        store.migrate("half", bad)
+    assert store.applied("half") == set() and "half" not in store.tables()
+
+
+def test_claims(store):
+    assert store.claim("c1", "ice", "", lease=30, now=1000).status == "new"
+    assert store.claim("c1", "ice", "", lease=30, now=1001).status == "busy"
+    assert store.answer_of("c1", "ice", "").status == "busy"
+    store.finish("c1", "ice", "", '{"action":{"name":"hangup"}}', "{}", "hangup")
+    claim = store.claim("c1", "ice", "", lease=30, now=1002)
+    assert (claim.status, claim.answer) == ("done", '{"action":{"name":"hangup"}}')
+    assert store.claim("c1", "ace", "", lease=30).status == "new"  # another event of the call
+    assert [r["event"] for r in store.traces("c1")] == ["ice", "ace"]
+
+
+def test_expired_lease_is_taken_over_and_release_allows_retry(store):
+    assert store.claim("c2", "dice", "", lease=30, now=1000).status == "new"
+    assert store.claim("c2", "dice", "", lease=30, now=1029).status == "busy"
+    assert store.claim("c2", "dice", "", lease=30, now=1031).status == "new"  # the worker died
+    store.release("c2", "dice", "")
+    assert store.claim("c2", "dice", "", lease=30).status == "new"
+
+
+def test_concurrent_claims_have_one_winner(store):
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: store.claim("c3", "ice", "", lease=30).status, range(16)))
+    assert results.count("new") == 1 and results.count("busy") == 15
+
+
+def test_lock_serialises_read_modify_write(store):
+    store.migrate(
+        "counter",
+        [
+            Migration(
+                1,
+                (
+                    "CREATE TABLE counter (k TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+                    "INSERT INTO counter (k, n) VALUES ('x', 0)",
+                ),
+            )
+        ],
+    )
+    barrier = threading.Barrier(8)
+
+    def bump(_):
+        barrier.wait()
+        for _ in range(25):
+            with store.transaction() as tx:
+                tx.lock("counter:x")
+                (n,) = tx.one("SELECT n FROM counter WHERE k = ?", ("x",))
+                tx.execute("UPDATE counter SET n = ? WHERE k = ?", (n + 1, "x"))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(bump, range(8)))
+    assert store.query("SELECT n FROM counter") == [(200,)]
+
+
+def test_transaction_rolls_back_on_error(store):
+    store.migrate("rb", [Migration(1, ("CREATE TABLE rb (id TEXT PRIMARY KEY)",))])
+    with pytest.raises(RuntimeError):
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO rb (id) VALUES (?)", ("a",))
+            raise RuntimeError("boom")
+    assert store.query("SELECT COUNT(*) FROM rb") == [(0,)]
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO rb (id) VALUES (?)", ("100%",))
+    assert store.query("SELECT id FROM rb WHERE id LIKE '%\\%' ESCAPE '\\'") == [("100%",)]
+    store.ping()
+
+
+def test_postgres_connection_errors_never_show_the_password():
+    with pytest.raises(StoreError) as err:
+        PostgresStore("postgresql://app:s3cret@127.0.0.1:1/nowhere", timeout=1)
+    assert "s3cret" not in str(err.value) and "postgresql://app:***@127.0.0.1:1/nowhere" in str(
+        err.value
+    )
+    assert redact_url("sqlite:///x.db") == "sqlite:///x.db"
