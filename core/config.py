@@ -215,9 +215,12 @@ POLICY_KEYS = {
     "fallback": Key(dict, {}, "SVAML sent when the budget passes or the merge fails, per event"),
 }
 
+
 def _store_url(value: str) -> None:
     if not value.startswith(("sqlite://", "postgresql://", "postgres://")):
-        raise ValueError(f"unsupported store {value.split(':', 1)[0]!r} (use sqlite:///path or postgresql://...)")
+        raise ValueError(
+            f"unsupported store {value.split(':', 1)[0]!r} (use sqlite:///path or postgresql://...)"
+        )
 
 
 STORE_KEYS = {
@@ -229,6 +232,13 @@ STORE_KEYS = {
         env="SWITCHBOARD_STORE_URL",
     ),
     "pool_size": Key(int, 16, "PostgreSQL connections per server process", check=positive),
+    "sqlite_synchronous": Key(
+        str,
+        "full",
+        "full: every commit reaches the disk before the answer; normal: faster, survives a crash "
+        "of the process but may lose the last commits on power loss",
+        choices=("full", "normal"),
+    ),
 }
 
 LOGGING_KEYS = {

@@ -371,25 +371,26 @@ class Pipeline:
         outcome = (
             answer["action"]["name"] if answer else ("duplicate" if trace["duplicate"] else "ok")
         )
-        log.info(
-            json.dumps(
-                {
-                    "callid": event.callid,
-                    "event": event.name,
-                    "status": 200,
-                    "outcome": outcome,
-                    "rule": trace["rule"],
-                    "latency_ms": trace["elapsed_ms"],
-                    "plugins": {
-                        p["plugin"]: f"{p['status']}:{p.get('ms', 0)}ms"
-                        + (f":{p['decision']['kind']}" if "decision" in p else "")
-                        for p in trace["plugins"]
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                json.dumps(
+                    {
+                        "callid": event.callid,
+                        "event": event.name,
+                        "status": 200,
+                        "outcome": outcome,
+                        "rule": trace["rule"],
+                        "latency_ms": trace["elapsed_ms"],
+                        "plugins": {
+                            p["plugin"]: f"{p['status']}:{p.get('ms', 0)}ms"
+                            + (f":{p['decision']['kind']}" if "decision" in p else "")
+                            for p in trace["plugins"]
+                        },
+                        "conflicts": len(trace["conflicts"]),
                     },
-                    "conflicts": len(trace["conflicts"]),
-                },
-                separators=(",", ":"),
+                    separators=(",", ":"),
+                )
             )
-        )
         self._after_answer(event, trace)
         return Response(200, body, trace)
 
@@ -419,7 +420,7 @@ class Pipeline:
         impls = self.plugins.impls("switchboard_after_answer")
         if not impls:
             return
-        frozen_trace = freeze(json.loads(json.dumps(trace, default=str)))
+        frozen_trace = freeze(trace)  # JSON values only: a deep read-only copy
         answer = frozen_trace["answer"]
         for impl in impls:
             fut = self.executor.submit(_observer, impl, event, answer, frozen_trace)

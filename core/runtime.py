@@ -64,7 +64,12 @@ class Runtime:
         if configure_errors:
             raise PluginError("; ".join(configure_errors))
         if store is None:
-            store = open_store(settings.store["url"], settings.base_dir, pool_size=settings.store["pool_size"])
+            store = open_store(
+                settings.store["url"],
+                settings.base_dir,
+                pool_size=settings.store["pool_size"],
+                sqlite_synchronous=settings.store["sqlite_synchronous"],
+            )
         return cls(settings, plugins, store, clock=clock)
 
     def migrations(self) -> dict[str, list[Migration]]:

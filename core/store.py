@@ -270,7 +270,12 @@ class SqliteStore(Store):
 
     backend = "sqlite"
 
-    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
+    def __init__(self, path: str, *, busy_timeout: float = 10.0, synchronous: str = "full") -> None:
+        if synchronous not in ("full", "normal"):
+            raise StoreError(
+                f"store.sqlite_synchronous must be full or normal, got {synchronous!r}"
+            )
+        self._synchronous = synchronous.upper()
         self._temp: str | None = None
         if path == ":memory:":  # one private file, so every thread sees the same database
             fd, path = tempfile.mkstemp(prefix="switchboard-", suffix=".db")
@@ -295,7 +300,7 @@ class SqliteStore(Store):
                 self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from None
@@ -326,7 +331,12 @@ class SqliteStore(Store):
         pass  # BEGIN IMMEDIATE already serialises every writer
 
     def tables(self) -> list[str]:
-        return [n for (n,) in self.query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return [
+            n
+            for (n,) in self.query(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+            )
+        ]
 
     def close(self) -> None:
         with self._lock:
@@ -369,7 +379,9 @@ class PostgresStore(Store):
             )
             self._pool.wait(timeout=timeout)
         except Exception as exc:  # the message may name the host, never a password
-            raise StoreError(f"cannot connect to PostgreSQL at {redact_url(url)}: {type(exc).__name__}") from None
+            raise StoreError(
+                f"cannot connect to PostgreSQL at {redact_url(url)}: {type(exc).__name__}"
+            ) from None
 
     def run(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
         return conn.execute(_pg_sql(sql), tuple(params))
@@ -418,7 +430,13 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user + ':***' if ':' in userinfo else user}@{host}"
 
 
-def open_store(url: str, base_dir: str | os.PathLike[str] = ".", *, pool_size: int = 16) -> Store:
+def open_store(
+    url: str,
+    base_dir: str | os.PathLike[str] = ".",
+    *,
+    pool_size: int = 16,
+    sqlite_synchronous: str = "full",
+) -> Store:
     """The store a ``store.url`` names: ``sqlite:///relative/path``, ``sqlite:////abs/path``,
     ``sqlite://`` (a private temporary file) or ``postgresql://user@host:port/db``."""
     if url.startswith(("postgresql://", "postgres://")):
@@ -426,9 +444,14 @@ def open_store(url: str, base_dir: str | os.PathLike[str] = ".", *, pool_size: i
     if url.startswith("sqlite://"):
         rest = url[len("sqlite://") :]
         if rest in ("", "/", "/:memory:"):
-            return SqliteStore(":memory:")
+            return SqliteStore(":memory:", synchronous=sqlite_synchronous)
         if not rest.startswith("/"):
-            raise StoreError("store.url: expected sqlite:///relative/path or sqlite:////absolute/path")
+            raise StoreError(
+                "store.url: expected sqlite:///relative/path or sqlite:////absolute/path"
+            )
         rest = rest[1:]
-        return SqliteStore(rest if os.path.isabs(rest) else os.path.join(base_dir, rest))
-    raise StoreError(f"store.url: unsupported store {url.split(':', 1)[0]!r} (use sqlite:/// or postgresql://)")
+        path = rest if os.path.isabs(rest) else os.path.join(base_dir, rest)
+        return SqliteStore(path, synchronous=sqlite_synchronous)
+    raise StoreError(
+        f"store.url: unsupported store {url.split(':', 1)[0]!r} (use sqlite:/// or postgresql://)"
+    )

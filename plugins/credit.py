@@ -382,26 +382,29 @@ class Credit:
         if event.name != "ice" or answer is None or self.store is None or trace["duplicate"]:
             return  # a repeated delivery's answer says nothing new about the call
         action = answer["action"]
-        with self.store.transaction() as tx:
-            if action["name"] == "hangup":
-                tx.execute(
-                    "UPDATE credit_reservations SET status = 'released' WHERE callid = ? AND status = 'open'",
-                    (event.callid,),
-                )
-                return
-            cap = action.get("maxDuration")
-            row = tx.one(
-                "SELECT rate, first_increment, next_increment, minimum_charge, max_duration, created_at "
-                "FROM credit_reservations WHERE callid = ? AND status = 'open'",
+        if action["name"] == "hangup":
+            self.store.write(
+                "UPDATE credit_reservations SET status = 'released' WHERE callid = ? AND status = 'open'",
                 (event.callid,),
             )
-            if row is None or cap is None or cap >= row[4]:
-                return
-            tariff = Tariff(Decimal(row[0]), row[1], row[2], row[3], self.scale)
-            tx.execute(
-                "UPDATE credit_reservations SET amount = ?, max_duration = ?, expires_at = ? WHERE callid = ?",
-                (tariff.cost(cap), cap, row[5] + cap + self.config["grace"], event.callid),
-            )
+            return
+        cap = action.get("maxDuration")
+        if cap is None:
+            return
+        rows = self.store.query(
+            "SELECT rate, first_increment, next_increment, minimum_charge, max_duration, created_at "
+            "FROM credit_reservations WHERE callid = ? AND status = 'open'",
+            (event.callid,),
+        )
+        if not rows or cap >= rows[0][4]:
+            return
+        rate, first, nxt, minimum, _, created = rows[0]
+        tariff = Tariff(Decimal(rate), first, nxt, minimum, self.scale)
+        self.store.write(  # only ever lowers a reservation that is still open
+            "UPDATE credit_reservations SET amount = ?, max_duration = ?, expires_at = ? "
+            "WHERE callid = ? AND status = 'open' AND max_duration > ?",
+            (tariff.cost(cap), cap, created + cap + self.config["grace"], event.callid, cap),
+        )
 
     # ------------------------------------------------------------------ DiCE: settle
 
