@@ -53,18 +53,63 @@ def _load_settings(path: str) -> Settings:
 # ---------------------------------------------------------------------------- serve
 
 
+class Switch:
+    """The WSGI app waitress serves: forwards to the current runtime's app, so that a
+    reload swaps it between two requests while requests in flight finish on the old one."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        from core.app import make_app
+
+        self.runtime = runtime
+        self.app = make_app(runtime)
+        self.retired: list[Runtime] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        return self.app(environ, start_response)
+
+    def reload(self, config_path: str) -> bool:
+        """Validate the configuration completely and switch to it; on any error keep
+        the running one. Returns whether it switched."""
+        from core.app import make_app
+
+        old = self.runtime
+        try:
+            settings = _load_settings(config_path)
+            fixed = ("host", "port", "threads")
+            changed = [k for k in fixed if settings.server[k] != old.settings.server[k]]
+            same_store = settings.store["url"] == old.settings.store["url"]
+            runtime = Runtime.build(settings, store=old.store if same_store else None)
+            try:
+                app = make_app(runtime)
+            except Exception:
+                runtime.close(close_store=not same_store)
+                raise
+        except Exception as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            return False
+        if changed:
+            log.warning("reload: server.%s changes need a restart; the rest applies now", ", server.".join(changed))
+        self.runtime, self.app = runtime, app
+        old.retire(close_store=not same_store)
+        self.retired.append(old)
+        log.info("reloaded %s: plugins %s", config_path, ", ".join(runtime.plugins.order) or "none")
+        return True
+
+    @property
+    def inflight(self) -> int:
+        return self.runtime.inflight + sum(r.inflight for r in self.retired)
+
+
 def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
     import waitress
     from waitress.channel import HTTPChannel
 
-    from core.app import make_app
-
     server_cfg = runtime.settings.server
     host = args.host or server_cfg["host"]
     port = server_cfg["port"] if args.port is None else args.port
-    app = make_app(runtime)
+    switch = Switch(runtime)
     server = waitress.create_server(
-        app,
+        switch,
         host=host,
         port=port,
         threads=server_cfg["threads"],
@@ -79,16 +124,21 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
     print(f"switchboard listening on {url} (plugins: {enabled})", flush=True)
 
     stopping: list[int] = []
-
-    def _stop(signum: int, _frame: Any) -> None:
-        stopping.append(signum)
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    reloads: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))
+    signal.signal(signal.SIGHUP, lambda signum, _frame: reloads.append(signum))
     loop = server.asyncore.loop
     try:
         while not stopping:
             loop(timeout=0.2, map=server._map, count=1)
+            if reloads:
+                reloads.clear()
+                log.info("SIGHUP: reloading %s", args.config)
+                switch.reload(args.config)
+            for old in [r for r in switch.retired if r.inflight == 0]:
+                old.close_retired()
+                switch.retired.remove(old)
         log.info("signal %s: no new connections; finishing in-flight callbacks", stopping[0])
         server.accepting = False
         server.del_channel()
@@ -96,7 +146,7 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
         grace_end = time.monotonic() + server_cfg["shutdown_grace"]
 
         def _busy() -> bool:
-            if runtime.inflight:
+            if switch.inflight:
                 return True
             return any(
                 isinstance(ch, HTTPChannel) and (ch.requests or ch.total_outbufs_len)
@@ -112,7 +162,9 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
             )
     finally:
         server.task_dispatcher.shutdown(timeout=1)
-        runtime.close()
+        for old in switch.retired:
+            old.close_retired()
+        switch.runtime.close()
         log.info("stopped")
     return 0
 
@@ -365,6 +417,34 @@ def _print_trace(store: Store, callid: str) -> bool:
     return bool(rows)
 
 
+# ---------------------------------------------------------------------------- trace
+
+
+def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
+    from core.app import trace_view
+
+    store = open_store(settings.store["url"], settings.base_dir, pool_size=2)
+    try:
+        try:
+            rows = store.traces(args.callid)
+        except Exception:  # no schema yet
+            rows = []
+        if not rows:
+            print(f"error: no callbacks recorded for call {args.callid!r} in {redact_url(settings.store['url'])}")
+            return 1
+        if args.json:
+            print(json.dumps({"callid": args.callid, "callbacks": [trace_view(r) for r in rows]}, indent=2))
+            return 0
+        for row in rows:
+            view = trace_view(row)
+            answer = json.dumps(view["answer"]) if view["answer"] else "(200, empty body)"
+            print(f"{row['event'].upper()} {row['state']}: {answer}")
+        _print_trace(store, args.callid)
+        return 0
+    finally:
+        store.close()
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -385,6 +465,10 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     sub.add_parser("check", help="validate the configuration and say what would load")
+
+    p = sub.add_parser("trace", help="why a call was answered as it was: every callback's answer and trace")
+    p.add_argument("callid")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser(
         "simulate", help="send a realistic, signed callback and print the answer and trace"
@@ -444,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         assert settings is not None
         if command == "simulate":
             return cmd_simulate(args, settings)
+        if command == "trace":
+            return cmd_trace(args, settings)
         runtime = Runtime.build(settings, plugins=plugins)
         if command == "serve":
             return cmd_serve(args, runtime)

@@ -4,7 +4,13 @@
 
 * ``POST <server.callback_path>``: Sinch callbacks. ICE/ACE/PIE get SVAML JSON;
   DiCE and Notify get ``200`` with an empty body.
-* ``GET /healthz``: liveness.
+* ``GET /healthz``: liveness (the process answers).
+* ``GET /readyz``: readiness: 503 while the store is unreachable or migrations are
+  pending.
+* ``GET /metrics``: Prometheus metrics.
+* ``GET /admin/trace/<callid>``: the recorded decision traces of a call, for a request
+  bearing ``Authorization: Bearer <admin.token>``; with no token configured the
+  endpoint does not exist (404).
 
 Errors are short JSON objects ``{"error": ..., "field": ...}`` that name the problem
 and never a secret: 401 bad, missing or stale signature; 400 bad body; 413 body over
@@ -15,11 +21,13 @@ or stored for a request that fails one.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from typing import Any
 
 import bottle
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.pipeline import error_body
 from core.runtime import Runtime
@@ -55,6 +63,17 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     return body
 
 
+def trace_view(row: dict[str, Any]) -> dict[str, Any]:
+    """One recorded callback as shown to operators (CLI and admin endpoint)."""
+    return {
+        "event": row["event"],
+        "state": row["state"],
+        "outcome": row["outcome"],
+        "answer": json.loads(row["answer"]) if row["answer"] else None,
+        "trace": json.loads(row["trace"]) if row["trace"] else None,
+    }
+
+
 def make_app(runtime: Runtime) -> bottle.Bottle:
     """Build the WSGI app for ``runtime`` (started here if it was not yet)."""
     pipeline = runtime.start()
@@ -69,11 +88,16 @@ def make_app(runtime: Runtime) -> bottle.Bottle:
         runtime.enter()
         try:
             environ = bottle.request.environ
-            body = _read_body(environ, limit)
+            try:
+                body = _read_body(environ, limit)
+            except bottle.HTTPResponse as refused:
+                pipeline.count_reject(refused.status_code)
+                return refused
             content_type = environ.get("CONTENT_TYPE", "")
             media = content_type.split(";", 1)[0].strip().lower()
             if media not in _JSON_TYPES:
                 shown = media or "none"
+                pipeline.count_reject(415)
                 return _json_error(415, f"Content-Type must be application/json, got {shown}")
             headers = {
                 "authorization": environ.get("HTTP_AUTHORIZATION", ""),
@@ -92,6 +116,40 @@ def make_app(runtime: Runtime) -> bottle.Bottle:
     def healthz() -> Any:
         bottle.response.content_type = "application/json"
         return json.dumps({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Any:
+        try:
+            runtime.store.ping()
+            pending = runtime.pending_migrations()
+        except Exception as exc:  # any store failure means not ready
+            log.warning("readyz: store unreachable: %s", type(exc).__name__)
+            return _json_error(503, f"store unreachable ({type(exc).__name__})")
+        if pending:
+            owners = ", ".join(f"{owner} {versions}" for owner, versions in pending.items())
+            return _json_error(503, f"migrations pending: {owners}")
+        bottle.response.content_type = "application/json"
+        return json.dumps({"status": "ready"})
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        bottle.response.content_type = CONTENT_TYPE_LATEST
+        return generate_latest(runtime.metrics.registry)
+
+    token = settings.admin["token"]
+    if token:
+        expected = f"Bearer {token}".encode()
+
+        @app.get("/admin/trace/<callid>")
+        def admin_trace(callid: str) -> Any:
+            given = bottle.request.get_header("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _json_error(401, "admin endpoints need Authorization: Bearer <admin.token>")
+            rows = runtime.store.traces(callid)
+            if not rows:
+                return _json_error(404, f"no callbacks recorded for call {callid}")
+            bottle.response.content_type = "application/json"
+            return json.dumps({"callid": callid, "callbacks": [trace_view(r) for r in rows]})
 
     def _error(err: bottle.HTTPError) -> str:
         bottle.response.content_type = "application/json"

@@ -241,6 +241,13 @@ STORE_KEYS = {
     ),
 }
 
+ADMIN_KEYS = {
+    "token": Key(
+        str, None, "bearer token for GET /admin/trace/<callid>; unset: the endpoint is off", secret=True,
+        env="SWITCHBOARD_ADMIN_TOKEN",
+    ),
+}
+
 LOGGING_KEYS = {
     "level": Key(str, "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
 }
@@ -278,6 +285,7 @@ class Settings:
     fallback: Mapping[str, Svaml]
     store: Mapping[str, Any]
     logging: Mapping[str, Any]
+    admin: Mapping[str, Any]
     enabled: tuple[str, ...]
     plugin_tables: Mapping[str, Any]
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -299,6 +307,7 @@ class Settings:
             "policy": {k: v for k, v in self.policy.items() if k != "fallback"},
             "fallback": {k: v.to_dict() for k, v in self.fallback.items()},
             "store": {**self.store, "url": redact_url(self.store["url"])},
+            "admin": redacted(self.admin, ADMIN_KEYS),
             "enabled": list(self.enabled),
             "plugins": {
                 name: redacted(values, self.plugin_keys.get(name, {}))
@@ -360,7 +369,7 @@ def parse(
 ) -> Settings:
     """Validate the core sections of a parsed config.toml."""
     env = os.environ if env is None else env
-    sections = {"server", "sinch", "policy", "store", "logging", "plugins"}
+    sections = {"server", "sinch", "policy", "store", "logging", "plugins", "admin"}
     unknown = sorted(set(data) - sections)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(sections))})")
@@ -376,6 +385,9 @@ def parse(
     fallback = _fallback(policy["fallback"])
     store = read_section("store", data.get("store"), STORE_KEYS, env)
     logging_ = read_section("logging", data.get("logging"), LOGGING_KEYS, env)
+    admin = read_section("admin", data.get("admin"), ADMIN_KEYS, env)
+    if admin["token"] is not None and len(admin["token"]) < 16:
+        raise ConfigError("admin.token: use at least 16 characters")
 
     plugins_table = data.get("plugins") or {}
     if not isinstance(plugins_table, dict):
@@ -402,6 +414,7 @@ def parse(
         fallback=MappingProxyType(fallback),
         store=MappingProxyType(store),
         logging=MappingProxyType(logging_),
+        admin=MappingProxyType(admin),
         enabled=tuple(enabled),
         plugin_tables=MappingProxyType(tables),
     )

@@ -162,6 +162,7 @@ class Outcome:
     decided_by: list[str] = field(default_factory=list)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    capped_by: str | None = None
 
 
 def event_default(event: str, ice_default: str = "deny") -> Svaml:
@@ -224,6 +225,7 @@ def merge(
             action = dataclasses.replace(action, max_duration=limit)  # type: ignore[call-arg]
             capper = min(caps, key=lambda c: c[1] or 0)[0]
             outcome.notes.append(f"maxDuration {limit} s set by {capper}")
+            outcome.capped_by = capper
 
     instructions = tuple(i for _, d in voiced for i in d.instructions)
     outcome.svaml = Svaml(action, instructions)

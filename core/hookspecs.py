@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     import argparse
     from collections.abc import Mapping
 
+    from prometheus_client import CollectorRegistry
+
     from core.config import Settings
     from core.decisions import Decision
     from core.events import Ace, Dice, Event, Ice, Notify, Pie
@@ -213,6 +215,18 @@ def switchboard_startup(store: Store, config: Mapping[str, Any], serving: bool) 
     ``serving`` is True when callbacks will be served (start background work here:
     daemon threads that stop at ``switchboard_shutdown``) and False when a
     ``serve.py`` command such as ``check`` or a plugin command runs.
+    """
+
+
+@hookspec
+def switchboard_metrics(registry: CollectorRegistry) -> None:
+    """Register this plugin's Prometheus collectors.
+
+    Called once per enabled plugin when the server starts, after
+    ``switchboard_startup``. ``registry`` is the server's own
+    ``prometheus_client.CollectorRegistry`` (served at ``GET /metrics``): create metrics
+    with ``registry=registry``, or register a custom collector whose ``collect()`` reads
+    the store at scrape time. Name metrics ``switchboard_<plugin>_...``. Return nothing.
     """
 
 

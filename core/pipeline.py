@@ -32,6 +32,7 @@ from typing import Any
 from core.config import Settings
 from core.decisions import Decision, Outcome, merge
 from core.events import DECISION_EVENTS, Event, EventError, freeze, parse_event
+from core.metrics import FALLBACK_RULES, Metrics
 from core.plugins import Impl, Plugins
 from core.signing import SignatureError, Verifier
 from core.store import Store
@@ -100,7 +101,9 @@ class Pipeline:
         store: Store,
         *,
         clock: Callable[[], datetime] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.plugins = plugins
         self.store = store
@@ -211,6 +214,7 @@ class Pipeline:
             )
         trace.update(
             rule=outcome.rule,
+            capped_by=outcome.capped_by,
             decided_by=outcome.decided_by,
             conflicts=outcome.conflicts,
             notes=trace["notes"] + outcome.notes,
@@ -317,7 +321,9 @@ class Pipeline:
                 else:
                     entry["status"] = "abstained" if decision else "ok"
                     results.append((run.impl.plugin, None))
+            self.metrics.plugin_latency.labels(run.impl.plugin, event.name).observe(entry["ms"] / 1000)
             if entry.get("error"):
+                self.metrics.plugin_errors.labels(run.impl.plugin, event.name, entry["status"]).inc()
                 self._plugin_logs.get(run.impl.plugin, log).warning(
                     "%s %s for call %s: %s",
                     event.name,
@@ -391,8 +397,33 @@ class Pipeline:
                     separators=(",", ":"),
                 )
             )
+        self._count(event, trace, outcome)
         self._after_answer(event, trace)
         return Response(200, body, trace)
+
+    def _count(self, event: Event, trace: dict[str, Any], outcome: str) -> None:
+        m, name, rule = self.metrics, event.name, trace["rule"]
+        m.callbacks.labels(name, outcome).inc()
+        m.latency.labels(name).observe(trace["elapsed_ms"] / 1000)
+        if name not in DECISION_EVENTS or rule is None:
+            return
+        m.decisions.labels(name, rule).inc()
+        if rule in FALLBACK_RULES:
+            m.fallbacks.labels(name, rule).inc()
+        if trace["conflicts"]:
+            m.conflicts.labels(name).inc(len(trace["conflicts"]))
+        if rule == "deny":
+            for plugin in trace["decided_by"]:
+                m.denials.labels(name, plugin).inc()
+        if trace.get("capped_by"):
+            m.caps.labels(name, trace["capped_by"]).inc()
+
+    def count_reject(self, status: int, reason: str | None = None) -> None:
+        """Count a request refused before any plugin ran."""
+        self.metrics.rejected.labels(str(status)).inc()
+        self.metrics.callbacks.labels("unknown", "rejected").inc()
+        if reason:
+            self.metrics.signature_failures.labels(reason).inc()
 
     def _reject(
         self,
@@ -414,6 +445,7 @@ class Pipeline:
             line["reason"] = reason
         line["latency_ms"] = _ms(time.monotonic() - started)
         log.warning(json.dumps(line, separators=(",", ":")))
+        self.count_reject(status, reason)
         return Response(status, error_body(message, field_name))
 
     def _after_answer(self, event: Event, trace: dict[str, Any]) -> None:

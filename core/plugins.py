@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import inspect
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,9 +58,34 @@ class Impl:
     plugin: str
     function: Callable[..., Any]
     argnames: tuple[str, ...]
+    hook: str = ""
+    traced: bool = False
 
     def __call__(self, **kwargs: Any) -> Any:
-        return self.function(*[kwargs[name] for name in self.argnames])
+        args = [kwargs[name] for name in self.argnames]
+        if not self.traced:
+            return self.function(*args)
+        shown = ", ".join(f"{n}={_show(n, v)}" for n, v in zip(self.argnames, args, strict=True))
+        try:
+            result = self.function(*args)
+        except BaseException as exc:
+            hook_log.info("%s.%s(%s) raised %s: %s", self.plugin, self.hook, shown, type(exc).__name__, exc)
+            raise
+        hook_log.info("%s.%s(%s) -> %r", self.plugin, self.hook, shown, result)
+        return result
+
+
+TRACE_ENV = "SWITCHBOARD_TRACE_HOOKS"
+hook_log = logging.getLogger("switchboard.hooks")
+
+
+def _show(name: str, value: Any) -> str:
+    """An argument as the hook trace shows it: settings and config by key names only,
+    so that no secret reaches the log."""
+    if name in ("settings", "config", "registry", "subparsers", "store"):
+        keys = ", ".join(sorted(value)) if isinstance(value, Mapping) else type(value).__name__
+        return f"<{keys}>"
+    return repr(value)
 
 
 def _canonical(name: str) -> str:
@@ -110,6 +136,9 @@ class Plugins:
         self.order = tuple(order)
         self.info = dict(info)
         self._impls: dict[str, tuple[Impl, ...]] = {}
+        self.traced = os.environ.get(TRACE_ENV, "") not in ("", "0")
+        if self.traced:
+            hook_log.setLevel(logging.INFO)
 
     def impls(self, hook: str) -> tuple[Impl, ...]:
         """Implementations of ``hook``, in precedence order (config order)."""
@@ -123,7 +152,7 @@ class Plugins:
             name = self.pm.get_name(impl.plugin)
             if name not in rank:
                 continue
-            found.append(Impl(name, impl.function, tuple(impl.argnames)))
+            found.append(Impl(name, impl.function, tuple(impl.argnames), hook, self.traced))
         found.sort(key=lambda i: rank[i.plugin])
         self._impls[hook] = result = tuple(found)
         return result

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from core.config import Settings, with_plugins
+from core.metrics import Metrics
 from core.pipeline import Pipeline
 from core.plugins import PluginError, Plugins, declared_keys, make_plugins
 from core.store import CORE_MIGRATIONS, Migration, Store, open_store
@@ -35,6 +36,7 @@ class Runtime:
         self.store = store
         self.clock = clock
         self.pipeline: Pipeline | None = None
+        self.metrics = Metrics()
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._started = False
@@ -105,7 +107,9 @@ class Runtime:
         self.plugins.call_each(
             "switchboard_startup", configs=self.settings.plugins, store=self.store, serving=serving
         )
-        self.pipeline = Pipeline(self.settings, self.plugins, self.store, clock=self.clock)
+        if serving:
+            self.plugins.call_each("switchboard_metrics", registry=self.metrics.registry)
+        self.pipeline = Pipeline(self.settings, self.plugins, self.store, clock=self.clock, metrics=self.metrics)
         if self.settings.sinch["insecure"]:
             log.warning(
                 "INSECURE: callback signatures are NOT verified (sinch.insecure = true); "
@@ -127,8 +131,16 @@ class Runtime:
     def inflight(self) -> int:
         return self._inflight
 
-    def close(self) -> None:
-        """Stop plugins, the worker pool and the store (idempotent)."""
+    def retire(self, *, close_store: bool) -> None:
+        """A reload replaced this runtime: it finishes what is in flight, then
+        ``close_retired()`` shuts it down (its store too, unless the new one shares it)."""
+        self._close_store_on_retire = close_store
+
+    def close_retired(self) -> None:
+        self.close(close_store=getattr(self, "_close_store_on_retire", True))
+
+    def close(self, *, close_store: bool = True) -> None:
+        """Stop plugins, the worker pool and (unless told not to) the store; idempotent."""
         if self.pipeline is not None:
             self.pipeline.wait_idle()
             for impl in self.plugins.impls("switchboard_shutdown"):
@@ -138,7 +150,8 @@ class Runtime:
                     log.exception("plugin %r failed in switchboard_shutdown", impl.plugin)
             self.pipeline.close()
             self.pipeline = None
-        self.store.close()
+        if close_store:
+            self.store.close()
 
     def __enter__(self) -> Runtime:
         return self

@@ -172,6 +172,29 @@ def fmt(minor: int, decimals: int) -> str:
     return f"{Decimal(minor).scaleb(-decimals):.{decimals}f}"
 
 
+class _ReservationCollector:
+    """Open reservations, read from the store at scrape time."""
+
+    def __init__(self, plugin: Credit) -> None:
+        self.plugin = plugin
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        count = GaugeMetricFamily("switchboard_credit_reservations_open", "Calls holding a credit reservation")
+        amount = GaugeMetricFamily(
+            "switchboard_credit_reserved_minor_units", "Credit held by open reservations (minor units)"
+        )
+        if self.plugin.store is not None:
+            n, total = self.plugin.store.query(
+                "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM credit_reservations WHERE status = 'open'"
+            )[0]
+            count.add_metric([], int(n))
+            amount.add_metric([], int(total))
+        yield count
+        yield amount
+
+
 class Credit:
     """One instance per server."""
 
@@ -254,6 +277,10 @@ class Credit:
                 target=self._sweep_loop, name="credit-sweeper", daemon=True
             )
             self._sweeper.start()
+
+    @hookimpl
+    def switchboard_metrics(self, registry: Any) -> None:
+        registry.register(_ReservationCollector(self))
 
     @hookimpl
     def switchboard_shutdown(self) -> None:

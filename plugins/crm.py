@@ -89,6 +89,24 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     )
 
 
+class _OutboxCollector:
+    """Outbox depth and dead letters, read from the store at scrape time."""
+
+    def __init__(self, plugin: Crm) -> None:
+        self.plugin = plugin
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        outbox = GaugeMetricFamily("switchboard_crm_outbox_depth", "Call records waiting for CRM delivery")
+        dead = GaugeMetricFamily("switchboard_crm_dead_letters", "Call records that exhausted their attempts")
+        if self.plugin.store is not None:
+            outbox.add_metric([], self.plugin.store.query("SELECT COUNT(*) FROM crm_outbox")[0][0])
+            dead.add_metric([], self.plugin.store.query("SELECT COUNT(*) FROM crm_dead")[0][0])
+        yield outbox
+        yield dead
+
+
 class Crm:
     """One instance per server."""
 
@@ -122,6 +140,10 @@ class Crm:
             self._stop.clear()
             self._worker = threading.Thread(target=self._run, name="crm-outbox", daemon=True)
             self._worker.start()
+
+    @hookimpl
+    def switchboard_metrics(self, registry: Any) -> None:
+        registry.register(_OutboxCollector(self))
 
     @hookimpl
     def switchboard_shutdown(self) -> None:

@@ -1,0 +1,61 @@
+"""Prometheus metrics, one registry per runtime (served at ``GET /metrics``).
+
+Every name starts with ``switchboard_``. Plugins add their own collectors through the
+``switchboard_metrics(registry)`` hook (the credit plugin reports open reservations,
+the crm plugin its outbox depth and dead letters).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+FALLBACK_RULES = frozenset({"budget", "invalid-answer", "internal-error", "duplicate-in-flight"})
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.callbacks = Counter(
+            "switchboard_callbacks_total", "Callbacks answered, by event and outcome (the answer's action, "
+            "ok for DiCE/Notify, duplicate, or rejected)", ["event", "outcome"], registry=r,
+        )
+        self.decisions = Counter(
+            "switchboard_decisions_total", "Decided callbacks by the merge rule that settled them "
+            "(deny, proposal, allow-default, event-default, cap-unenforceable, budget, ...)",
+            ["event", "rule"], registry=r,
+        )
+        self.denials = Counter(
+            "switchboard_denials_total", "Denies, by the plugin that denied", ["event", "plugin"], registry=r
+        )
+        self.caps = Counter(
+            "switchboard_caps_total", "Answers whose maxDuration a plugin lowered", ["event", "plugin"], registry=r
+        )
+        self.latency = Histogram(
+            "switchboard_answer_seconds", "Time from request to answer", ["event"], buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.plugin_latency = Histogram(
+            "switchboard_plugin_seconds", "Time a plugin's hook took", ["plugin", "event"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.plugin_errors = Counter(
+            "switchboard_plugin_errors_total", "Plugin hooks that raised, returned garbage or overran",
+            ["plugin", "event", "kind"], registry=r,
+        )
+        self.conflicts = Counter(
+            "switchboard_conflicts_total", "Proposals that lost to a higher-precedence plugin", ["event"], registry=r
+        )
+        self.fallbacks = Counter(
+            "switchboard_fallbacks_total", "Answers replaced by the configured fallback, by reason",
+            ["event", "reason"], registry=r,
+        )
+        self.rejected = Counter(
+            "switchboard_rejected_total", "Requests refused before any plugin ran, by HTTP status",
+            ["status"], registry=r,
+        )
+        self.signature_failures = Counter(
+            "switchboard_signature_failures_total", "Callbacks whose signature failed, by reason",
+            ["reason"], registry=r,
+        )
