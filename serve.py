@@ -9,7 +9,6 @@ python serve.py simulate ice         # send a signed ICE to the running server
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -88,7 +87,10 @@ class Switch:
             log.error("reload refused, the running configuration stays: %s", exc)
             return False
         if changed:
-            log.warning("reload: server.%s changes need a restart; the rest applies now", ", server.".join(changed))
+            log.warning(
+                "reload: server.%s changes need a restart; the rest applies now",
+                ", server.".join(changed),
+            )
         self.runtime, self.app = runtime, app
         old.retire(close_store=not same_store)
         self.retired.append(old)
@@ -294,34 +296,6 @@ def build_event(name: str, args: argparse.Namespace, application_key: str | None
     return base
 
 
-def _wsgi_post(app: Any, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
-    environ = {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": path,
-        "SCRIPT_NAME": "",
-        "QUERY_STRING": "",
-        "SERVER_NAME": "localhost",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "CONTENT_TYPE": headers.get("Content-Type", ""),
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr,
-        "wsgi.url_scheme": "http",
-        "wsgi.version": (1, 0),
-        "wsgi.multithread": False,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-    }
-    for key, value in headers.items():
-        if key.lower() != "content-type":
-            environ["HTTP_" + key.upper().replace("-", "_")] = value
-    status: list[str] = []
-    chunks = app(environ, lambda s, h, exc=None: status.append(s))
-    text = b"".join(chunks).decode()
-    return int(status[0].split()[0]), text
-
-
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     event = args.event.lower()
     key = settings.credentials[0] if settings.credentials else None
@@ -339,12 +313,12 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     print(f"> {event.upper()} call {callid}")
     print("> " + body.decode())
     if args.in_process:
-        from core.app import make_app
+        from core.app import make_app, wsgi_post
 
         runtime = Runtime.build(settings, store=_scratch_store() if not args.use_store else None)
         try:
             runtime.start(serving=False)  # one callback: no background workers
-            status, text = _wsgi_post(make_app(runtime), server["callback_path"], headers, body)
+            status, text = wsgi_post(make_app(runtime), server["callback_path"], headers, body)
             _print_answer(status, text)
             _print_trace(runtime.store, callid)
         finally:
@@ -430,10 +404,16 @@ def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
         except Exception:  # no schema yet
             rows = []
         if not rows:
-            print(f"error: no callbacks recorded for call {args.callid!r} in {redact_url(settings.store['url'])}")
+            print(
+                f"error: no callbacks recorded for call {args.callid!r} in {redact_url(settings.store['url'])}"
+            )
             return 1
         if args.json:
-            print(json.dumps({"callid": args.callid, "callbacks": [trace_view(r) for r in rows]}, indent=2))
+            print(
+                json.dumps(
+                    {"callid": args.callid, "callbacks": [trace_view(r) for r in rows]}, indent=2
+                )
+            )
             return 0
         for row in rows:
             view = trace_view(row)
@@ -466,7 +446,9 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
 
     sub.add_parser("check", help="validate the configuration and say what would load")
 
-    p = sub.add_parser("trace", help="why a call was answered as it was: every callback's answer and trace")
+    p = sub.add_parser(
+        "trace", help="why a call was answered as it was: every callback's answer and trace"
+    )
     p.add_argument("callid")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 

@@ -22,8 +22,11 @@ or stored for a request that fails one.
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import logging
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import bottle
@@ -164,3 +167,35 @@ def make_app(runtime: Runtime) -> bottle.Bottle:
     for code in (404, 405, 500):
         app.error(code)(_error)
     return app
+
+
+def wsgi_post(app: Any, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, str]:
+    """POST ``body`` to a WSGI ``app``; returns (status, response text)."""
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": headers.get("Content-Type", ""),
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.url_scheme": "http",
+        "wsgi.version": (1, 0),
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    for key, value in headers.items():
+        if key.lower() != "content-type":
+            environ["HTTP_" + key.upper().replace("-", "_")] = value
+    status: list[str] = []
+    chunks = app(environ, lambda s, h, exc=None: status.append(s))
+    try:
+        text = b"".join(chunks).decode()
+    finally:
+        getattr(chunks, "close", lambda: None)()
+    return int(status[0].split()[0]), text

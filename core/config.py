@@ -243,7 +243,10 @@ STORE_KEYS = {
 
 ADMIN_KEYS = {
     "token": Key(
-        str, None, "bearer token for GET /admin/trace/<callid>; unset: the endpoint is off", secret=True,
+        str,
+        None,
+        "bearer token for GET /admin/trace/<callid>; unset: the endpoint is off",
+        secret=True,
         env="SWITCHBOARD_ADMIN_TOKEN",
     ),
 }

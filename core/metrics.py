@@ -18,44 +18,72 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.callbacks = Counter(
-            "switchboard_callbacks_total", "Callbacks answered, by event and outcome (the answer's action, "
-            "ok for DiCE/Notify, duplicate, or rejected)", ["event", "outcome"], registry=r,
+            "switchboard_callbacks_total",
+            "Callbacks answered, by event and outcome (the answer's action, "
+            "ok for DiCE/Notify, duplicate, or rejected)",
+            ["event", "outcome"],
+            registry=r,
         )
         self.decisions = Counter(
-            "switchboard_decisions_total", "Decided callbacks by the merge rule that settled them "
+            "switchboard_decisions_total",
+            "Decided callbacks by the merge rule that settled them "
             "(deny, proposal, allow-default, event-default, cap-unenforceable, budget, ...)",
-            ["event", "rule"], registry=r,
+            ["event", "rule"],
+            registry=r,
         )
         self.denials = Counter(
-            "switchboard_denials_total", "Denies, by the plugin that denied", ["event", "plugin"], registry=r
+            "switchboard_denials_total",
+            "Denies, by the plugin that denied",
+            ["event", "plugin"],
+            registry=r,
         )
         self.caps = Counter(
-            "switchboard_caps_total", "Answers whose maxDuration a plugin lowered", ["event", "plugin"], registry=r
+            "switchboard_caps_total",
+            "Answers whose maxDuration a plugin lowered",
+            ["event", "plugin"],
+            registry=r,
         )
         self.latency = Histogram(
-            "switchboard_answer_seconds", "Time from request to answer", ["event"], buckets=LATENCY_BUCKETS,
+            "switchboard_answer_seconds",
+            "Time from request to answer",
+            ["event"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.plugin_latency = Histogram(
-            "switchboard_plugin_seconds", "Time a plugin's hook took", ["plugin", "event"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            "switchboard_plugin_seconds",
+            "Time a plugin's hook took",
+            ["plugin", "event"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.plugin_errors = Counter(
-            "switchboard_plugin_errors_total", "Plugin hooks that raised, returned garbage or overran",
-            ["plugin", "event", "kind"], registry=r,
+            "switchboard_plugin_errors_total",
+            "Plugin hooks that raised, returned garbage or overran",
+            ["plugin", "event", "kind"],
+            registry=r,
         )
         self.conflicts = Counter(
-            "switchboard_conflicts_total", "Proposals that lost to a higher-precedence plugin", ["event"], registry=r
+            "switchboard_conflicts_total",
+            "Proposals that lost to a higher-precedence plugin",
+            ["event"],
+            registry=r,
         )
         self.fallbacks = Counter(
-            "switchboard_fallbacks_total", "Answers replaced by the configured fallback, by reason",
-            ["event", "reason"], registry=r,
+            "switchboard_fallbacks_total",
+            "Answers replaced by the configured fallback, by reason",
+            ["event", "reason"],
+            registry=r,
         )
         self.rejected = Counter(
-            "switchboard_rejected_total", "Requests refused before any plugin ran, by HTTP status",
-            ["status"], registry=r,
+            "switchboard_rejected_total",
+            "Requests refused before any plugin ran, by HTTP status",
+            ["status"],
+            registry=r,
         )
         self.signature_failures = Counter(
-            "switchboard_signature_failures_total", "Callbacks whose signature failed, by reason",
-            ["reason"], registry=r,
+            "switchboard_signature_failures_total",
+            "Callbacks whose signature failed, by reason",
+            ["reason"],
+            registry=r,
         )

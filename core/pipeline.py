@@ -321,9 +321,13 @@ class Pipeline:
                 else:
                     entry["status"] = "abstained" if decision else "ok"
                     results.append((run.impl.plugin, None))
-            self.metrics.plugin_latency.labels(run.impl.plugin, event.name).observe(entry["ms"] / 1000)
+            self.metrics.plugin_latency.labels(run.impl.plugin, event.name).observe(
+                entry["ms"] / 1000
+            )
             if entry.get("error"):
-                self.metrics.plugin_errors.labels(run.impl.plugin, event.name, entry["status"]).inc()
+                self.metrics.plugin_errors.labels(
+                    run.impl.plugin, event.name, entry["status"]
+                ).inc()
                 self._plugin_logs.get(run.impl.plugin, log).warning(
                     "%s %s for call %s: %s",
                     event.name,

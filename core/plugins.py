@@ -69,7 +69,9 @@ class Impl:
         try:
             result = self.function(*args)
         except BaseException as exc:
-            hook_log.info("%s.%s(%s) raised %s: %s", self.plugin, self.hook, shown, type(exc).__name__, exc)
+            hook_log.info(
+                "%s.%s(%s) raised %s: %s", self.plugin, self.hook, shown, type(exc).__name__, exc
+            )
             raise
         hook_log.info("%s.%s(%s) -> %r", self.plugin, self.hook, shown, result)
         return result

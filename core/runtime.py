@@ -109,7 +109,9 @@ class Runtime:
         )
         if serving:
             self.plugins.call_each("switchboard_metrics", registry=self.metrics.registry)
-        self.pipeline = Pipeline(self.settings, self.plugins, self.store, clock=self.clock, metrics=self.metrics)
+        self.pipeline = Pipeline(
+            self.settings, self.plugins, self.store, clock=self.clock, metrics=self.metrics
+        )
         if self.settings.sinch["insecure"]:
             log.warning(
                 "INSECURE: callback signatures are NOT verified (sinch.insecure = true); "

@@ -286,6 +286,9 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Writers of this process queue here rather than in SQLite's busy handler, which
+        # sleeps in steps of up to 100 ms and made the slowest answers very slow.
+        self._write_lock = threading.Lock()
         self._closed = False
         self._conn()  # fail early if the file cannot be opened
 
@@ -312,20 +315,23 @@ class SqliteStore(Store):
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield Tx(conn, self)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield Tx(conn, self)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return list(self._conn().execute(sql, tuple(params)).fetchall())
 
     def write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return int(self._conn().execute(sql, tuple(params)).rowcount)  # autocommit
+        conn = self._conn()
+        with self._write_lock:
+            return int(conn.execute(sql, tuple(params)).rowcount)  # autocommit
 
     def lock(self, conn: Any, key: str) -> None:
         pass  # BEGIN IMMEDIATE already serialises every writer
