@@ -1,6 +1,6 @@
 """The floor of this stack: a bare bottle app on waitress answering a constant JSON body.
 
-    python bench/bare.py --port 8081 --threads 8
+python bench/bare.py --port 8081 --threads 8
 """
 
 from __future__ import annotations
@@ -31,8 +31,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
-    server = waitress.create_server(make_app(), host=args.host, port=args.port, threads=args.threads)
-    print(f"bare listening on http://{args.host}:{server.effective_port}/sinch/callback", flush=True)
+    server = waitress.create_server(
+        make_app(), host=args.host, port=args.port, threads=args.threads
+    )
+    print(
+        f"bare listening on http://{args.host}:{server.effective_port}/sinch/callback", flush=True
+    )
     server.run()
 
 

@@ -41,6 +41,7 @@ KEY = "669E367E-6BBA-48AB-AF15-266871C28135"
 SECRET = "BeIukql3pTKJ8RGL5zo0DA=="
 CRED = Credential(KEY, SECRET)
 CALLERS = 200
+SYNCHRONOUS = ["full"]
 TICKS = os.sysconf("SC_CLK_TCK")
 
 CONFIG = f"""
@@ -53,6 +54,7 @@ timestamp_window = 3600
 keys = [{{{{ key = "{KEY}", secret = "{SECRET}" }}}}]
 [store]
 url = "sqlite:///bench.db"
+sqlite_synchronous = "{{synchronous}}"
 [logging]
 level = "WARNING"
 [plugins]
@@ -104,7 +106,9 @@ def write_requests(path: Path, events: list[dict]) -> None:
     with path.open("w") as out:
         for ev in events:
             body = json.dumps(ev, separators=(",", ":")).encode()
-            auth = sign_headers(CRED, "POST", "/sinch/callback", body, timestamp=ts)["Authorization"]
+            auth = sign_headers(CRED, "POST", "/sinch/callback", body, timestamp=ts)[
+                "Authorization"
+            ]
             out.write(f"{ts}\t{auth}\t{body.decode()}\n")
 
 
@@ -129,7 +133,9 @@ def make_workloads(folder: Path, tag: str, n: int) -> dict[str, Path]:
 class Proc:
     def __init__(self, args: list[str], cwd: Path, cpus: str | None) -> None:
         cmd = (["taskset", "-c", cpus] if cpus else []) + args
-        self.p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.p = subprocess.Popen(
+            cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         line = self.p.stdout.readline()
         if "listening on " not in line:
             self.p.kill()
@@ -161,9 +167,22 @@ def wrk(port: int, file: Path, conns: int, cpus: str | None) -> dict:
     threads = 1 if conns == 1 else 2
     marker = Path(tempfile.mkdtemp(prefix="wrk-")) / "done-"
     cmd = (["taskset", "-c", cpus] if cpus else []) + [
-        "wrk", "-t", str(threads), "-c", str(conns), "-d", "600s", "--timeout", "10s",
-        "-s", str(Path(__file__).parent / "replay.lua"), f"http://127.0.0.1:{port}/sinch/callback",
-        "--", str(file), str(threads), str(marker),
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(conns),
+        "-d",
+        "600s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(Path(__file__).parent / "replay.lua"),
+        f"http://127.0.0.1:{port}/sinch/callback",
+        "--",
+        str(file),
+        str(threads),
+        str(marker),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
@@ -202,12 +221,19 @@ def cores() -> tuple[str | None, str | None]:
 
 def start_pair(work: Path, threads: int, pinned: bool) -> tuple[Proc, Proc]:
     server_cpu, _ = cores() if pinned else (None, None)
-    (work / "config.toml").write_text(CONFIG.format(threads=threads))
+    (work / "config.toml").write_text(CONFIG.format(threads=threads, synchronous=SYNCHRONOUS[0]))
     for f in work.glob("bench.db*"):
         f.unlink()
-    sb = Proc([sys.executable, str(REPO / "serve.py"), "--config", str(work / "config.toml")], work, server_cpu)
-    bare = Proc([sys.executable, str(REPO / "bench" / "bare.py"), "--port", "0", "--threads", str(threads)],
-                work, server_cpu)
+    sb = Proc(
+        [sys.executable, str(REPO / "serve.py"), "--config", str(work / "config.toml")],
+        work,
+        server_cpu,
+    )
+    bare = Proc(
+        [sys.executable, str(REPO / "bench" / "bare.py"), "--port", "0", "--threads", str(threads)],
+        work,
+        server_cpu,
+    )
     return sb, bare
 
 
@@ -222,7 +248,9 @@ def compare(work: Path, args: argparse.Namespace) -> dict:
             measure(bare, warm[kind], 16, load_cpu)
         for conns in args.conns:
             for rnd in range(args.rounds):
-                files = make_workloads(work, f"c{conns}r{rnd}", args.requests if conns > 1 else args.requests // 4)
+                files = make_workloads(
+                    work, f"c{conns}r{rnd}", args.requests if conns > 1 else args.requests // 4
+                )
                 for kind in ("ice", "ace", "dice", "mix"):
                     order = [("switchboard", sb), ("bare", bare)]
                     if rnd % 2:
@@ -230,10 +258,16 @@ def compare(work: Path, args: argparse.Namespace) -> dict:
                     for name, proc in order:
                         res = measure(proc, files[kind], conns, load_cpu)
                         results.setdefault(f"{kind}@{conns}", {}).setdefault(name, []).append(res)
-                        print(f"  {kind:>4} c={conns:<3} round {rnd} {name:<11} {res['rps']:8.0f} req/s "
-                              f"p50 {res['p50_us'] / 1000:6.2f} ms  p99 {res['p99_us'] / 1000:6.2f} ms  "
-                              f"cpu {res['cpu_us_per_req']:6.0f} us/req  non-200 {res['bad']}", flush=True)
-        results["peak_rss_kib"] = {"switchboard": sb.rss_kib("VmHWM"), "bare": bare.rss_kib("VmHWM")}
+                        print(
+                            f"  {kind:>4} c={conns:<3} round {rnd} {name:<11} {res['rps']:8.0f} req/s "
+                            f"p50 {res['p50_us'] / 1000:6.2f} ms  p99 {res['p99_us'] / 1000:6.2f} ms  "
+                            f"cpu {res['cpu_us_per_req']:6.0f} us/req  non-200 {res['bad']}",
+                            flush=True,
+                        )
+        results["peak_rss_kib"] = {
+            "switchboard": sb.rss_kib("VmHWM"),
+            "bare": bare.rss_kib("VmHWM"),
+        }
     finally:
         sb.stop()
         bare.stop()
@@ -276,7 +310,12 @@ def growth(work: Path, args: argparse.Namespace) -> dict:
         rss_n = sb.rss_kib()
     finally:
         sb.stop()
-    return {"callbacks": done, "rss_1k_kib": rss_1k, "rss_n_kib": rss_n, "growth": rss_n / rss_1k - 1}
+    return {
+        "callbacks": done,
+        "rss_1k_kib": rss_1k,
+        "rss_n_kib": rss_n,
+        "growth": rss_n / rss_1k - 1,
+    }
 
 
 # ------------------------------------------------------------------ report
@@ -290,19 +329,21 @@ def summarise(results: dict) -> list[dict]:
         sb, bare = runs["switchboard"], runs["bare"]
         ratios = [s["rps"] / b["rps"] for s, b in zip(sb, bare, strict=True)]
         p99 = [s["p99_us"] / b["p99_us"] for s, b in zip(sb, bare, strict=True)]
-        rows.append({
-            "workload": key,
-            "rps": statistics.median(s["rps"] for s in sb),
-            "bare_rps": statistics.median(b["rps"] for b in bare),
-            "ratio": statistics.median(ratios),
-            "p50_ms": statistics.median(s["p50_us"] for s in sb) / 1000,
-            "p99_ms": statistics.median(s["p99_us"] for s in sb) / 1000,
-            "bare_p99_ms": statistics.median(b["p99_us"] for b in bare) / 1000,
-            "p99_ratio": statistics.median(p99),
-            "cpu_us": statistics.median(s["cpu_us_per_req"] for s in sb),
-            "bare_cpu_us": statistics.median(b["cpu_us_per_req"] for b in bare),
-            "non_200": sum(s["bad"] for s in sb),
-        })
+        rows.append(
+            {
+                "workload": key,
+                "rps": statistics.median(s["rps"] for s in sb),
+                "bare_rps": statistics.median(b["rps"] for b in bare),
+                "ratio": statistics.median(ratios),
+                "p50_ms": statistics.median(s["p50_us"] for s in sb) / 1000,
+                "p99_ms": statistics.median(s["p99_us"] for s in sb) / 1000,
+                "bare_p99_ms": statistics.median(b["p99_us"] for b in bare) / 1000,
+                "p99_ratio": statistics.median(p99),
+                "cpu_us": statistics.median(s["cpu_us_per_req"] for s in sb),
+                "bare_cpu_us": statistics.median(b["cpu_us_per_req"] for b in bare),
+                "non_200": sum(s["bad"] for s in sb),
+            }
+        )
     return rows
 
 
@@ -319,15 +360,21 @@ def report(rows: list[dict], extra: dict) -> str:
         )
     if "peak_rss_kib" in extra:
         rss = extra["peak_rss_kib"]
-        lines.append(f"\nPeak RSS: switchboard {rss['switchboard'] / 1024:.1f} MiB, bare {rss['bare'] / 1024:.1f} MiB")
+        lines.append(
+            f"\nPeak RSS: switchboard {rss['switchboard'] / 1024:.1f} MiB, bare {rss['bare'] / 1024:.1f} MiB"
+        )
     if "unpinned" in extra:
         u = extra["unpinned"]
-        lines.append(f"ICE at 64 connections: pinned {u['pinned']:.0f} req/s, unpinned {u['unpinned']:.0f} req/s "
-                     f"({u['ratio']:.2f}x)")
+        lines.append(
+            f"ICE at 64 connections: pinned {u['pinned']:.0f} req/s, unpinned {u['unpinned']:.0f} req/s "
+            f"({u['ratio']:.2f}x)"
+        )
     if "growth" in extra:
         g = extra["growth"]
-        lines.append(f"RSS after 1k callbacks {g['rss_1k_kib'] / 1024:.1f} MiB, after {g['callbacks']} "
-                     f"{g['rss_n_kib'] / 1024:.1f} MiB ({g['growth'] * 100:+.1f} %)")
+        lines.append(
+            f"RSS after 1k callbacks {g['rss_1k_kib'] / 1024:.1f} MiB, after {g['callbacks']} "
+            f"{g['rss_n_kib'] / 1024:.1f} MiB ({g['growth'] * 100:+.1f} %)"
+        )
     return "\n".join(lines)
 
 
@@ -340,15 +387,29 @@ def ensure_wrk() -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer requests and rounds")
-    parser.add_argument("--threads", type=int, default=None, help="waitress threads for both servers")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="waitress threads for both servers"
+    )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=6000, help="requests per run at 16 and 64 connections")
+    parser.add_argument(
+        "--requests", type=int, default=6000, help="requests per run at 16 and 64 connections"
+    )
     parser.add_argument("--conns", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--growth", type=int, default=100_000, help="callbacks for the RSS growth phase")
+    parser.add_argument(
+        "--growth", type=int, default=100_000, help="callbacks for the RSS growth phase"
+    )
     parser.add_argument("--skip", nargs="*", default=[], choices=["compare", "unpinned", "growth"])
     parser.add_argument("--out", type=Path, default=None, help="write the JSON results here")
+    parser.add_argument(
+        "--sqlite-synchronous",
+        choices=("full", "normal"),
+        default="full",
+        help="store.sqlite_synchronous of the server under test (default: the project's default)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.requests, args.growth = 1, 1500, 5000
@@ -357,15 +418,20 @@ def main() -> None:
         from core.config import SERVER_KEYS
 
         args.threads = SERVER_KEYS["threads"].default
+    SYNCHRONOUS[0] = args.sqlite_synchronous
     ensure_wrk()
     started = datetime.now(UTC)
     extra: dict = {
         "date": started.isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}",
         "threads": args.threads,
+        "sqlite_synchronous": args.sqlite_synchronous,
         "pinning": "server on core 0, wrk on the others" if cores()[0] else "none (single core)",
     }
-    print(f"# Switchboard benchmark {extra['date']} on {extra['machine']}, waitress threads {args.threads}")
+    print(
+        f"# Switchboard benchmark {extra['date']} on {extra['machine']}, waitress threads {args.threads}, "
+        f"sqlite_synchronous {args.sqlite_synchronous}"
+    )
     with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
         work = Path(tmp)
         rows: list[dict] = []

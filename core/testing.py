@@ -16,7 +16,7 @@ they name, send signed callbacks, and assert on the answer and the trace::
 Fixtures:
 
 * ``switchboard``: a factory ``switchboard(plugins, **config_sections)`` returning a
-  ``Harness``. ``plugins`` maps names to plugin objects, in precedence order;
+  ``Harness``. ``plugins`` (positional) maps names to plugin objects, in precedence order;
   ``config_sections`` are config.toml tables (``plugins={"vip": {...}}``,
   ``policy={"budget": 0.5}``...). The store is a private SQLite file. Every harness is
   closed after the test.
@@ -234,8 +234,8 @@ def switchboard() -> Iterator[Any]:
     """Factory: ``switchboard(plugins, **config_sections) -> Harness``."""
     made: list[Harness] = []
 
-    def make(plugins: Mapping[str, object] | None = None, **sections: Any) -> Harness:
-        harness = Harness(plugins or {}, sections)
+    def make(given: Mapping[str, object] | None = None, /, **sections: Any) -> Harness:
+        harness = Harness(given or {}, sections)
         made.append(harness)
         return harness
 

@@ -181,9 +181,12 @@ class _ReservationCollector:
     def collect(self) -> Any:
         from prometheus_client.core import GaugeMetricFamily
 
-        count = GaugeMetricFamily("switchboard_credit_reservations_open", "Calls holding a credit reservation")
+        count = GaugeMetricFamily(
+            "switchboard_credit_reservations_open", "Calls holding a credit reservation"
+        )
         amount = GaugeMetricFamily(
-            "switchboard_credit_reserved_minor_units", "Credit held by open reservations (minor units)"
+            "switchboard_credit_reserved_minor_units",
+            "Credit held by open reservations (minor units)",
         )
         if self.plugin.store is not None:
             n, total = self.plugin.store.query(

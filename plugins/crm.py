@@ -98,8 +98,12 @@ class _OutboxCollector:
     def collect(self) -> Any:
         from prometheus_client.core import GaugeMetricFamily
 
-        outbox = GaugeMetricFamily("switchboard_crm_outbox_depth", "Call records waiting for CRM delivery")
-        dead = GaugeMetricFamily("switchboard_crm_dead_letters", "Call records that exhausted their attempts")
+        outbox = GaugeMetricFamily(
+            "switchboard_crm_outbox_depth", "Call records waiting for CRM delivery"
+        )
+        dead = GaugeMetricFamily(
+            "switchboard_crm_dead_letters", "Call records that exhausted their attempts"
+        )
         if self.plugin.store is not None:
             outbox.add_metric([], self.plugin.store.query("SELECT COUNT(*) FROM crm_outbox")[0][0])
             dead.add_metric([], self.plugin.store.query("SELECT COUNT(*) FROM crm_dead")[0][0])

@@ -29,7 +29,9 @@ def test_every_hook_is_documented_in_readme_and_guide():
     for name in names:
         assert f"`{name}(" in readme, f"{name} missing from the README's hook table"
         assert f"### `{name}`" in text
-        assert len(guide.specs()[names.index(name)][1].__doc__ or "") > 150, f"{name} is barely documented"
+        assert len(guide.specs()[names.index(name)][1].__doc__ or "") > 150, (
+            f"{name} is barely documented"
+        )
 
 
 class Everything:
@@ -99,18 +101,34 @@ def test_the_order_hooks_fire_in_for_a_call():
     plugin = Everything()
     rt = runtime({"everything": plugin})
     app = webapp(rt)  # starts the runtime as the server does
-    for event in (ice("order"), ace("order"), pie("order"), dice("order"), notify("order"), ice("order")):
+    for event in (
+        ice("order"),
+        ace("order"),
+        pie("order"),
+        dice("order"),
+        notify("order"),
+        ice("order"),
+    ):
         post(app, event)
         rt.pipeline.wait_idle()
     build_parser(rt.plugins)
     rt.close()
     assert plugin.calls == [
-        "config_keys", "configure", "store_migrations", "startup(serving=True)", "metrics",
-        "ice", "after_answer:ice",
-        "ace", "after_answer:ace",
-        "pie", "after_answer:pie",
-        "dice", "after_answer:dice",
-        "notify", "after_answer:notify",
+        "config_keys",
+        "configure",
+        "store_migrations",
+        "startup(serving=True)",
+        "metrics",
+        "ice",
+        "after_answer:ice",
+        "ace",
+        "after_answer:ace",
+        "pie",
+        "after_answer:pie",
+        "dice",
+        "after_answer:dice",
+        "notify",
+        "after_answer:notify",
         "after_answer:ice",  # a repeated ICE reaches only the observer
         "add_commands",
         "shutdown",

@@ -52,22 +52,28 @@ def ops():
 
 def metric(app, name, **labels):
     """The value of one sample in /metrics (0 when absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    line_start = f"{name}{{{wanted}}} " if labels else f"{name} "
     for line in app.get("/metrics").text.splitlines():
-        if line.startswith(line_start):
-            return float(line.split()[-1])
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, rest = sample.partition("{")
+        found = dict(pair.split("=", 1) for pair in rest.rstrip("}").split(",") if pair)
+        if sample_name == name and {k: v.strip('"') for k, v in found.items()} == labels:
+            return float(value)
     return 0.0
 
 
 def test_metrics_explain_denials_caps_errors_and_rejections(ops):
-    rt, app = ops({
-        "guard": Fixed(Decision.denied("blocked"), events=("pie",)),
-        "router": Fixed(Decision.propose(ConnectPstn(number="+15612600684", max_duration=600))),
-        "limit": Fixed(Decision.cap(60)),
-        "conf": Fixed(Decision.propose(ConnectConf(conference_id="x"))),
-        "boom": Raising(),
-    }, plugins={"boom": {"on_error": "abstain"}})
+    rt, app = ops(
+        {
+            "guard": Fixed(Decision.denied("blocked"), events=("pie",)),
+            "router": Fixed(Decision.propose(ConnectPstn(number="+15612600684", max_duration=600))),
+            "limit": Fixed(Decision.cap(60)),
+            "conf": Fixed(Decision.propose(ConnectConf(conference_id="x"))),
+            "boom": Raising(),
+        },
+        plugins={"boom": {"on_error": "abstain"}},
+    )
     post(app, ice("m1"))
     post(app, {"event": "pie", "callid": "m1", "menuResult": {"type": "sequence", "value": "1"}})
     body, headers = signed(ice("m2"), timestamp="2000-01-01T00:00:00Z")
@@ -78,7 +84,10 @@ def test_metrics_explain_denials_caps_errors_and_rejections(ops):
     assert metric(app, "switchboard_caps_total", event="ice", plugin="limit") == 1
     assert metric(app, "switchboard_conflicts_total", event="ice") == 1
     assert metric(app, "switchboard_denials_total", event="pie", plugin="guard") == 1
-    assert metric(app, "switchboard_plugin_errors_total", plugin="boom", event="ice", kind="error") == 1
+    assert (
+        metric(app, "switchboard_plugin_errors_total", plugin="boom", event="ice", kind="error")
+        == 1
+    )
     assert metric(app, "switchboard_signature_failures_total", reason="stale") == 1
     assert metric(app, "switchboard_rejected_total", status="415") == 1
     assert metric(app, "switchboard_answer_seconds_count", event="ice") == 1
@@ -93,11 +102,21 @@ def test_fallbacks_are_counted(ops):
 
 def test_plugin_gauges(ops):
     credit = Credit()
-    rt, app = ops({"credit": credit, "crm": Crm()},
-                  plugins={"credit": {"account_from": "fixed", "account": "a", "rates": {"+1": "0.60"},
-                                      "initial_accounts": {"a": "10.00"}},
-                           "crm": {"webhook_url": "http://127.0.0.1:9/x", "webhook_secret": "s", "backoff": 60}})
+    rt, app = ops(
+        {"credit": credit, "crm": Crm()},
+        plugins={
+            "credit": {
+                "account_from": "fixed",
+                "account": "a",
+                "rates": {"+1": "0.60"},
+                "initial_accounts": {"a": "10.00"},
+            },
+            "crm": {"webhook_url": "http://127.0.0.1:9/x", "webhook_secret": "s", "backoff": 60},
+        },
+        policy={"ice_default": "connect"},
+    )
     post(app, ice("g1"))
+    rt.pipeline.wait_idle()
     assert metric(app, "switchboard_credit_reservations_open") == 1
     assert metric(app, "switchboard_credit_reserved_minor_units") == 960
     post(app, dice("g1", duration=30))
@@ -124,9 +143,15 @@ def test_admin_trace_endpoint(ops):
     _, app = ops({"router": Fixed(Decision.propose(ConnectPstn()))}, admin={"token": TOKEN})
     post(app, ice("t2"))
     assert app.get("/admin/trace/t2", status=401).status_int == 401
-    app.get("/admin/trace/t2", headers={"Authorization": "Bearer wrong-token-of-some-length"}, status=401)
+    app.get(
+        "/admin/trace/t2",
+        headers={"Authorization": "Bearer wrong-token-of-some-length"},
+        status=401,
+    )
     got = app.get("/admin/trace/t2", headers={"Authorization": f"Bearer {TOKEN}"}).json
-    assert got["callid"] == "t2" and got["callbacks"][0]["answer"] == {"action": {"name": "connectPstn"}}
+    assert got["callid"] == "t2" and got["callbacks"][0]["answer"] == {
+        "action": {"name": "connectPstn"}
+    }
     assert got["callbacks"][0]["trace"]["decided_by"] == ["router"]
     app.get("/admin/trace/none", headers={"Authorization": f"Bearer {TOKEN}"}, status=404)
 
@@ -141,13 +166,19 @@ def test_short_admin_token_is_refused():
 def test_hook_tracing_logs_calls_without_secrets(monkeypatch, caplog, ops):
     monkeypatch.setenv("SWITCHBOARD_TRACE_HOOKS", "1")
     with caplog.at_level(logging.INFO, logger="switchboard.hooks"):
-        _, app = ops({"crm": Crm(), "router": Fixed(Decision.propose(ConnectPstn()))},
-                     plugins={"crm": {"webhook_url": "http://127.0.0.1:9/x", "webhook_secret": "t0p-s3cret"}})
+        _, app = ops(
+            {"crm": Crm(), "router": Fixed(Decision.propose(ConnectPstn()))},
+            plugins={
+                "crm": {"webhook_url": "http://127.0.0.1:9/x", "webhook_secret": "t0p-s3cret"}
+            },
+        )
         post(app, ice("h1"))
     lines = [r.getMessage() for r in caplog.records if r.name == "switchboard.hooks"]
     assert any(line.startswith("crm.switchboard_configure(config=<") for line in lines)
-    assert any(line.startswith("router.switchboard_ice(event=Ice(callid='h1'") and "-> Decision(" in line
-               for line in lines)
+    assert any(
+        line.startswith("router.switchboard_ice(event=Ice(callid='h1'") and "-> Decision(" in line
+        for line in lines
+    )
     assert "t0p-s3cret" not in caplog.text
 
 
@@ -155,10 +186,12 @@ def test_hook_tracing_logs_calls_without_secrets(monkeypatch, caplog, ops):
 
 
 def _config(tmp_path, allow: str, extra: str = "") -> str:
-    return (f'[server]\nport = 0\n[sinch]\nkeys = [{{ key = "{KEY}", secret = "{SECRET}" }}]\n'
-            f'[store]\nurl = "{store_url(tmp_path, "ops")}"\n[admin]\ntoken = "{TOKEN}"\n'
-            f'[plugins]\nenabled = [{extra}"allowlist"]\n[plugins.allowlist]\nallow = ["{allow}"]\n'
-            '[plugins.slow]\ndelay = 1.0\n' * bool(extra))
+    text = (
+        f'[server]\nport = 0\n[sinch]\nkeys = [{{ key = "{KEY}", secret = "{SECRET}" }}]\n'
+        f'[store]\nurl = "{store_url(tmp_path, "ops")}"\n[admin]\ntoken = "{TOKEN}"\n'
+        f'[plugins]\nenabled = [{extra}"allowlist"]\n[plugins.allowlist]\nallow = ["{allow}"]\n'
+    )
+    return text + ("[plugins.slow]\ndelay = 1.0\n" if extra else "")
 
 
 def test_trace_command(serve, tmp_path):
@@ -168,7 +201,10 @@ def test_trace_command(serve, tmp_path):
     server.stop()
     out = run_cli(server.config, "trace", "cli-1")
     assert out.returncode == 0, out.stderr
-    assert 'ICE done: {"action": {"name": "connectPstn"' in out.stdout and "allowlist: decided" in out.stdout
+    assert (
+        'ICE done: {"action": {"name": "connectPstn"' in out.stdout
+        and "allowlist: decided" in out.stdout
+    )
     assert "DICE done: (200, empty body)" in out.stdout
     as_json = json.loads(run_cli(server.config, "trace", "cli-1", "--json").stdout)
     assert [c["event"] for c in as_json["callbacks"]] == ["ice", "dice"]
@@ -182,7 +218,9 @@ def test_reload_on_sighup(serve, tmp_path):
     assert json.loads(server.post(ice(to="+14155550000"))[2])["action"]["name"] == "hangup"
 
     result = {}
-    slow = threading.Thread(target=lambda: result.update(r=server.post(ice("inflight", to="+15612600684"))))
+    slow = threading.Thread(
+        target=lambda: result.update(r=server.post(ice("inflight", to="+15612600684")))
+    )
     slow.start()
     time.sleep(0.3)  # the slow plugin is deciding on the old configuration
     server.config.write_text(_config(tmp_path, "+14155550000"))
@@ -191,10 +229,15 @@ def test_reload_on_sighup(serve, tmp_path):
     assert json.loads(server.post(ice(to="+14155550000"))[2])["action"]["name"] == "connectPstn"
     slow.join(10)
     status, _, body = result["r"]
-    assert status == 200 and json.loads(body)["action"] == {"name": "connectPstn", "number": "+15612600684",
-                                                            "maxDuration": 60}
+    assert status == 200 and json.loads(body)["action"] == {
+        "name": "connectPstn",
+        "number": "+15612600684",
+        "maxDuration": 60,
+    }
 
-    server.config.write_text(_config(tmp_path, "+14155550000").replace('allow = ["+14155550000"]', "allow = 5"))
+    server.config.write_text(
+        _config(tmp_path, "+14155550000").replace('allow = ["+14155550000"]', "allow = 5")
+    )
     server.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: "reload refused" in server.log, timeout=10)
     assert "plugins.allowlist.allow: expected a list" in server.log

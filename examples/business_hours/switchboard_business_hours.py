@@ -53,7 +53,9 @@ class BusinessHours:
             "open": Key(str, "09:00", "opening time, HH:MM"),
             "close": Key(str, "17:00", "closing time, HH:MM"),
             "days": Key(list, ["mon", "tue", "wed", "thu", "fri"], "open days"),
-            "closed_prompt": Key(str, "We are closed. Please call again during opening hours.", "said when closed"),
+            "closed_prompt": Key(
+                str, "We are closed. Please call again during opening hours.", "said when closed"
+            ),
             "locale": Key(str, "en-US", "locale of the prompt"),
         }
 
