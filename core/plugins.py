@@ -285,14 +285,17 @@ def declared_keys(plugins: Plugins) -> dict[str, Mapping[str, Key]]:
     for name, keys in plugins.call_each("switchboard_config_keys").items():
         if keys is None:
             continue
+        origin = plugins.info[name].origin
         if not isinstance(keys, Mapping):
             raise PluginError(
-                f"plugin {name!r}: switchboard_config_keys must return a mapping of Key"
+                f"plugin {name!r} from {origin}: switchboard_config_keys must return a mapping of Key"
             )
         for key, spec in keys.items():
+            if not isinstance(key, str) or not key.isidentifier():
+                raise PluginError(f"plugin {name!r} from {origin}: config key {key!r} is not a valid name")
             if not isinstance(spec, Key):
                 raise PluginError(
-                    f"plugin {name!r}: config key {key!r} must be declared with core.config.Key"
+                    f"plugin {name!r} from {origin}: config key {key!r} must be declared with core.config.Key"
                 )
         out[name] = keys
     return out

@@ -140,7 +140,7 @@ def test_bad_config_key_declaration_is_named():
             return {"limit": int}
 
     with pytest.raises(
-        PluginError, match="plugin 'bad': config key 'limit' must be declared with core.config.Key"
+        PluginError, match="plugin 'bad' from object .*: config key 'limit' must be declared with core.config.Key"
     ):
         runtime({"bad": BadKeys()})
 
@@ -307,3 +307,20 @@ def test_serve_py_refuses_to_start_with_unknown_plugin(site, tmp_path):
     )
     assert run.returncode == 2
     assert "plugin 'vipp' is enabled in config.toml but not installed" in run.stderr
+
+
+def test_installed_package_with_bad_config_keys_is_named(site):
+    (site / "switchboard_badkeys.py").write_text(
+        "from core.hookspecs import hookimpl\n\n@hookimpl\ndef switchboard_config_keys():\n    return {'rate': float}\n"
+    )
+    make_dist(site, "switchboard-badkeys", "badkeys = switchboard_badkeys")
+    from core import config as cfg
+    from core.runtime import Runtime
+
+    settings = cfg.parse(
+        {"sinch": {"keys": [{"key": KEY, "secret": SECRET}]}, "plugins": {"enabled": ["badkeys"]}}, None, env={}
+    )
+    with pytest.raises(PluginError) as err:
+        Runtime.build(settings)
+    assert "plugin 'badkeys' from package switchboard-badkeys" in str(err.value)
+    assert "config key 'rate' must be declared with core.config.Key" in str(err.value)
