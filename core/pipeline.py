@@ -109,6 +109,9 @@ class Pipeline:
         self.store = store
         self.budget: float = settings.policy["budget"]
         self.ice_default: str = settings.policy["ice_default"]
+        # how long a claim protects a callback being processed; a redelivery after it
+        # (its worker died) is processed again
+        self.lease = max(30.0, self.budget * 4)
         self.fallback: Mapping[str, Svaml] = settings.fallback
         prefix = settings.server["public_path_prefix"]
         self.signed_path = prefix + settings.server["callback_path"]
@@ -171,7 +174,7 @@ class Pipeline:
     def _decide(self, event: Event, sub: str, started: float) -> Response:
         deadline = started + self.budget
         trace = self._new_trace(event)
-        claim = self.store.claim(event.callid, event.name, sub, lease=max(30.0, self.budget * 4))
+        claim = self.store.claim(event.callid, event.name, sub, lease=self.lease)
         if claim.status == "done":
             return self._duplicate(event, claim.answer, trace, started)
         if claim.status == "busy":
@@ -241,7 +244,7 @@ class Pipeline:
 
     def _observe(self, event: Event, sub: str, started: float) -> Response:
         trace = self._new_trace(event)
-        claim = self.store.claim(event.callid, event.name, sub, lease=max(30.0, self.budget * 4))
+        claim = self.store.claim(event.callid, event.name, sub, lease=self.lease)
         if claim.status != "new":
             trace.update(rule="duplicate", duplicate=True)
             return self._respond(event, "", trace, started)

@@ -292,7 +292,9 @@ def declared_keys(plugins: Plugins) -> dict[str, Mapping[str, Key]]:
             )
         for key, spec in keys.items():
             if not isinstance(key, str) or not key.isidentifier():
-                raise PluginError(f"plugin {name!r} from {origin}: config key {key!r} is not a valid name")
+                raise PluginError(
+                    f"plugin {name!r} from {origin}: config key {key!r} is not a valid name"
+                )
             if not isinstance(spec, Key):
                 raise PluginError(
                     f"plugin {name!r} from {origin}: config key {key!r} must be declared with core.config.Key"

@@ -115,9 +115,13 @@ class Store:
         """A read outside any transaction."""
         raise NotImplementedError
 
-    def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+    def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         """One statement in a transaction of its own; returns the rows it changed.
-        Cheaper than ``transaction()`` when a single statement is all there is."""
+        Cheaper than ``transaction()`` when a single statement is all there is.
+
+        ``durable=False`` lets SQLite skip the flush to disk for this commit (the next
+        durable commit flushes it): for bookkeeping whose loss in a power cut only means
+        a redelivered callback is processed again, such as the core's claims."""
         raise NotImplementedError
 
     def run(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
@@ -199,6 +203,7 @@ class Store:
             "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until) "
             "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (callid, event, sub) DO NOTHING",
             (callid, event, sub, now, now + lease),
+            durable=False,  # lost in a power cut, a redelivery is simply processed again
         ):
             return Claim("new")
         with self.transaction() as tx:
@@ -233,6 +238,7 @@ class Store:
             "UPDATE callbacks SET state = 'done', answer = ?, trace = ?, outcome = ?, finished_at = ? "
             "WHERE callid = ? AND event = ? AND sub = ?",
             (answer, trace, outcome, time.time(), callid, event, sub),
+            durable=False,  # the plugins' own transactions carry what must survive
         )
 
     def release(self, callid: str, event: str, sub: str) -> None:
@@ -329,10 +335,17 @@ class SqliteStore(Store):
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return list(self._conn().execute(sql, tuple(params)).fetchall())
 
-    def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+    def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         conn = self._conn()
+        relax = not durable and self._synchronous == "FULL"
         with self._write_lock:
-            return int(conn.execute(sql, tuple(params)).rowcount)  # autocommit
+            if relax:
+                conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                return int(conn.execute(sql, tuple(params)).rowcount)  # autocommit
+            finally:
+                if relax:
+                    conn.execute("PRAGMA synchronous=FULL")
 
     def lock(self, conn: Any, key: str) -> None:
         pass  # BEGIN IMMEDIATE already serialises every writer
@@ -405,7 +418,7 @@ class PostgresStore(Store):
         with self._pool.connection() as conn:
             return list(self.run(conn, sql, params).fetchall())
 
-    def write(self, sql: str, params: Sequence[Any] = ()) -> int:
+    def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         with self._pool.connection() as conn:  # commits on leaving
             return int(self.run(conn, sql, params).rowcount)
 
