@@ -211,7 +211,7 @@ POLICY_KEYS = {
     "ice_default": Key(
         str, "deny", "ICE answer when no plugin proposes an action", choices=("deny", "connect")
     ),
-    "workers": Key(int, 32, "threads that run plugin hooks", check=positive),
+    "workers": Key(int, 16, "threads that run plugin hooks", check=positive),
     "fallback": Key(dict, {}, "SVAML sent when the budget passes or the merge fails, per event"),
 }
 

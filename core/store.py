@@ -311,7 +311,7 @@ class SqliteStore(Store):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA cache_size=-512")  # KiB per connection: one per thread adds up
+            conn.execute("PRAGMA cache_size=-128")  # KiB per connection: one per thread adds up
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from None
         self._local.conn = conn
