@@ -102,11 +102,31 @@ class Switch:
         return self.runtime.inflight + sum(r.inflight for r in self.retired)
 
 
+def pin_cpu(setting: str) -> int | None:
+    """Keep the process on one CPU (see ``server.cpu_affinity``); returns the CPU or None."""
+    if setting == "none" or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if setting == "auto":
+        if len(allowed) < 2:
+            return None
+        cpu = allowed[os.getpid() % len(allowed)]  # instances on one machine spread out
+    else:
+        cpu = int(setting)
+        if cpu not in allowed:
+            raise CliError(f"server.cpu_affinity: CPU {cpu} is not available (allowed: {allowed})")
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
 def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
     import waitress
     from waitress.channel import HTTPChannel
 
     server_cfg = runtime.settings.server
+    cpu = pin_cpu(server_cfg["cpu_affinity"])
+    if cpu is not None:
+        log.info("running on CPU %d (server.cpu_affinity = %s)", cpu, server_cfg["cpu_affinity"])
     host = args.host or server_cfg["host"]
     port = server_cfg["port"] if args.port is None else args.port
     switch = Switch(runtime)

@@ -165,6 +165,11 @@ def _prefix(value: str) -> None:
         raise ValueError("must be empty or start with '/' and not end with '/'")
 
 
+def _affinity(value: str) -> None:
+    if value not in ("auto", "none") and not value.isdigit():
+        raise ValueError(f"must be auto, none or a CPU number, got {value!r}")
+
+
 SERVER_KEYS = {
     "host": Key(str, "127.0.0.1", "address to listen on"),
     "port": Key(int, 8080, "TCP port (0 picks a free one)", check=_port),
@@ -179,6 +184,13 @@ SERVER_KEYS = {
     "max_body_bytes": Key(int, 65536, "largest callback body accepted (413 above)", check=positive),
     "shutdown_grace": Key(
         float, 10.0, "seconds to finish in-flight callbacks on SIGTERM", check=positive
+    ),
+    "cpu_affinity": Key(
+        str,
+        "auto",
+        "auto: run on one CPU (Python threads fighting for the GIL across cores collapse under "
+        "many connections); none: let the OS place threads; or a CPU number",
+        check=_affinity,
     ),
 }
 
