@@ -101,6 +101,24 @@ def serve(tmp_path):
         server.proc.stdout.close()
 
 
+@pytest.fixture
+def make():
+    """``make(plugins, **config_sections) -> (runtime, WebTest app)``: in-process apps
+    with exactly the given plugins and a scratch store; all closed after the test."""
+    from tests.helpers import runtime, webapp
+
+    made = []
+
+    def _make(given=None, **sections):
+        rt = runtime(given, **sections)
+        made.append(rt)
+        return rt, webapp(rt)
+
+    yield _make
+    for rt in made:
+        rt.close()
+
+
 def run_cli(
     config: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -27,31 +27,14 @@ from tests.helpers import (
     notify,
     pie,
     post,
-    runtime,
     signed,
     table_counts,
     wait_for,
-    webapp,
 )
 
 pytestmark = pytest.mark.usefixtures("backend")
 
 PSTN = ConnectPstn(number="+15612600684", max_duration=600)
-
-
-@pytest.fixture
-def make():
-    """Build apps with the given plugins; every runtime is closed after the test."""
-    made = []
-
-    def _make(given=None, **sections):
-        rt = runtime(given, **sections)
-        made.append(rt)
-        return rt, webapp(rt)
-
-    yield _make
-    for rt in made:
-        rt.close()
 
 
 def _trace(rt, callid, event):

@@ -28,26 +28,11 @@ from tests.helpers import (
     signed,
     store_url,
     wait_for,
-    webapp,
 )
 from tests.test_plugins import make_dist
 
 pytestmark = pytest.mark.usefixtures("backend")
 TOKEN = "an-admin-token-of-some-length"
-
-
-@pytest.fixture
-def ops():
-    made = []
-
-    def _make(given=None, **sections):
-        rt = runtime(given, **sections)
-        made.append(rt)
-        return rt, webapp(rt)
-
-    yield _make
-    for rt in made:
-        rt.close()
 
 
 def metric(app, name, **labels):
@@ -63,8 +48,8 @@ def metric(app, name, **labels):
     return 0.0
 
 
-def test_metrics_explain_denials_caps_errors_and_rejections(ops):
-    rt, app = ops(
+def test_metrics_explain_denials_caps_errors_and_rejections(make):
+    rt, app = make(
         {
             "guard": Fixed(Decision.denied("blocked"), events=("pie",)),
             "router": Fixed(Decision.propose(ConnectPstn(number="+15612600684", max_duration=600))),
@@ -94,15 +79,15 @@ def test_metrics_explain_denials_caps_errors_and_rejections(ops):
     assert metric(app, "switchboard_plugin_seconds_count", plugin="router", event="ice") == 1
 
 
-def test_fallbacks_are_counted(ops):
-    _, app = ops({"bad": Fixed(Decision.propose(ConnectPstn()), events=("ace",))})
+def test_fallbacks_are_counted(make):
+    _, app = make({"bad": Fixed(Decision.propose(ConnectPstn()), events=("ace",))})
     post(app, {"event": "ace", "callid": "m3"})
     assert metric(app, "switchboard_fallbacks_total", event="ace", reason="invalid-answer") == 1
 
 
-def test_plugin_gauges(ops):
+def test_plugin_gauges(make):
     credit = Credit()
-    rt, app = ops(
+    rt, app = make(
         {"credit": credit, "crm": Crm()},
         plugins={
             "credit": {
@@ -125,8 +110,8 @@ def test_plugin_gauges(ops):
     assert metric(app, "switchboard_crm_dead_letters") == 0
 
 
-def test_readiness(ops):
-    rt, app = ops()
+def test_readiness(make):
+    rt, app = make()
     assert app.get("/readyz").json == {"status": "ready"}
     with rt.store.transaction() as tx:
         tx.execute("DELETE FROM schema_migrations WHERE owner = 'core'")
@@ -136,11 +121,11 @@ def test_readiness(ops):
     assert app.get("/healthz").json == {"status": "ok"}  # liveness is not readiness
 
 
-def test_admin_trace_endpoint(ops):
-    _, app = ops({"router": Fixed(Decision.propose(ConnectPstn()))})
+def test_admin_trace_endpoint(make):
+    _, app = make({"router": Fixed(Decision.propose(ConnectPstn()))})
     post(app, ice("t1"))
     assert app.get("/admin/trace/t1", status=404).json["error"] == "no such path: /admin/trace/t1"
-    _, app = ops({"router": Fixed(Decision.propose(ConnectPstn()))}, admin={"token": TOKEN})
+    _, app = make({"router": Fixed(Decision.propose(ConnectPstn()))}, admin={"token": TOKEN})
     post(app, ice("t2"))
     assert app.get("/admin/trace/t2", status=401).status_int == 401
     app.get(
@@ -163,10 +148,10 @@ def test_short_admin_token_is_refused():
         runtime(admin={"token": "short"})
 
 
-def test_hook_tracing_logs_calls_without_secrets(monkeypatch, caplog, ops):
+def test_hook_tracing_logs_calls_without_secrets(monkeypatch, caplog, make):
     monkeypatch.setenv("SWITCHBOARD_TRACE_HOOKS", "1")
     with caplog.at_level(logging.INFO, logger="switchboard.hooks"):
-        _, app = ops(
+        _, app = make(
             {"crm": Crm(), "router": Fixed(Decision.propose(ConnectPstn()))},
             plugins={
                 "crm": {"webhook_url": "http://127.0.0.1:9/x", "webhook_secret": "t0p-s3cret"}

@@ -140,7 +140,8 @@ def test_bad_config_key_declaration_is_named():
             return {"limit": int}
 
     with pytest.raises(
-        PluginError, match="plugin 'bad' from object .*: config key 'limit' must be declared with core.config.Key"
+        PluginError,
+        match="plugin 'bad' from object .*: config key 'limit' must be declared with core.config.Key",
     ):
         runtime({"bad": BadKeys()})
 
@@ -318,7 +319,9 @@ def test_installed_package_with_bad_config_keys_is_named(site):
     from core.runtime import Runtime
 
     settings = cfg.parse(
-        {"sinch": {"keys": [{"key": KEY, "secret": SECRET}]}, "plugins": {"enabled": ["badkeys"]}}, None, env={}
+        {"sinch": {"keys": [{"key": KEY, "secret": SECRET}]}, "plugins": {"enabled": ["badkeys"]}},
+        None,
+        env={},
     )
     with pytest.raises(PluginError) as err:
         Runtime.build(settings)
