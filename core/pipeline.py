@@ -61,6 +61,9 @@ class CallContext:
         """Seconds left before the answer must be ready."""
         return max(0.0, self.deadline - time.monotonic())
 
+    def __repr__(self) -> str:  # never the config: it may hold secrets
+        return f"CallContext(callid={self.callid!r}, event={self.event!r}, plugin={self.plugin!r})"
+
 
 @dataclass
 class Response:

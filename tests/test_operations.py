@@ -158,12 +158,15 @@ def test_hook_tracing_logs_calls_without_secrets(monkeypatch, caplog, make):
             },
         )
         post(app, ice("h1"))
+        post(app, dice("h1"))
     lines = [r.getMessage() for r in caplog.records if r.name == "switchboard.hooks"]
     assert any(line.startswith("crm.switchboard_configure(config=<") for line in lines)
     assert any(
         line.startswith("router.switchboard_ice(event=Ice(callid='h1'") and "-> Decision(" in line
         for line in lines
     )
+    assert any(line.startswith("crm.switchboard_dice(event=Dice(callid='h1'") and
+               "ctx=CallContext(callid='h1', event='dice', plugin='crm')" in line for line in lines)
     assert "t0p-s3cret" not in caplog.text
 
 
