@@ -36,7 +36,7 @@ from core.metrics import FALLBACK_RULES, Metrics
 from core.plugins import Impl, Plugins
 from core.signing import SignatureError, Verifier
 from core.store import Store
-from core.svaml import Svaml, SvamlError
+from core.svaml import Svaml, SvamlError, dumps
 
 log = logging.getLogger("switchboard.callback")
 
@@ -198,8 +198,8 @@ class Pipeline:
             else:
                 outcome = self._merge(event, results, trace)
                 svaml = outcome.svaml
-            body = svaml.to_json()
-            trace["answer"] = svaml.to_dict()
+            trace["answer"] = answer = svaml.to_dict()
+            body = dumps(answer)
             self._finish(event, sub, body, trace, started)
         except Exception:
             self.store.release(event.callid, event.name, sub)

@@ -142,20 +142,29 @@ class Node:
     def _wire(cls, name: str) -> str:
         return cls.wire_names.get(name, _camel(name))
 
+    @classmethod
+    def _wire_fields(cls) -> tuple[tuple[str, str], ...]:
+        """(python name, wire name) of every field; computed once per class."""
+        cached = cls.__dict__.get("_wire_fields_cache")
+        if cached is None:
+            cached = tuple((f.name, cls._wire(f.name)) for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+            cls._wire_fields_cache = cached  # type: ignore[attr-defined]
+        return cached  # type: ignore[no-any-return]
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         name = getattr(self, "name", None)
         if isinstance(name, str):
             out["name"] = name
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
+        for attr, wire in self._wire_fields():
+            value = getattr(self, attr)
             if value is None:
                 continue
             if isinstance(value, tuple):
                 value = [v.to_dict() if isinstance(v, Node) else v for v in value]
             elif isinstance(value, Node):
                 value = value.to_dict()
-            out[self._wire(f.name)] = value
+            out[wire] = value
         return out
 
     @classmethod
@@ -622,7 +631,7 @@ class Svaml:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        return dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Any) -> Svaml:
@@ -638,6 +647,11 @@ class Svaml:
                 for i, item in enumerate(_as_list(data.get("instructions", []), "instructions"))
             ),
         )
+
+
+def dumps(answer: dict[str, Any]) -> str:
+    """The canonical JSON text of an answer's ``to_dict()``: compact, UTF-8 as is."""
+    return json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
 
 
 def _as_list(value: Any, where: str) -> list[Any]:
