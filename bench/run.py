@@ -42,6 +42,7 @@ SECRET = "BeIukql3pTKJ8RGL5zo0DA=="
 CRED = Credential(KEY, SECRET)
 CALLERS = 200
 SYNCHRONOUS = ["full"]
+STORE = {"url": "sqlite:///bench.db"}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 CONFIG = f"""
@@ -53,7 +54,7 @@ threads = {{threads}}
 timestamp_window = 3600
 keys = [{{{{ key = "{KEY}", secret = "{SECRET}" }}}}]
 [store]
-url = "sqlite:///bench.db"
+url = "{{store_url}}"
 sqlite_synchronous = "{{synchronous}}"
 [logging]
 level = "WARNING"
@@ -219,11 +220,39 @@ def cores() -> tuple[str | None, str | None]:
     return "0", ",".join(str(c) for c in range(1, n))
 
 
+SCHEMAS: list[tuple[str, str]] = []
+
+
+def fresh_schema(base: str) -> str:
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    SCHEMAS.append((base, schema))
+    return f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+
+
+def drop_schemas() -> None:
+    if not SCHEMAS:
+        return
+    import psycopg
+
+    for base, schema in SCHEMAS:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def start_pair(work: Path, threads: int, pinned: bool) -> tuple[Proc, Proc]:
     server_cpu, _ = cores() if pinned else (None, None)
-    (work / "config.toml").write_text(CONFIG.format(threads=threads, synchronous=SYNCHRONOUS[0]))
     for f in work.glob("bench.db*"):
         f.unlink()
+    url = STORE["url"]
+    if url.startswith("postgresql://"):  # a fresh schema for every server started
+        url = fresh_schema(url)
+    (work / "config.toml").write_text(
+        CONFIG.format(threads=threads, synchronous=SYNCHRONOUS[0], store_url=url)
+    )
     sb = Proc(
         [sys.executable, str(REPO / "serve.py"), "--config", str(work / "config.toml")],
         work,
@@ -405,6 +434,11 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["compare", "unpinned", "growth"])
     parser.add_argument("--out", type=Path, default=None, help="write the JSON results here")
     parser.add_argument(
+        "--store",
+        default="sqlite",
+        help="sqlite (default) or a postgresql:// URL; each server gets a fresh schema there",
+    )
+    parser.add_argument(
         "--sqlite-synchronous",
         choices=("full", "normal"),
         default="full",
@@ -419,6 +453,8 @@ def main() -> None:
 
         args.threads = SERVER_KEYS["threads"].default
     SYNCHRONOUS[0] = args.sqlite_synchronous
+    if args.store != "sqlite":
+        STORE["url"] = args.store
     ensure_wrk()
     started = datetime.now(UTC)
     extra: dict = {
@@ -426,6 +462,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}",
         "threads": args.threads,
         "sqlite_synchronous": args.sqlite_synchronous,
+        "store": "sqlite" if args.store == "sqlite" else "postgresql",
         "pinning": "server on core 0, wrk on the others" if cores()[0] else "none (single core)",
     }
     print(
@@ -435,15 +472,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
         work = Path(tmp)
         rows: list[dict] = []
-        if "compare" not in args.skip:
-            results = compare(work, args)
-            rows = summarise(results)
-            extra["peak_rss_kib"] = results["peak_rss_kib"]
-            extra["runs"] = results
-        if "unpinned" not in args.skip:
-            extra["unpinned"] = unpinned(work, args)
-        if "growth" not in args.skip:
-            extra["growth"] = growth(work, args)
+        try:
+            if "compare" not in args.skip:
+                results = compare(work, args)
+                rows = summarise(results)
+                extra["peak_rss_kib"] = results["peak_rss_kib"]
+                extra["runs"] = results
+            if "unpinned" not in args.skip:
+                extra["unpinned"] = unpinned(work, args)
+            if "growth" not in args.skip:
+                extra["growth"] = growth(work, args)
+        finally:
+            drop_schemas()
     text = report(rows, extra)
     print("\n" + text)
     if args.out:
