@@ -196,7 +196,7 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
 
 def cmd_plugins(args: argparse.Namespace, settings: Settings | None) -> int:
     enabled = list(settings.enabled) if settings else []
-    rows = []
+    rows: list[dict[str, Any]] = []
     for info in list_installed():
         rank = enabled.index(info.name) + 1 if info.name in enabled else None
         rows.append(

@@ -75,10 +75,10 @@ class _Reader:
             raise EventError(self.prefix + name, f"field '{self.prefix}{name}' must be {label}")
         return value
 
-    def str(self, name: str) -> str | None:
-        return self._get(name, (str,), "a string")  # type: ignore[no-any-return]
+    def text(self, name: str) -> str | None:
+        return self._get(name, (str,), "a string")
 
-    def int(self, name: str) -> int | None:
+    def integer(self, name: str) -> int | None:
         value = self._get(name, (int, Decimal), "an integer")
         if isinstance(value, Decimal):
             if value != value.to_integral_value():
@@ -86,7 +86,7 @@ class _Reader:
                     self.prefix + name, f"field '{self.prefix}{name}' must be an integer"
                 )
             value = int(value)
-        return value  # type: ignore[no-any-return]
+        return value
 
     def number(self, name: str) -> Decimal | None:
         value = self._get(name, (int, Decimal), "a number")
@@ -97,7 +97,7 @@ class _Reader:
         return None if value is None else _Reader(value, f"{self.prefix}{name}.")
 
     def array(self, name: str) -> list[Any] | None:
-        return self._get(name, (list,), "an array")  # type: ignore[no-any-return]
+        return self._get(name, (list,), "an array")
 
     def extra(self) -> Mapping[str, Any]:
         return freeze({k: v for k, v in self.data.items() if k not in self.seen})
@@ -117,7 +117,7 @@ class Money:
             return None
         amount = r.number("amount")
         return cls(
-            currency_id=r.str("currencyId"), amount=amount if amount is not None else Decimal(0)
+            currency_id=r.text("currencyId"), amount=amount if amount is not None else Decimal(0)
         )
 
 
@@ -137,7 +137,7 @@ class Destination:
     def read(cls, r: _Reader | None) -> Destination | None:
         if r is None:
             return None
-        return cls(type=r.str("type"), endpoint=r.str("endpoint"))
+        return cls(type=r.text("type"), endpoint=r.text("endpoint"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +172,7 @@ class Amd:
     def read(cls, r: _Reader | None) -> Amd | None:
         if r is None:
             return None
-        return cls(status=r.str("status"), reason=r.str("reason"), duration=r.int("duration"))
+        return cls(status=r.text("status"), reason=r.text("reason"), duration=r.integer("duration"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +187,10 @@ class MenuResult:
         if r is None:
             return None
         return cls(
-            menu_id=r.str("menuId"),
-            type=r.str("type"),
-            value=r.str("value"),
-            input_method=r.str("inputMethod"),
+            menu_id=r.text("menuId"),
+            type=r.text("type"),
+            value=r.text("value"),
+            input_method=r.text("inputMethod"),
         )
 
 
@@ -274,30 +274,30 @@ class Notify(Event):
 
 
 def _common(r: _Reader) -> dict[str, Any]:
-    callid = r.str("callid")
+    callid = r.text("callid")
     if not callid:
         raise EventError("callid", "missing field 'callid'")
     return dict(
         callid=callid,
-        version=r.int("version"),
-        timestamp=r.str("timestamp"),
-        custom=r.str("custom"),
-        application_key=r.str("applicationKey"),
-        conference_id=r.str("conferenceId"),
+        version=r.integer("version"),
+        timestamp=r.text("timestamp"),
+        custom=r.text("custom"),
+        application_key=r.text("applicationKey"),
+        conference_id=r.text("conferenceId"),
     )
 
 
 def _ice(r: _Reader) -> Ice:
     return Ice(
         **_common(r),
-        cli=r.str("cli"),
+        cli=r.text("cli"),
         to=Destination.read(r.obj("to")),
-        domain=r.str("domain"),
-        origination_type=r.str("originationType"),
+        domain=r.text("domain"),
+        origination_type=r.text("originationType"),
         user_rate=Money.read(r.obj("userRate")),
-        duration=r.int("duration"),
-        rdnis=r.str("rdnis"),
-        call_resource_url=r.str("callResourceUrl"),
+        duration=r.integer("duration"),
+        rdnis=r.text("rdnis"),
+        call_resource_url=r.text("callResourceUrl"),
         call_headers=_read_headers(r, "callHeaders"),
         extra=r.extra(),
     )
@@ -314,13 +314,13 @@ def _pie(r: _Reader) -> Pie:
 def _dice(r: _Reader) -> Dice:
     return Dice(
         **_common(r),
-        reason=r.str("reason"),
-        result=r.str("result"),
+        reason=r.text("reason"),
+        result=r.text("result"),
         debit=Money.read(r.obj("debit")),
         user_rate=Money.read(r.obj("userRate")),
         to=Destination.read(r.obj("to")),
-        duration=r.int("duration"),
-        from_=r.str("from"),
+        duration=r.integer("duration"),
+        from_=r.text("from"),
         call_headers=_read_headers(r, "callHeaders"),
         extra=r.extra(),
     )
@@ -329,12 +329,12 @@ def _dice(r: _Reader) -> Dice:
 def _notify(r: _Reader) -> Notify:
     return Notify(
         **_common(r),
-        type=r.str("type"),
-        destination=r.str("destination"),
+        type=r.text("type"),
+        destination=r.text("destination"),
         amd=Amd.read(r.obj("amd")),
-        error_code=r.int("errorCode"),
-        error_msg=r.str("errorMsg"),
-        user=r.str("user"),
+        error_code=r.integer("errorCode"),
+        error_msg=r.text("errorMsg"),
+        user=r.text("user"),
         extra=r.extra(),
     )
 

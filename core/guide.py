@@ -27,7 +27,7 @@ def specs() -> list[tuple[str, object]]:
         for name, fn in vars(hookspecs).items()
         if name.startswith("switchboard_") and callable(fn) and hasattr(fn, "switchboard_spec")
     ]
-    return sorted(found, key=lambda item: inspect.getsourcelines(item[1])[1])  # type: ignore[arg-type]
+    return sorted(found, key=lambda item: inspect.getsourcelines(item[1])[1])
 
 
 def render() -> str:

@@ -171,7 +171,7 @@ def switchboard_after_answer(
 
 
 @hookspec
-def switchboard_config_keys() -> Mapping[str, Any]:
+def switchboard_config_keys() -> Mapping[str, Any]:  # type: ignore[empty-body]
     """Declare this plugin's ``[plugins.<name>]`` keys.
 
     Called once per enabled plugin while the configuration is validated, before
@@ -186,7 +186,7 @@ def switchboard_config_keys() -> Mapping[str, Any]:
 
 
 @hookspec
-def switchboard_store_migrations() -> Sequence[Migration]:
+def switchboard_store_migrations() -> Sequence[Migration]:  # type: ignore[empty-body]
     """Return the schema migrations this plugin needs, oldest first.
 
     Called once at start-up for every enabled plugin, before ``switchboard_startup``.
@@ -240,7 +240,7 @@ def switchboard_shutdown() -> None:
 
 
 @hookspec
-def switchboard_add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def switchboard_add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add commands to ``serve.py``.
 
     Called once per enabled plugin when the command line is built. Add parsers with

@@ -181,9 +181,9 @@ class Pipeline:
         if claim.status == "done":
             return self._duplicate(event, claim.answer, trace, started)
         if claim.status == "busy":
-            answer = self._wait_for_answer(event, sub, deadline - self.budget * MERGE_RESERVE)
-            if answer is not None:
-                return self._duplicate(event, answer, trace, started)
+            stored = self._wait_for_answer(event, sub, deadline - self.budget * MERGE_RESERVE)
+            if stored is not None:
+                return self._duplicate(event, stored, trace, started)
             svaml = self.fallback[event.name]
             trace.update(rule="duplicate-in-flight", duplicate=True, answer=svaml.to_dict())
             return self._respond(event, svaml.to_json(), trace, started)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -149,7 +150,7 @@ class Node:
         if cached is None:
             cached = tuple((f.name, cls._wire(f.name)) for f in dataclasses.fields(cls))  # type: ignore[arg-type]
             cls._wire_fields_cache = cached  # type: ignore[attr-defined]
-        return cached  # type: ignore[no-any-return]
+        return cached
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -660,7 +661,7 @@ def _as_list(value: Any, where: str) -> list[Any]:
     return value
 
 
-def _element(table: dict[str, type[Node]], data: Any, where: str) -> Node:
+def _element(table: Mapping[str, type[Node]], data: Any, where: str) -> Node:
     if not isinstance(data, dict) or "name" not in data:
         raise SvamlError(where, "must be an object with a 'name'")
     kind = table.get(data["name"])

@@ -297,15 +297,15 @@ class Credit:
     def account_of(self, event: Any) -> str | None:
         source = self.config["account_from"]
         if source == "fixed":
-            return self.config["account"]  # type: ignore[no-any-return]
+            return self.config["account"]
         if source == "cli":
-            return event.cli_e164 or event.cli or None  # type: ignore[no-any-return]
+            return event.cli_e164 or event.cli or None
         if source == "custom":
-            return event.custom or None  # type: ignore[no-any-return]
+            return event.custom or None
         name = source.split(":", 1)[1]
         for header in getattr(event, "call_headers", ()):
             if header.key == name:
-                return header.value or None  # type: ignore[no-any-return]
+                return header.value or None
         return None
 
     def rate_for(self, event: Any) -> tuple[Decimal, str] | None:

@@ -165,8 +165,11 @@ def test_hook_tracing_logs_calls_without_secrets(monkeypatch, caplog, make):
         line.startswith("router.switchboard_ice(event=Ice(callid='h1'") and "-> Decision(" in line
         for line in lines
     )
-    assert any(line.startswith("crm.switchboard_dice(event=Dice(callid='h1'") and
-               "ctx=CallContext(callid='h1', event='dice', plugin='crm')" in line for line in lines)
+    assert any(
+        line.startswith("crm.switchboard_dice(event=Dice(callid='h1'")
+        and "ctx=CallContext(callid='h1', event='dice', plugin='crm')" in line
+        for line in lines
+    )
     assert "t0p-s3cret" not in caplog.text
 
 
