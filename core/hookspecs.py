@@ -23,8 +23,10 @@ the event hooks. Consequences for plugin authors:
 
 * ``tryfirst``/``trylast``/``hookwrapper`` have no effect on event hooks (wrappers are
   refused at start-up); precedence comes from config.toml only.
-* Every decision hook of one callback runs concurrently with the others, in the core's
-  worker pool, against a deadline. A plugin that raises, returns something that is not a
+* The hooks of one callback run in the core's worker pool, against a deadline: one
+  after another in a single worker while each is quick, and, as soon as one takes more
+  than 20 ms, the ones after it each in a worker of their own, at once. Do not rely on
+  any order or on running alone. A plugin that raises, returns something that is not a
   ``Decision``/``None``, or is still running at its ``timeout`` is handled by its
   ``on_error`` setting: ``"deny"`` (the default for decision hooks: fail closed) turns
   it into a deny, ``"abstain"`` into no opinion. The error is recorded in the trace.
@@ -74,7 +76,7 @@ def switchboard_ice(event: Ice, ctx: CallContext) -> Decision | None:
     """Decide an incoming call (ICE): may it be connected, and how?
 
     Called once per new ICE (a repeated delivery of the same ICE is answered from the
-    store without calling plugins), concurrently for every enabled plugin.
+    store without calling plugins), for every enabled plugin.
 
     :param event: the incoming call; ``event.to.e164`` is the dialled number in E.164,
         ``event.cli_e164`` the caller's, ``event.user_rate`` Sinch's rate (Decimal).
@@ -100,7 +102,7 @@ def switchboard_ice(event: Ice, ctx: CallContext) -> Decision | None:
 def switchboard_ace(event: Ace, ctx: CallContext) -> Decision | None:
     """Decide an answered call (ACE): continue, hang up, or run a menu.
 
-    Called once per new ACE, concurrently for every enabled plugin. ``event.amd`` holds
+    Called once per new ACE, for every enabled plugin. ``event.amd`` holds
     answering-machine detection results when enabled.
 
     Return a ``Decision`` as for ``switchboard_ice``; only hangup, continue,
@@ -114,8 +116,8 @@ def switchboard_ace(event: Ace, ctx: CallContext) -> Decision | None:
 def switchboard_pie(event: Pie, ctx: CallContext) -> Decision | None:
     """Decide what follows a menu input (PIE).
 
-    Called once per new PIE (each menu result is a new event), concurrently for every
-    enabled plugin. ``event.menu_result`` carries ``menu_id``, ``type`` (``sequence``,
+    Called once per new PIE (each menu result is a new event), for every enabled
+    plugin. ``event.menu_result`` carries ``menu_id``, ``type`` (``sequence``,
     ``return``, ``timeout``, ...) and ``value``.
 
     Return a ``Decision`` as for ``switchboard_ice`` (legal actions: hangup, continue,

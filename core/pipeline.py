@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,7 @@ from core.svaml import Svaml, SvamlError, dumps
 log = logging.getLogger("switchboard.callback")
 
 DEFAULT_TIMEOUT_SHARE = 0.75  # of the budget, for plugins without their own timeout
+FAN_OUT_AFTER = 0.02  # seconds a hook may run before the ones after it start in parallel
 MERGE_RESERVE = 0.05  # of the budget, kept for merging, storing and sending
 POLL_INTERVAL = 0.01
 
@@ -85,10 +87,85 @@ def error_body(message: str, field_name: str | None = None) -> str:
     return json.dumps(out)
 
 
+class _Sequence:
+    """Runs hooks one after another in one worker; the caller waits on each in turn and
+    may stop the sequence after any of them (``stop_after``)."""
+
+    def __init__(self, event: Event, calls: list[tuple[Impl, CallContext]]) -> None:
+        self.event = event
+        self.calls = calls
+        self.cond = threading.Condition()
+        self.started: dict[int, float] = {}
+        self.outcomes: dict[int, tuple[bool, Any]] = {}  # index -> (ok, (value, elapsed) | exc)
+        self.limit = len(calls) - 1
+
+    def run(self) -> None:
+        for i, (impl, ctx) in enumerate(self.calls):
+            with self.cond:
+                if i > self.limit:
+                    return
+                self.started[i] = time.monotonic()
+            try:
+                outcome: tuple[bool, Any] = (True, _timed(impl, self.event, ctx))
+            except Exception as exc:  # noqa: BLE001 - reported to the waiter
+                outcome = (False, exc)
+            with self.cond:
+                self.outcomes[i] = outcome
+                if i == self.limit:
+                    self.cond.notify_all()
+
+    def started_at(self, i: int) -> float | None:
+        with self.cond:
+            return self.started.get(i)
+
+    def wait(self, i: int, until: float) -> bool:
+        """Wait (at most until ``until``) for hook ``i``; True when it is done."""
+        with self.cond:
+            while i not in self.outcomes:
+                left = until - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return True
+
+    def watch(self, submitted: float, timeouts: list[float], cutoff: float) -> int:
+        """Wait for the whole sequence, or until the hook running has taken longer than
+        ``FAN_OUT_AFTER`` (or its timeout), or the cutoff; then stop the sequence after
+        the hook running. Returns the last index the sequence runs."""
+        with self.cond:
+            while len(self.outcomes) < len(self.calls):
+                running = max(self.started, default=0)
+                began = self.started.get(running, submitted)
+                if running in self.outcomes:  # between two hooks: look again shortly
+                    began = time.monotonic()
+                give_up = min(began + min(FAN_OUT_AFTER, timeouts[running]), cutoff)
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    self.limit = running
+                    return running
+                self.cond.wait(left)
+            return self.limit
+
+
+class _SeqResult:
+    """A hook of a ``_Sequence`` seen as a future: ``result(timeout)``."""
+
+    def __init__(self, seq: _Sequence, i: int) -> None:
+        self.seq, self.i = seq, i
+
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.seq.wait(self.i, time.monotonic() + (timeout or 0.0)):
+            raise FutureTimeout()
+        ok, value = self.seq.outcomes[self.i]
+        if not ok:
+            raise value
+        return value
+
+
 @dataclass
 class _PluginRun:
     impl: Impl
-    future: Future[Any]
+    future: Future[Any] | _SeqResult
     timeout: float
     on_error: str
     started: float
@@ -265,13 +342,17 @@ class Pipeline:
     def _run_hooks(
         self, event: Event, deadline: float, trace: dict[str, Any], *, decision: bool
     ) -> list[tuple[str, Decision | None]] | None:
-        """Run every plugin's hook for ``event`` concurrently.
+        """Run every plugin's hook for ``event``, each timed and isolated.
 
-        Returns ``(plugin, decision)`` in precedence order, or ``None`` when a plugin
-        without its own timeout was still running as the budget ran out.
+        The hooks start one after another in a single worker task (one thread hand-off
+        for the lot, instead of one each); as soon as one of them takes longer than
+        ``FAN_OUT_AFTER`` (or its own timeout), the ones after it are started at once in
+        workers of their own, so a slow or hung plugin delays the others by that much
+        at most. Returns ``(plugin, decision)`` in precedence order, or ``None`` when a
+        plugin without its own timeout was still running as the budget ran out.
         """
         impls = self.plugins.impls(f"switchboard_{event.name}")
-        runs: list[_PluginRun] = []
+        calls: list[tuple[Impl, CallContext, float, str]] = []
         for impl in impls:
             config = self.settings.plugins.get(impl.plugin, {})
             ctx = CallContext(
@@ -287,17 +368,10 @@ class Pipeline:
             own = config.get("timeout")
             timeout = own if own is not None else self.budget * DEFAULT_TIMEOUT_SHARE
             on_error = config.get("on_error") or ("deny" if decision else "abstain")
-            runs.append(
-                _PluginRun(
-                    impl,
-                    self.executor.submit(_timed, impl, event, ctx),
-                    timeout,
-                    on_error,
-                    time.monotonic(),
-                )
-            )
+            calls.append((impl, ctx, timeout, on_error))
 
         cutoff = deadline - self.budget * MERGE_RESERVE
+        runs = self._start(event, calls, cutoff)
         results: list[tuple[str, Decision | None]] = []
         over_budget = False
         for run in runs:
@@ -345,6 +419,26 @@ class Pipeline:
         if decision and over_budget:
             return None
         return results
+
+    def _start(
+        self, event: Event, calls: list[tuple[Impl, CallContext, float, str]], cutoff: float
+    ) -> list[_PluginRun]:
+        """Start the hooks: in sequence in one worker, fanning out when one is slow."""
+        runs: list[_PluginRun] = []
+        if not calls:
+            return runs
+        seq = _Sequence(event, [(impl, ctx) for impl, ctx, _, _ in calls])
+        submitted = time.monotonic()
+        self.executor.submit(seq.run)
+        last = seq.watch(submitted, [timeout for _, _, timeout, _ in calls], cutoff)
+        for j, (impl, ctx, timeout, on_error) in enumerate(calls):
+            if j <= last:
+                began = seq.started_at(j) or submitted
+                runs.append(_PluginRun(impl, _SeqResult(seq, j), timeout, on_error, began))
+            else:  # after a slow one: each in a worker of its own, now
+                future = self.executor.submit(_timed, impl, event, ctx)
+                runs.append(_PluginRun(impl, future, timeout, on_error, time.monotonic()))
+        return runs
 
     def _on_error(
         self, run: _PluginRun, entry: dict[str, Any], decision: bool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 import pytest
@@ -429,3 +430,37 @@ def test_one_structured_log_line_per_callback_without_secrets(make, caplog):
     assert (rejected["status"], rejected["reason"]) == (401, "stale")
     text = caplog.text
     assert SECRET not in text and "Authorization" not in text
+
+
+class Slow:
+    """Takes its time, then decides (a slow but healthy plugin)."""
+
+    def __init__(self, seconds: float, decision: Decision) -> None:
+        self.seconds, self.decision = seconds, decision
+        self.thread: str | None = None
+
+    @hookimpl
+    def switchboard_ice(self, event):
+        self.thread = threading.current_thread().name
+        time.sleep(self.seconds)
+        return self.decision
+
+
+def test_fast_hooks_share_one_worker(make):
+    first, second = Slow(0, Decision.cap(300)), Slow(0, Decision.propose(PSTN))
+    _, app = make({"first": first, "second": second})
+    assert post(app, ice("seq-1")).json["action"]["maxDuration"] == 300
+    assert first.thread == second.thread  # one hand-off for both
+
+
+def test_slow_hooks_fan_out_and_still_merge(make):
+    plugins = {f"slow{i}": Slow(0.3, Decision.cap(100 + i)) for i in range(3)}
+    plugins["router"] = Slow(0, Decision.propose(PSTN))
+    rt, app = make(plugins, policy={"budget": 1.0})
+    start = time.monotonic()
+    r = post(app, ice("seq-2"))
+    elapsed = time.monotonic() - start
+    assert r.json["action"]["maxDuration"] == 100  # every decision merged, none cut
+    assert elapsed < 0.5, elapsed  # in parallel after the first was slow, not 0.9 s in a row
+    statuses = [p["status"] for p in json.loads(rt.store.traces("seq-2")[0]["trace"])["plugins"]]
+    assert statuses == ["decided"] * 4
