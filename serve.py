@@ -119,6 +119,23 @@ def pin_cpu(setting: str) -> int | None:
     return cpu
 
 
+def exit_past_hung_hooks(code: int) -> None:
+    """A hook still running after shutdown (a plugin stuck on a dead network call) would
+    keep the interpreter from exiting, since it waits for worker threads: leave now."""
+    import threading
+
+    stuck = [
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("switchboard-hook") and t.is_alive()
+    ]
+    if stuck:
+        log.warning("exiting with %d plugin hook(s) still running", len(stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+
+
 def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
     import waitress
     from waitress.channel import HTTPChannel
@@ -534,7 +551,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_trace(args, settings)
         runtime = Runtime.build(settings, plugins=plugins)
         if command == "serve":
-            return cmd_serve(args, runtime)
+            code = cmd_serve(args, runtime)
+            exit_past_hung_hooks(code)
+            return code
         try:
             if command == "check":
                 return cmd_check(args, runtime)

@@ -145,3 +145,15 @@ def test_insecure_mode_warns_at_every_start(start):
         assert status == 200
         server.stop()
         assert "INSECURE: callback signatures are NOT verified" in server.log
+
+
+def test_sigterm_does_not_wait_for_a_hung_plugin(start):
+    server = start(
+        '[plugins.slow]\ndelay = 60.0\ntimeout = 0.5\non_error = "abstain"\n', enabled='"slow"'
+    )
+    status, _, body = server.post(ice("srv-hung"))
+    assert status == 200 and json.loads(body) == {"action": {"name": "hangup"}}  # cut at 0.5 s
+    began = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - began < 10
+    assert "exiting with 1 plugin hook(s) still running" in server.log
