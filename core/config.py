@@ -8,6 +8,7 @@ never appear in errors or ``describe()`` output.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -478,10 +479,6 @@ def with_plugins(
             )
         values[name] = MappingProxyType(section)
         keys_by_plugin[name] = MappingProxyType(keys)
-    return Settings(
-        **{
-            **{f: getattr(settings, f) for f in settings.__dataclass_fields__},
-            "plugins": MappingProxyType(values),
-            "plugin_keys": MappingProxyType(keys_by_plugin),
-        }
+    return dataclasses.replace(
+        settings, plugins=MappingProxyType(values), plugin_keys=MappingProxyType(keys_by_plugin)
     )

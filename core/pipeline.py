@@ -88,8 +88,8 @@ def error_body(message: str, field_name: str | None = None) -> str:
 
 
 class _Sequence:
-    """Runs hooks one after another in one worker; the caller waits on each in turn and
-    may stop the sequence after any of them (``stop_after``)."""
+    """Runs hooks one after another in one worker. ``watch`` waits for them all, or
+    stops the sequence after the hook running once that one is slow."""
 
     def __init__(self, event: Event, calls: list[tuple[Impl, CallContext]]) -> None:
         self.event = event

@@ -499,7 +499,8 @@ class Credit:
                     charge - applied,
                     account,
                 )
-            self._book(tx, account, "call", -applied, event.callid, details)
+            current = int(balance[0]) if balance else None  # None: _book names the missing account
+            self._book(tx, account, "call", -applied, event.callid, details, current)
             tx.execute(
                 "UPDATE credit_reservations SET status = 'settled' WHERE callid = ?",
                 (event.callid,),
@@ -551,15 +552,25 @@ class Credit:
         )
 
     def _book(
-        self, tx: Tx, account: str, kind: str, amount: int, callid: str | None, details: Any
+        self,
+        tx: Tx,
+        account: str,
+        kind: str,
+        amount: int,
+        callid: str | None,
+        details: Any,
+        current: int | None = None,
     ) -> int:
         """Write a ledger entry and move the balance by ``amount``; return the new balance.
 
-        The caller holds the account's lock (``credit:account:<account>``)."""
-        row = tx.one("SELECT balance FROM credit_accounts WHERE account = ?", (account,))
-        if row is None:
-            raise ValueError(f"unknown account {account!r}")
-        balance = row[0] + amount
+        The caller holds the account's lock (``credit:account:<account>``); ``current``
+        is the balance when the caller has just read it under that lock."""
+        if current is None:
+            row = tx.one("SELECT balance FROM credit_accounts WHERE account = ?", (account,))
+            if row is None:
+                raise ValueError(f"unknown account {account!r}")
+            current = int(row[0])
+        balance = current + amount
         if balance < 0:
             raise ValueError(f"account {account!r} would go below zero")
         seq = tx.one(
