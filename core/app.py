@@ -26,7 +26,7 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import bottle
@@ -64,6 +64,25 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     if len(body) > limit:
         raise _json_error(413, f"body exceeds the limit of {limit} bytes")
     return body
+
+
+class _ThenRun:
+    """A response body that runs ``after`` when the server closes it: by then the
+    server has written the body to the client (waitress writes each chunk as it is
+    produced), so the after-answer observers never delay the answer."""
+
+    def __init__(self, body: bytes, after: Callable[[], None]) -> None:
+        self.body, self.after = body, after
+        bottle.response.content_length = len(body)  # an iterable gets none of its own
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body
+
+    def close(self) -> None:
+        try:
+            self.after()
+        except Exception:
+            log.exception("after-answer observers failed")
 
 
 def trace_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -109,9 +128,15 @@ def make_app(runtime: Runtime) -> bottle.Bottle:
             }
             result = pipeline.handle("POST", headers, body)
             bottle.response.status = result.status
-            if result.body:
-                bottle.response.content_type = "application/json"
-            return result.body
+            if result.after is None:
+                if result.body:
+                    bottle.response.content_type = "application/json"
+                return result.body
+            if not result.body:  # waitress sends nothing before the iterable is closed
+                pipeline.in_background(result.after)
+                return result.body
+            bottle.response.content_type = "application/json"
+            return _ThenRun(result.body.encode(), result.after)
         finally:
             runtime.leave()
 

@@ -159,7 +159,11 @@ def switchboard_after_answer(
     """Observe every answered callback, after the answer is decided.
 
     Called for every callback that passed verification and parsing, including
-    duplicates and fallbacks, in the core's worker pool, so it never delays the answer.
+    duplicates and fallbacks, once the answer has been sent, so it never delays the
+    answer: on the thread that served the request (no hand-off to pay for a quick
+    observer), or in the core's worker pool for an empty answer (DiCE, Notify) and for
+    a plugin whose observer once took longer than 20 ms. Keep it quick; hand slow work
+    (network calls) to a thread or an outbox of your own.
 
     :param event: the parsed event.
     :param answer: the SVAML sent (a read-only mapping), or ``None`` for DiCE/Notify.

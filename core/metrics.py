@@ -7,6 +7,8 @@ the crm plugin its outbox depth and dead letters).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -16,6 +18,7 @@ FALLBACK_RULES = frozenset({"budget", "invalid-answer", "internal-error", "dupli
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r = self.registry
         self.callbacks = Counter(
             "switchboard_callbacks_total",
@@ -87,3 +90,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once: prometheus_client validates and
+        locks on every ``labels()`` call, and each callback counts several times. The
+        label values come from bounded sets (events, plugins, rules, actions)."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found

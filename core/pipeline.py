@@ -18,6 +18,7 @@ Failure has a defined outcome:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -43,6 +44,7 @@ log = logging.getLogger("switchboard.callback")
 
 DEFAULT_TIMEOUT_SHARE = 0.75  # of the budget, for plugins without their own timeout
 FAN_OUT_AFTER = 0.02  # seconds a hook may run before the ones after it start in parallel
+SLOW_OBSERVER = 0.02  # seconds an after-answer observer may take before it is moved to the pool
 MERGE_RESERVE = 0.05  # of the budget, kept for merging, storing and sending
 POLL_INTERVAL = 0.01
 
@@ -69,11 +71,13 @@ class CallContext:
 
 @dataclass
 class Response:
-    """What the web layer sends back."""
+    """What the web layer sends back. ``after``, when set, runs the after-answer
+    observers: the web layer calls it once the answer has been sent."""
 
     status: int
     body: str = ""
     trace: dict[str, Any] = field(default_factory=dict)
+    after: Callable[[], None] | None = None
 
     @property
     def content_type(self) -> str:
@@ -207,6 +211,7 @@ class Pipeline:
             name: logging.getLogger(f"switchboard.plugin.{name}") for name in plugins.order
         }
         self._pending_after: set[Future[Any]] = set()
+        self._slow_observers: set[str] = set()  # plugins whose after-answer runs in the pool
 
     # ------------------------------------------------------------------ entry
 
@@ -401,12 +406,12 @@ class Pipeline:
                 else:
                     entry["status"] = "abstained" if decision else "ok"
                     results.append((run.impl.plugin, None))
-            self.metrics.plugin_latency.labels(run.impl.plugin, event.name).observe(
+            self.metrics.child(self.metrics.plugin_latency, run.impl.plugin, event.name).observe(
                 entry["ms"] / 1000
             )
             if entry.get("error"):
-                self.metrics.plugin_errors.labels(
-                    run.impl.plugin, event.name, entry["status"]
+                self.metrics.child(
+                    self.metrics.plugin_errors, run.impl.plugin, event.name, entry["status"]
                 ).inc()
                 self._plugin_logs.get(run.impl.plugin, log).warning(
                     "%s %s for call %s: %s",
@@ -502,32 +507,34 @@ class Pipeline:
                 )
             )
         self._count(event, trace, outcome)
-        self._after_answer(event, trace)
-        return Response(200, body, trace)
+        after = None
+        if self.plugins.impls("switchboard_after_answer"):
+            after = functools.partial(self._after_answer, event, trace)
+        return Response(200, body, trace, after)
 
     def _count(self, event: Event, trace: dict[str, Any], outcome: str) -> None:
         m, name, rule = self.metrics, event.name, trace["rule"]
-        m.callbacks.labels(name, outcome).inc()
-        m.latency.labels(name).observe(trace["elapsed_ms"] / 1000)
+        m.child(m.callbacks, name, outcome).inc()
+        m.child(m.latency, name).observe(trace["elapsed_ms"] / 1000)
         if name not in DECISION_EVENTS or rule is None:
             return
-        m.decisions.labels(name, rule).inc()
+        m.child(m.decisions, name, rule).inc()
         if rule in FALLBACK_RULES:
-            m.fallbacks.labels(name, rule).inc()
+            m.child(m.fallbacks, name, rule).inc()
         if trace["conflicts"]:
-            m.conflicts.labels(name).inc(len(trace["conflicts"]))
+            m.child(m.conflicts, name).inc(len(trace["conflicts"]))
         if rule == "deny":
             for plugin in trace["decided_by"]:
-                m.denials.labels(name, plugin).inc()
+                m.child(m.denials, name, plugin).inc()
         if trace.get("capped_by"):
-            m.caps.labels(name, trace["capped_by"]).inc()
+            m.child(m.caps, name, trace["capped_by"]).inc()
 
     def count_reject(self, status: int, reason: str | None = None) -> None:
         """Count a request refused before any plugin ran."""
-        self.metrics.rejected.labels(str(status)).inc()
-        self.metrics.callbacks.labels("unknown", "rejected").inc()
+        self.metrics.child(self.metrics.rejected, str(status)).inc()
+        self.metrics.child(self.metrics.callbacks, "unknown", "rejected").inc()
         if reason:
-            self.metrics.signature_failures.labels(reason).inc()
+            self.metrics.child(self.metrics.signature_failures, reason).inc()
 
     def _reject(
         self,
@@ -553,15 +560,33 @@ class Pipeline:
         return Response(status, error_body(message, field_name))
 
     def _after_answer(self, event: Event, trace: dict[str, Any]) -> None:
+        """Run the after-answer observers (``Response.after``). The web layer calls this
+        on the thread that served the request, once the answer is sent, so no thread
+        hand-off is paid for the common, quick observer. A plugin whose observer once
+        takes longer than ``SLOW_OBSERVER`` runs in the worker pool from then on, so a
+        slow or hung observer holds a server thread at most once."""
         impls = self.plugins.impls("switchboard_after_answer")
-        if not impls:
-            return
         frozen_trace = freeze(trace)  # JSON values only: a deep read-only copy
         answer = frozen_trace["answer"]
         for impl in impls:
-            fut = self.executor.submit(_observer, impl, event, answer, frozen_trace)
-            self._pending_after.add(fut)
-            fut.add_done_callback(self._pending_after.discard)
+            if impl.plugin in self._slow_observers:
+                self.in_background(functools.partial(_observer, impl, event, answer, frozen_trace))
+                continue
+            began = time.monotonic()
+            _observer(impl, event, answer, frozen_trace)
+            took = time.monotonic() - began
+            if took > SLOW_OBSERVER:
+                self._slow_observers.add(impl.plugin)
+                self._plugin_logs.get(impl.plugin, log).warning(
+                    "switchboard_after_answer took %.3f s: it runs in the worker pool from now on",
+                    took,
+                )
+
+    def in_background(self, task: Callable[[], None]) -> None:
+        """Run ``task`` in the worker pool; ``wait_idle`` waits for it."""
+        fut = self.executor.submit(task)
+        self._pending_after.add(fut)
+        fut.add_done_callback(self._pending_after.discard)
 
 
 def _timed(impl: Impl, event: Event, ctx: CallContext) -> tuple[Any, float]:

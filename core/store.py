@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+CACHE_KIB = 2048  # SQLite page cache of the one connection a process keeps
+
 
 class StoreError(RuntimeError):
     """The store cannot do what was asked (the message names the owner or table)."""
@@ -343,19 +345,20 @@ class SqliteStore(Store):
         if self._synchronous == "FULL":  # durable commits by group flush, see GroupFlush
             self._flush = GroupFlush(path + "-wal")
         self._busy_timeout = busy_timeout
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        # Writers of this process queue here rather than in SQLite's busy handler, which
-        # sleeps in steps of up to 100 ms and made the slowest answers very slow.
-        self._write_lock = threading.Lock()
+        # One connection for the process, used by one thread at a time. Writers are
+        # serialised anyway (here rather than in SQLite's busy handler, which sleeps in
+        # steps of up to 100 ms), and a single connection keeps its page cache warm:
+        # with one connection per thread, every commit by one thread emptied the
+        # caches of all the others, and each transaction began by reading its pages
+        # again. Re-entrant, so a plugin may read with ``query`` inside its transaction.
+        self._lock = threading.RLock()
         self._closed = False
+        self._db: sqlite3.Connection | None = None
         self._conn()  # fail early if the file cannot be opened
 
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+        if self._db is not None:
+            return self._db
         if self._closed:
             raise StoreError("the store is closed")
         try:
@@ -365,18 +368,16 @@ class SqliteStore(Store):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")  # "full" is made by GroupFlush
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA cache_size=-128")  # KiB per connection: one per thread adds up
+            conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from None
-        self._local.conn = conn
-        with self._lock:
-            self._conns.append(conn)
+        self._db = conn
         return conn
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        conn = self._conn()
-        with self._write_lock:
+        with self._lock:
+            conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield Tx(conn, self)
@@ -389,12 +390,12 @@ class SqliteStore(Store):
             self._flush.wait(seq)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return list(self._conn().execute(sql, tuple(params)).fetchall())
+        with self._lock:
+            return self._conn().execute(sql, params).fetchall()
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
-        conn = self._conn()
-        with self._write_lock:
-            changed = int(conn.execute(sql, tuple(params)).rowcount)  # autocommit
+        with self._lock:
+            changed: int = self._conn().execute(sql, params).rowcount  # autocommit
             seq = self._flush.committed() if self._flush and durable else 0
         if seq and self._flush:
             self._flush.wait(seq)
@@ -414,13 +415,12 @@ class SqliteStore(Store):
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            conns, self._conns = self._conns, []
-        for conn in conns:
+            conn, self._db = self._db, None
+        if conn is not None:
             try:
                 conn.close()
             except sqlite3.Error:
                 pass
-        self._local = threading.local()
         if self._temp:
             for suffix in ("", "-wal", "-shm"):
                 try:

@@ -118,23 +118,32 @@ class Node:
     required: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            wire = self._wire(f.name)
+        for attr, wire, kind, many in self._field_specs():
+            value = getattr(self, attr)
             if value is None:
-                if f.name in self.required:
+                if attr in self.required:
                     raise SvamlError(wire, "is required")
                 continue
-            kind, many = _unwrap(_hints(type(self))[f.name])
             if many:
                 if isinstance(value, list):
                     value = tuple(value)
-                    object.__setattr__(self, f.name, value)
+                    object.__setattr__(self, attr, value)
                 if not isinstance(value, tuple) or not all(_type_ok(v, kind) for v in value):
                     raise SvamlError(wire, f"must be a list of {getattr(kind, '__name__', kind)}")
             elif not _type_ok(value, kind):
                 raise SvamlError(wire, f"must be {_kind_label(kind)}")
         self.check()
+
+    @classmethod
+    def _field_specs(cls) -> tuple[tuple[str, str, Any, bool], ...]:
+        """(python name, wire name, element type, is-list) of every field; computed once
+        per class, since every answer builds several elements."""
+        cached = cls.__dict__.get("_field_specs_cache")
+        if cached is None:
+            hints = _hints(cls)
+            cached = tuple((name, wire, *_unwrap(hints[name])) for name, wire in cls._wire_fields())
+            cls._field_specs_cache = cached  # type: ignore[attr-defined]
+        return cached
 
     def check(self) -> None:
         """Field rules beyond types; raise SvamlError."""

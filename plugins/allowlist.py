@@ -23,7 +23,7 @@ from core.decisions import Decision
 from core.hookspecs import hookimpl
 from core.store import Migration
 from core.svaml import MAX_DURATION, ConnectPstn
-from plugins.numbers import Pattern, parse_pattern, parse_patterns
+from plugins.numbers import Rules, parse_pattern, parse_patterns
 
 # Ranges carriers commonly block for premium-rate and international revenue share
 # fraud (IRSF). Each line: prefix, what it is. See the README for the sources.
@@ -110,26 +110,12 @@ KEYS = {
 }
 
 
-def _verdict(number: str, allow: list[Pattern], deny: list[Pattern]) -> tuple[str, Pattern] | None:
-    """The most specific matching rule's verdict; deny wins a tie."""
-    best: tuple[tuple[int, int, int], str, Pattern] | None = None
-    for verdict, patterns in (("allow", allow), ("deny", deny)):
-        for p in patterns:
-            if p.matches(number):
-                rank = (*p.specificity, 1 if verdict == "deny" else 0)
-                if best is None or rank > best[0]:
-                    best = (rank, verdict, p)
-    return None if best is None else (best[1], best[2])
-
-
 class Allowlist:
     """One instance per server; ``switchboard_configure`` compiles the rules."""
 
     def __init__(self) -> None:
-        self.allow: list[Pattern] = []
-        self.deny: list[Pattern] = []
-        self.allow_callers: list[Pattern] = []
-        self.deny_callers: list[Pattern] = []
+        self.destinations = Rules((), ())
+        self.callers = Rules((), ())
         self.builtin: dict[str, str] = {}
 
     @hookimpl
@@ -142,14 +128,16 @@ class Allowlist:
 
     @hookimpl
     def switchboard_configure(self, config: Mapping[str, Any]) -> None:
-        self.allow = parse_patterns(config["allow"], "allow")
-        self.deny = parse_patterns(config["deny"], "deny")
-        self.allow_callers = parse_patterns(config["allow_callers"], "allow_callers")
-        self.deny_callers = parse_patterns(config["deny_callers"], "deny_callers")
+        deny = parse_patterns(config["deny"], "deny")
         self.builtin = {}
         if config["builtin_deny"]:
             self.builtin = {parse_pattern(prefix + "*").text: why for prefix, why in HIGH_RISK}
-            self.deny = [*self.deny, *(parse_pattern(p) for p in self.builtin)]
+            deny += [parse_pattern(p) for p in self.builtin]
+        self.destinations = Rules(parse_patterns(config["allow"], "allow"), deny)
+        self.callers = Rules(
+            parse_patterns(config["allow_callers"], "allow_callers"),
+            parse_patterns(config["deny_callers"], "deny_callers"),
+        )
         if config["cli"] is not None:
             ConnectPstn(cli=config["cli"])  # raises if it is not a valid caller id
 
@@ -159,7 +147,7 @@ class Allowlist:
         dest = event.to.e164 if event.to is not None else None
         if dest is None:
             return self._deny(cfg, "destination is not a phone number")
-        found = _verdict(dest, self.allow, self.deny)
+        found = self.destinations.verdict(dest)
         if found is None:
             if cfg["default"] == "deny":
                 return self._deny(cfg, f"{dest} matches no allow rule (default deny)")
@@ -172,7 +160,7 @@ class Allowlist:
 
         caller = event.cli_e164
         if caller is not None:
-            found_caller = _verdict(caller, self.allow_callers, self.deny_callers)
+            found_caller = self.callers.verdict(caller)
             verdict = found_caller[0] if found_caller else cfg["callers_default"]
             if verdict == "deny":
                 rule = f"rule {found_caller[1].text!r}" if found_caller else "callers_default"

@@ -63,6 +63,8 @@ MIGRATIONS = [
 ]
 
 
+REMEMBERED_MAX = 100_000  # reservations remembered between ICE and its answer
+
 KEYS = {
     "currency": Key(str, "USD", "currency of accounts and rates (ISO 4217)"),
     "decimals": Key(int, 2, "digits of the minor unit (2: cents)", check=non_negative),
@@ -210,6 +212,9 @@ class Credit:
         self.config: Mapping[str, Any] = {}
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
+        # seconds reserved at ICE, by call id, until switchboard_after_answer has fitted
+        # the reservation to the answer sent: saves it a read when nothing changes
+        self._reserved: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -334,29 +339,28 @@ class Credit:
         now = time.time()
         with ctx.store.transaction() as tx:
             tx.lock(f"credit:account:{account}")
-            held = tx.one(
-                "SELECT max_duration, status FROM credit_reservations WHERE callid = ?",
-                (event.callid,),
-            )
-            if held is not None:  # a takeover after a crash: keep what was reserved
-                if held[1] != "open":
-                    return self._deny(cfg, f"reservation already {held[1]}")
-                return Decision.cap(held[0], f"reserved earlier for {account}")
-            row = tx.one(
-                "SELECT balance, currency FROM credit_accounts WHERE account = ?", (account,)
-            )
-            if row is None:
+            row: tuple[Any, ...] = tx.one(  # one round trip: earlier reservation, account
+                "SELECT (SELECT max_duration FROM credit_reservations WHERE callid = ?), "
+                "(SELECT status FROM credit_reservations WHERE callid = ?), "
+                "balance, currency, "
+                "(SELECT COALESCE(SUM(amount), 0) FROM credit_reservations "
+                "WHERE account = ? AND status = 'open') "
+                "FROM (SELECT 1) AS one LEFT JOIN credit_accounts ON account = ?",
+                (event.callid, event.callid, account, account),
+            ) or (None, None, None, None, 0)  # (the query always gives one row)
+            held_seconds, held_status, balance, currency, reserved = row
+            if held_status is not None:  # a takeover after a crash: keep what was reserved
+                if held_status != "open":
+                    return self._deny(cfg, f"reservation already {held_status}")
+                self._remember(event.callid, held_seconds)
+                return Decision.cap(held_seconds, f"reserved earlier for {account}")
+            if balance is None:
                 return self._deny(cfg, f"unknown account {account}")
-            balance, currency = row
             if currency != cfg["currency"]:
                 return self._deny(
                     cfg, f"account {account} is in {currency}, rates in {cfg['currency']}"
                 )
-            reserved = tx.one(
-                "SELECT COALESCE(SUM(amount), 0) FROM credit_reservations WHERE account = ? AND status = 'open'",
-                (account,),
-            )
-            available = balance - int(reserved[0] if reserved else 0)
+            available = balance - int(reserved)
             seconds = tariff.affordable(available, cfg["max_duration"])
             if seconds < cfg["minimum_seconds"]:
                 return self._deny(
@@ -381,6 +385,7 @@ class Credit:
                     now + seconds + cfg["grace"],
                 ),
             )
+        self._remember(event.callid, seconds)
         reason = (
             f"{account}: reserved {fmt(amount, cfg['decimals'])} {currency} for {seconds} s "
             f"at {rate}/min ({rate_from})"
@@ -394,6 +399,11 @@ class Credit:
                 instructions=(Answer(), Say(text=text, locale=cfg["prompt_locale"])),
             )
         return Decision.cap(seconds, reason)
+
+    def _remember(self, callid: str, seconds: int) -> None:
+        if len(self._reserved) >= REMEMBERED_MAX:  # answers never observed: start afresh
+            self._reserved.clear()
+        self._reserved[callid] = seconds
 
     def _deny(self, cfg: Mapping[str, Any], reason: str) -> Decision:
         prompt = cfg["deny_prompt"]
@@ -411,6 +421,7 @@ class Credit:
         """
         if event.name != "ice" or answer is None or self.store is None or trace["duplicate"]:
             return  # a repeated delivery's answer says nothing new about the call
+        reserved = self._reserved.pop(event.callid, None)
         action = answer["action"]
         if action["name"] == "hangup":
             self.store.write(
@@ -419,8 +430,8 @@ class Credit:
             )
             return
         cap = action.get("maxDuration")
-        if cap is None:
-            return
+        if cap is None or (reserved is not None and cap >= reserved):
+            return  # the call may run as long as it was reserved for
         rows = self.store.query(
             "SELECT rate, first_increment, next_increment, minimum_charge, max_duration, created_at "
             "FROM credit_reservations WHERE callid = ? AND status = 'open'",

@@ -53,6 +53,36 @@ def parse_patterns(texts: Iterable[str], where: str) -> list[Pattern]:
     return out
 
 
+class Rules:
+    """Allow and deny patterns compiled for lookup by the number's own prefixes: the
+    most specific matching rule wins (exact beats any prefix, a longer prefix beats a
+    shorter one) and deny wins a tie. A lookup costs one dictionary probe per distinct
+    prefix length, however many rules there are."""
+
+    def __init__(self, allow: Iterable[Pattern], deny: Iterable[Pattern]) -> None:
+        self.exact: dict[str, tuple[str, Pattern]] = {}
+        self.prefix: dict[str, tuple[str, Pattern]] = {}
+        for verdict, patterns in (("allow", allow), ("deny", deny)):
+            for p in patterns:
+                table = self.exact if p.exact else self.prefix
+                held = table.get(p.digits)
+                if held is None or (verdict == "deny" and held[0] == "allow"):
+                    table[p.digits] = (verdict, p)  # the first of equals is named
+        self.lengths = sorted({len(d) for d in self.prefix}, reverse=True)
+
+    def verdict(self, number: str) -> tuple[str, Pattern] | None:
+        """``(verdict, rule)`` of the most specific rule matching ``number``, or None."""
+        hit = self.exact.get(number)
+        if hit is not None:
+            return hit
+        for n in self.lengths:
+            if n <= len(number):
+                hit = self.prefix.get(number[:n])
+                if hit is not None:
+                    return hit
+        return None
+
+
 def longest_prefix(number: str, prefixes: Sequence[str]) -> str | None:
     """The longest of ``prefixes`` that ``number`` starts with."""
     best = None

@@ -167,3 +167,35 @@ def test_bad_configuration_is_named(config, message):
     with pytest.raises((PluginError, ConfigError)) as err:
         runtime({"allowlist": Allowlist()}, plugins={"allowlist": config})
     assert message in str(err.value)
+
+
+def test_compiled_rules_agree_with_checking_every_rule():
+    """Rules looks a number up by its own prefixes; it must pick what ranking every
+    matching rule would: exact over prefix, longer prefix over shorter, deny on a tie."""
+    import random
+
+    from plugins.numbers import Rules, parse_pattern
+
+    def by_ranking(number, allow, deny):
+        best = None
+        for verdict, patterns in (("allow", allow), ("deny", deny)):
+            for p in patterns:
+                if p.matches(number):
+                    rank = (*p.specificity, verdict == "deny")
+                    if best is None or rank > best[0]:
+                        best = (rank, verdict, p)
+        return None if best is None else (best[1], best[2])
+
+    rng = random.Random(7)
+
+    def pattern():
+        digits = "".join(rng.choice("1234") for _ in range(rng.randint(1, 5)))
+        return parse_pattern(rng.choice(["*", f"+{digits}*", f"+{digits}"]))
+
+    for _ in range(300):
+        allow = [pattern() for _ in range(rng.randint(0, 6))]
+        deny = [pattern() for _ in range(rng.randint(0, 6))]
+        rules = Rules(allow, deny)
+        for _ in range(20):
+            number = "+" + "".join(rng.choice("1234") for _ in range(rng.randint(1, 6)))
+            assert rules.verdict(number) == by_ranking(number, allow, deny), (number, allow, deny)

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from core.app import make_app
 from core.decisions import Decision
 from core.hookspecs import hookimpl
 from core.svaml import ConnectConf, ConnectPstn, Say
@@ -28,6 +29,7 @@ from tests.helpers import (
     notify,
     pie,
     post,
+    runtime,
     signed,
     table_counts,
     wait_for,
@@ -367,6 +369,61 @@ def test_after_answer_sees_the_answer_and_trace(make):
     assert (name, answer["action"]["name"], rule) == ("ice", "connectPstn", "proposal")
     with pytest.raises(TypeError):
         answer["action"] = {}
+
+
+def test_after_answer_runs_once_the_answer_is_sent_on_a_real_server():
+    """The observer blocks until the client holds its answer: were the answer sent
+    after the observers, the client would wait the observer's full 5 s for it."""
+    import http.client
+
+    import waitress
+
+    released = threading.Event()
+    observed = []
+
+    class Blocking:
+        @hookimpl
+        def switchboard_after_answer(self, event, answer, trace):
+            observed.append(("waited", released.wait(5)))
+
+    rt = runtime({"block": Blocking(), "router": Fixed(Decision.propose(PSTN))})
+    server = waitress.create_server(make_app(rt), host="127.0.0.1", port=0, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        body, headers = signed(ice("c-sent"))
+        conn = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=10)
+        conn.request("POST", PATH, body, headers)
+        reply = conn.getresponse()
+        answer = json.loads(reply.read())
+        assert reply.status == 200 and answer["action"]["name"] == "connectPstn"
+        assert observed == []  # the observer is still waiting: the answer came first
+        released.set()
+        assert wait_for(lambda: observed == [("waited", True)])
+        conn.close()
+    finally:
+        server.close()
+        rt.close()
+
+
+def test_a_slow_after_answer_observer_moves_to_the_worker_pool(make, caplog):
+    threads = []
+
+    class Slow:
+        @hookimpl
+        def switchboard_after_answer(self, event, answer, trace):
+            threads.append(threading.current_thread().name)
+            time.sleep(0.05)
+
+    rt, app = make({"slow": Slow(), "router": Fixed(Decision.propose(PSTN))})
+    with caplog.at_level(logging.WARNING, logger="switchboard.plugin.slow"):
+        post(app, ice("c-slow-1"))
+        post(app, ice("c-slow-2"))
+        rt.pipeline.wait_idle()
+    first, second = threads
+    assert not first.startswith("switchboard-hook")  # ran on the request's thread
+    assert second.startswith("switchboard-hook")  # then in the pool
+    assert "runs in the worker pool from now on" in caplog.text
 
 
 def test_plugin_context(make):
