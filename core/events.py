@@ -342,13 +342,16 @@ def _notify(r: _Reader) -> Notify:
 _PARSERS = {"ice": _ice, "ace": _ace, "pie": _pie, "dice": _dice, "notify": _notify}
 
 
+_DECODER = json.JSONDecoder(parse_float=Decimal)  # built once: json.loads(**kw) builds one a call
+
+
 def parse_json(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise EventError("body", "body is not UTF-8") from None
     try:
-        return json.loads(text, parse_float=Decimal)
+        return _DECODER.decode(text)
     except ValueError as exc:
         raise EventError("body", f"body is not valid JSON ({exc.args[0].split(':')[0]})") from None
 

@@ -63,6 +63,7 @@ MIGRATIONS = [
 ]
 
 
+TARIFF_MEMO = 1024  # tariffs kept by rate, and costs kept by duration in each
 REMEMBERED_MAX = 100_000  # reservations remembered between ICE and its answer
 
 KEYS = {
@@ -124,6 +125,7 @@ class Tariff:
 
     def __init__(self, rate: Decimal, first: int, nxt: int, minimum: int, scale: int) -> None:
         self.rate, self.first, self.nxt, self.minimum, self.scale = rate, first, nxt, minimum, scale
+        self._costs: dict[int, int] = {}  # seconds -> cost, for tariffs kept between calls
 
     def billed_seconds(self, seconds: int) -> int:
         if seconds <= 0:
@@ -134,11 +136,17 @@ class Tariff:
 
     def cost(self, seconds: int) -> int:
         """Minor units charged for a call of ``seconds``."""
+        known = self._costs.get(seconds)
+        if known is not None:
+            return known
         billed = self.billed_seconds(seconds)
         if billed == 0:
             return 0
         raw = (self.rate * billed * self.scale / 60).to_integral_value(rounding=ROUND_CEILING)
-        return max(int(raw), self.minimum)
+        cost = max(int(raw), self.minimum)
+        if len(self._costs) < TARIFF_MEMO:
+            self._costs[seconds] = cost
+        return cost
 
     def affordable(self, available: int, limit: int) -> int:
         """The longest call (at most ``limit`` s) whose cost fits in ``available``."""
@@ -215,6 +223,7 @@ class Credit:
         # seconds reserved at ICE, by call id, until switchboard_after_answer has fitted
         # the reservation to the answer sent: saves it a read when nothing changes
         self._reserved: dict[str, int] = {}
+        self._tariffs: dict[Decimal, Tariff] = {}  # by rate; see _tariff
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -229,6 +238,7 @@ class Credit:
     @hookimpl
     def switchboard_configure(self, config: Mapping[str, Any]) -> None:
         self.config = config
+        self._tariffs = {}
         self.scale = 10 ** config["decimals"]
         source = config["account_from"]
         if source not in ("cli", "custom", "fixed") and not (
@@ -335,7 +345,7 @@ class Credit:
         if found is None:
             return self._deny(cfg, "no rate for this destination")
         rate, rate_from = found
-        tariff = Tariff(rate, self.first, self.nxt, self.minimum, self.scale)
+        tariff = self._tariff(rate)
         now = time.time()
         with ctx.store.transaction() as tx:
             tx.lock(f"credit:account:{account}")
@@ -399,6 +409,17 @@ class Credit:
                 instructions=(Answer(), Say(text=text, locale=cfg["prompt_locale"])),
             )
         return Decision.cap(seconds, reason)
+
+    def _tariff(self, rate: Decimal) -> Tariff:
+        """The tariff of ``rate``, kept between calls (with what it has computed)."""
+        tariff = self._tariffs.get(rate)
+        if tariff is None:
+            if len(self._tariffs) >= TARIFF_MEMO:  # many userRate prices: start afresh
+                self._tariffs.clear()
+            tariff = self._tariffs[rate] = Tariff(
+                rate, self.first, self.nxt, self.minimum, self.scale
+            )
+        return tariff
 
     def _remember(self, callid: str, seconds: int) -> None:
         if len(self._reserved) >= REMEMBERED_MAX:  # answers never observed: start afresh
