@@ -30,6 +30,7 @@ from core.store import SqliteStore, Store, StoreError, open_store, redact_url
 
 DEFAULT_CONFIG = os.environ.get("SWITCHBOARD_CONFIG", "config.toml")
 log = logging.getLogger("switchboard")
+QUEUE_WARNING_INTERVAL = 10.0  # seconds between waitress's "Task queue depth" warnings
 
 
 class CliError(Exception):
@@ -43,6 +44,31 @@ def _setup_logging(level: str = "INFO") -> None:
         stream=sys.stderr,
         force=True,
     )
+
+
+class Sparse(logging.Filter):
+    """Lets one record through per ``interval`` seconds and counts the rest into it.
+
+    waitress warns "Task queue depth is N" for every request that has to queue: under
+    load that is a line per request, which floods the log and costs each request the
+    formatting and writing of it. One line every few seconds says the same."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self.next_at = 0.0
+        self.held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self.next_at:
+            self.held += 1
+            return False
+        if self.held:
+            record.msg = f"{record.msg} ({self.held} more in the last {self.interval:g} s)"
+            self.held = 0
+        self.next_at = now + self.interval
+        return True
 
 
 def _load_settings(path: str) -> Settings:
@@ -147,6 +173,7 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
     host = args.host or server_cfg["host"]
     port = server_cfg["port"] if args.port is None else args.port
     switch = Switch(runtime)
+    logging.getLogger("waitress.queue").addFilter(Sparse(QUEUE_WARNING_INTERVAL))
     server = waitress.create_server(
         switch,
         host=host,

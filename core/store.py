@@ -324,8 +324,9 @@ class GroupFlush:
 
 
 class SqliteStore(Store):
-    """SQLite: one file, WAL, one connection per thread, every write transaction
-    ``BEGIN IMMEDIATE`` (so writers are serialised and ``Tx.lock`` is free)."""
+    """SQLite: one file, WAL, one connection per process used by one thread at a time,
+    every write transaction ``BEGIN IMMEDIATE`` (so writers are serialised and
+    ``Tx.lock`` is free)."""
 
     backend = "sqlite"
 

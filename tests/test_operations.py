@@ -234,3 +234,25 @@ def test_reload_on_sighup(serve, tmp_path):
     assert "plugins.allowlist.allow: expected a list" in server.log
     assert json.loads(server.post(ice(to="+14155550000"))[2])["action"]["name"] == "connectPstn"
     assert server.stop() == 0
+
+
+def test_waitress_queue_warnings_are_thinned_to_one_per_interval(monkeypatch):
+    import serve
+
+    now = [100.0]
+    monkeypatch.setattr(serve.time, "monotonic", lambda: now[0])
+    sparse = serve.Sparse(10.0)
+
+    def record():
+        return logging.LogRecord(
+            "waitress.queue", logging.WARNING, "", 0, "Task queue depth is %d", (3,), None
+        )
+
+    first = record()
+    assert sparse.filter(first) and first.getMessage() == "Task queue depth is 3"
+    assert [sparse.filter(record()) for _ in range(5)] == [False] * 5
+    now[0] += 10.0
+    later = record()
+    assert sparse.filter(later)
+    assert later.getMessage() == "Task queue depth is 3 (5 more in the last 10 s)"
+    assert not sparse.filter(record())
