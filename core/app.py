@@ -71,8 +71,8 @@ class _ThenRun:
     server has written the body to the client (waitress writes each chunk as it is
     produced), so the after-answer observers never delay the answer."""
 
-    def __init__(self, body: bytes, after: Callable[[], None]) -> None:
-        self.body, self.after = body, after
+    def __init__(self, body: bytes, after: Callable[[], None], runtime: Runtime) -> None:
+        self.body, self.after, self.runtime = body, after, runtime
         bottle.response.content_length = len(body)  # an iterable gets none of its own
 
     def __iter__(self) -> Iterator[bytes]:
@@ -83,6 +83,8 @@ class _ThenRun:
             self.after()
         except Exception:
             log.exception("after-answer observers failed")
+        finally:  # the callback counts as in flight until its observers are done
+            self.runtime.leave()
 
 
 def trace_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +110,7 @@ def make_app(runtime: Runtime) -> bottle.Bottle:
     @app.post(settings.server["callback_path"])
     def callback() -> Any:
         runtime.enter()
+        handed_over = False  # to the body, which leaves once its observers are done
         try:
             environ = bottle.request.environ
             try:
@@ -136,9 +139,12 @@ def make_app(runtime: Runtime) -> bottle.Bottle:
                 pipeline.in_background(result.after)
                 return result.body
             bottle.response.content_type = "application/json"
-            return _ThenRun(result.body.encode(), result.after)
+            body_then = _ThenRun(result.body.encode(), result.after, runtime)
+            handed_over = True
+            return body_then
         finally:
-            runtime.leave()
+            if not handed_over:
+                runtime.leave()
 
     @app.get("/healthz")
     def healthz() -> Any:

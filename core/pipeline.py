@@ -141,8 +141,9 @@ class _Sequence:
         ``FAN_OUT_AFTER`` (or its timeout), or the cutoff; then stop the sequence after
         the hook running. Returns the last index the sequence runs."""
         # the common case, quick hooks: one wait in C, no polling of the condition
+        quick = min(FAN_OUT_AFTER, *timeouts)
         if self.finished.acquire(
-            timeout=max(0.0, min(submitted + FAN_OUT_AFTER, cutoff) - time.monotonic())
+            timeout=max(0.0, min(submitted + quick, cutoff) - time.monotonic())
         ):
             return self.limit
         with self.cond:

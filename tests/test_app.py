@@ -426,6 +426,21 @@ def test_a_slow_after_answer_observer_moves_to_the_worker_pool(make, caplog):
     assert "runs in the worker pool from now on" in caplog.text
 
 
+def test_a_callback_is_in_flight_until_its_after_answer_observers_are_done(make):
+    """A reload or shutdown waits for in-flight callbacks before closing the store;
+    an observer running after the answer still counts."""
+    seen = []
+
+    class Counting:
+        @hookimpl
+        def switchboard_after_answer(self, event, answer, trace):
+            seen.append(rt.inflight)
+
+    rt, app = make({"count": Counting(), "router": Fixed(Decision.propose(PSTN))})
+    post(app, ice("c-inflight"))
+    assert seen == [1] and rt.inflight == 0
+
+
 def test_plugin_context(make):
     seen = {}
 
