@@ -37,7 +37,7 @@ from core.events import DECISION_EVENTS, Event, EventError, freeze, parse_event
 from core.metrics import FALLBACK_RULES, Metrics
 from core.plugins import Impl, Plugins
 from core.signing import SignatureError, Verifier
-from core.store import Store
+from core.store import Deferred, Store
 from core.svaml import Svaml, SvamlError, dumps
 
 log = logging.getLogger("switchboard.callback")
@@ -91,11 +91,40 @@ def error_body(message: str, field_name: str | None = None) -> str:
     return json.dumps(out)
 
 
+class _Handoff:
+    """What a hook's worker hands the pipeline besides its result: the store commits the
+    hook made without waiting for the disk (``Store.deferred_flush``). The pipeline
+    flushes those of every hook it collected, once, before it answers; for a hook it
+    stopped waiting for (timeout, budget), the worker flushes them itself."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seq = 0
+        self.finished = False
+        self.abandoned = False
+
+    def hook_done(self, store: Store, seq: int) -> None:
+        """The worker, after the hook returned or raised."""
+        with self.lock:
+            self.seq, self.finished = seq, True
+            abandoned = self.abandoned
+        if abandoned:
+            store.flush(seq)
+
+    def collect(self) -> int:
+        """The pipeline, done waiting: what to flush before answering (0: nothing)."""
+        with self.lock:
+            if self.finished:
+                return self.seq
+            self.abandoned = True
+            return 0
+
+
 class _Sequence:
     """Runs hooks one after another in one worker. ``watch`` waits for them all, or
     stops the sequence after the hook running once that one is slow."""
 
-    def __init__(self, event: Event, calls: list[tuple[Impl, CallContext]]) -> None:
+    def __init__(self, event: Event, calls: list[tuple[Impl, CallContext, _Handoff]]) -> None:
         self.event = event
         self.calls = calls
         self.cond = threading.Condition()
@@ -106,13 +135,13 @@ class _Sequence:
         self.finished.acquire()
 
     def run(self) -> None:
-        for i, (impl, ctx) in enumerate(self.calls):
+        for i, (impl, ctx, handoff) in enumerate(self.calls):
             with self.cond:
                 if i > self.limit:
                     return
                 self.started[i] = time.monotonic()
             try:
-                outcome: tuple[bool, Any] = (True, _timed(impl, self.event, ctx))
+                outcome: tuple[bool, Any] = (True, _timed(impl, self.event, ctx, handoff))
             except Exception as exc:  # noqa: BLE001 - reported to the waiter
                 outcome = (False, exc)
             with self.cond:
@@ -184,6 +213,7 @@ class _PluginRun:
     timeout: float
     on_error: str
     started: float
+    handoff: _Handoff
 
 
 class Pipeline:
@@ -432,6 +462,8 @@ class Pipeline:
                     entry["error"],
                 )
             trace["plugins"].append(entry)
+        # the commits of every hook collected reach the disk once, before the answer
+        self.store.flush(max((run.handoff.collect() for run in runs), default=0))
         if decision and over_budget:
             return None
         return results
@@ -443,17 +475,19 @@ class Pipeline:
         runs: list[_PluginRun] = []
         if not calls:
             return runs
-        seq = _Sequence(event, [(impl, ctx) for impl, ctx, _, _ in calls])
+        handoffs = [_Handoff() for _ in calls]
+        seq = _Sequence(event, [(c[0], c[1], h) for c, h in zip(calls, handoffs, strict=True)])
         submitted = time.monotonic()
         self.executor.submit(seq.run)
         last = seq.watch(submitted, [timeout for _, _, timeout, _ in calls], cutoff)
         for j, (impl, ctx, timeout, on_error) in enumerate(calls):
+            handoff = handoffs[j]
             if j <= last:
                 began = seq.started_at(j) or submitted
-                runs.append(_PluginRun(impl, _SeqResult(seq, j), timeout, on_error, began))
+                runs.append(_PluginRun(impl, _SeqResult(seq, j), timeout, on_error, began, handoff))
             else:  # after a slow one: each in a worker of its own, now
-                future = self.executor.submit(_timed, impl, event, ctx)
-                runs.append(_PluginRun(impl, future, timeout, on_error, time.monotonic()))
+                future = self.executor.submit(_timed, impl, event, ctx, handoff)
+                runs.append(_PluginRun(impl, future, timeout, on_error, time.monotonic(), handoff))
         return runs
 
     def _on_error(
@@ -600,9 +634,14 @@ class Pipeline:
         fut.add_done_callback(self._pending_after.discard)
 
 
-def _timed(impl: Impl, event: Event, ctx: CallContext) -> tuple[Any, float]:
+def _timed(impl: Impl, event: Event, ctx: CallContext, handoff: _Handoff) -> tuple[Any, float]:
     start = time.monotonic()
-    value = impl(event=event, ctx=ctx)
+    pending = Deferred()
+    try:
+        with ctx.store.deferred_flush() as pending:
+            value = impl(event=event, ctx=ctx)
+    finally:
+        handoff.hook_done(ctx.store, pending.seq)
     return value, time.monotonic() - start
 
 

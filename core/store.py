@@ -75,6 +75,13 @@ CORE_MIGRATIONS = (
 )
 
 
+@dataclass
+class Deferred:
+    """Durable commits made inside ``Store.deferred_flush`` and not yet flushed."""
+
+    seq: int = 0
+
+
 class Tx:
     """A transaction handle: ``execute`` with ``?`` placeholders, fetch helpers, locks."""
 
@@ -125,6 +132,18 @@ class Store:
         durable commit flushes it): for bookkeeping whose loss in a power cut only means
         a redelivered callback is processed again, such as the core's claims."""
         raise NotImplementedError
+
+    @contextmanager
+    def deferred_flush(self) -> Iterator[Deferred]:
+        """Within this block, on this thread, durable commits return without waiting for
+        the disk; the block's ``Deferred.seq`` says what ``flush`` must then wait for.
+        The pipeline runs each hook in one and flushes once before it answers, so the
+        commits of all a callback's plugins share one flush. Backends whose every commit
+        is durable by itself (PostgreSQL) leave ``seq`` at 0."""
+        yield Deferred()
+
+    def flush(self, seq: int) -> None:
+        """Return once the commits up to ``seq`` (from ``deferred_flush``) are on disk."""
 
     def run(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
         """Execute ``sql`` (``?`` placeholders) on a connection of this backend."""
@@ -353,6 +372,7 @@ class SqliteStore(Store):
         # caches of all the others, and each transaction began by reading its pages
         # again. Re-entrant, so a plugin may read with ``query`` inside its transaction.
         self._lock = threading.RLock()
+        self._deferred = threading.local()  # .current: the Deferred of a deferred_flush block
         self._closed = False
         self._db: sqlite3.Connection | None = None
         self._conn()  # fail early if the file cannot be opened
@@ -387,8 +407,8 @@ class SqliteStore(Store):
                 raise
             conn.execute("COMMIT")
             seq = self._flush.committed() if self._flush else 0
-        if self._flush:  # outside the lock: other writers go on while this one waits
-            self._flush.wait(seq)
+        if seq:  # outside the lock: other writers go on while this one waits
+            self._durable(seq)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -398,9 +418,32 @@ class SqliteStore(Store):
         with self._lock:
             changed: int = self._conn().execute(sql, params).rowcount  # autocommit
             seq = self._flush.committed() if self._flush and durable else 0
-        if seq and self._flush:
-            self._flush.wait(seq)
+        if seq:
+            self._durable(seq)
         return changed
+
+    def _durable(self, seq: int) -> None:
+        deferred: Deferred | None = getattr(self._deferred, "current", None)
+        if deferred is not None:
+            deferred.seq = max(deferred.seq, seq)
+        elif self._flush is not None:
+            self._flush.wait(seq)
+
+    @contextmanager
+    def deferred_flush(self) -> Iterator[Deferred]:
+        outer = getattr(self._deferred, "current", None)
+        self._deferred.current = deferred = Deferred()
+        try:
+            yield deferred
+        finally:
+            self._deferred.current = outer
+            if outer is not None:  # an enclosing block flushes for this one
+                outer.seq = max(outer.seq, deferred.seq)
+                deferred.seq = 0
+
+    def flush(self, seq: int) -> None:
+        if seq and self._flush is not None:
+            self._flush.wait(seq)
 
     def lock(self, conn: Any, key: str) -> None:
         pass  # BEGIN IMMEDIATE already serialises every writer
