@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-CACHE_KIB = 2048  # SQLite page cache of the one connection a process keeps
+CACHE_KIB = 2048  # SQLite page cache of the connection a process writes with
+READ_CACHE_KIB = 512  # and of the one it reads with outside transactions
 
 
 class StoreError(RuntimeError):
@@ -365,17 +366,22 @@ class SqliteStore(Store):
         if self._synchronous == "FULL":  # durable commits by group flush, see GroupFlush
             self._flush = GroupFlush(path + "-wal")
         self._busy_timeout = busy_timeout
-        # One connection for the process, used by one thread at a time. Writers are
-        # serialised anyway (here rather than in SQLite's busy handler, which sleeps in
-        # steps of up to 100 ms), and a single connection keeps its page cache warm:
-        # with one connection per thread, every commit by one thread emptied the
-        # caches of all the others, and each transaction began by reading its pages
-        # again. Re-entrant, so a plugin may read with ``query`` inside its transaction.
+        # One connection for the process's writes, used by one thread at a time.
+        # Writers are serialised anyway (here rather than in SQLite's busy handler,
+        # which sleeps in steps of up to 100 ms), and a single connection keeps its page
+        # cache warm: with one connection per thread, every commit by one thread
+        # emptied the caches of all the others, and each transaction began by reading
+        # its pages again. Re-entrant, so a plugin may read inside its transaction.
         self._lock = threading.RLock()
+        self._in_tx = threading.local()  # .depth: this thread's open transactions
         self._deferred = threading.local()  # .current: the Deferred of a deferred_flush block
         self._closed = False
         self._db: sqlite3.Connection | None = None
         self._conn()  # fail early if the file cannot be opened
+        # Reads outside a transaction use a second connection, so that a long one (a
+        # metrics scrape counting rows) never holds up the callbacks' writes.
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is not None:
@@ -395,24 +401,48 @@ class SqliteStore(Store):
         self._db = conn
         return conn
 
+    def _read_conn(self) -> sqlite3.Connection:
+        if self._reader is None:
+            if self._closed:
+                raise StoreError("the store is closed")
+            try:
+                reader = sqlite3.connect(
+                    self.path,
+                    timeout=self._busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                reader.execute("PRAGMA query_only=ON")
+                reader.execute(f"PRAGMA cache_size=-{READ_CACHE_KIB}")
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from None
+            self._reader = reader
+        return self._reader
+
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self._lock:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
+            self._in_tx.depth = getattr(self._in_tx, "depth", 0) + 1
             try:
                 yield Tx(conn, self)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._in_tx.depth -= 1
             conn.execute("COMMIT")
             seq = self._flush.committed() if self._flush else 0
         if seq:  # outside the lock: other writers go on while this one waits
             self._durable(seq)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._conn().execute(sql, params).fetchall()
+        if getattr(self._in_tx, "depth", 0):  # inside this thread's transaction: its view
+            with self._lock:
+                return self._conn().execute(sql, params).fetchall()
+        with self._read_lock:
+            return self._read_conn().execute(sql, params).fetchall()
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         with self._lock:
@@ -460,11 +490,14 @@ class SqliteStore(Store):
         with self._lock:
             self._closed = True
             conn, self._db = self._db, None
-        if conn is not None:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
+        with self._read_lock:
+            reader, self._reader = self._reader, None
+        for each in (conn, reader):
+            if each is not None:
+                try:
+                    each.close()
+                except sqlite3.Error:
+                    pass
         if self._temp:
             for suffix in ("", "-wal", "-shm"):
                 try:

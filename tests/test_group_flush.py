@@ -127,3 +127,34 @@ def test_a_hook_the_pipeline_stopped_waiting_for_flushes_its_own_commits():
         assert wait_for(lambda: flush._flushed >= flush._committed)
     finally:
         rt.close()
+
+
+def test_a_long_read_does_not_hold_up_writes_and_a_transaction_reads_its_own(tmp_path):
+    store = SqliteStore(str(tmp_path / "r.db"), synchronous="normal")
+    store.write("CREATE TABLE t (x INTEGER)")
+    started, finished = threading.Event(), threading.Event()
+    counted = []
+
+    def long_read():  # a scan of some seconds, like a metrics scrape over a big table
+        started.set()
+        counted.extend(
+            store.query(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000000) "
+                "SELECT COUNT(*) FROM n"
+            )
+        )
+        finished.set()
+
+    reader = threading.Thread(target=long_read)
+    reader.start()
+    started.wait()
+    time.sleep(0.1)  # the scan is under way
+    with store.transaction() as tx:
+        tx.execute("INSERT INTO t (x) VALUES (1)")
+        assert store.query("SELECT COUNT(*) FROM t") == [(1,)]  # its own, uncommitted write
+    store.write("INSERT INTO t (x) VALUES (2)")
+    assert not finished.is_set()  # both writes went through while the scan ran
+    reader.join()
+    assert counted == [(5000000,)]
+    assert store.query("SELECT COUNT(*) FROM t") == [(2,)]
+    store.close()
