@@ -344,9 +344,10 @@ class GroupFlush:
 
 
 class SqliteStore(Store):
-    """SQLite: one file, WAL, one connection per process used by one thread at a time,
-    every write transaction ``BEGIN IMMEDIATE`` (so writers are serialised and
-    ``Tx.lock`` is free)."""
+    """SQLite: one file, WAL, two connections per process (one for writes and the reads
+    inside a transaction, one for other reads), each used by one thread at a time; every
+    write transaction ``BEGIN IMMEDIATE`` (so writers are serialised and ``Tx.lock`` is
+    free)."""
 
     backend = "sqlite"
 
