@@ -131,14 +131,13 @@ def make_app(runtime: Runtime) -> bottle.Bottle:
             }
             result = pipeline.handle("POST", headers, body)
             bottle.response.status = result.status
+            if result.body:
+                bottle.response.content_type = "application/json"
             if result.after is None:
-                if result.body:
-                    bottle.response.content_type = "application/json"
                 return result.body
             if not result.body:  # waitress sends nothing before the iterable is closed
                 pipeline.in_background(result.after)
                 return result.body
-            bottle.response.content_type = "application/json"
             body_then = _ThenRun(result.body.encode(), result.after, runtime)
             handed_over = True
             return body_then

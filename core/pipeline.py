@@ -476,7 +476,10 @@ class Pipeline:
         if not calls:
             return runs
         handoffs = [_Handoff() for _ in calls]
-        seq = _Sequence(event, [(c[0], c[1], h) for c, h in zip(calls, handoffs, strict=True)])
+        seq = _Sequence(
+            event,
+            [(impl, ctx, h) for (impl, ctx, _, _), h in zip(calls, handoffs, strict=True)],
+        )
         submitted = time.monotonic()
         self.executor.submit(seq.run)
         last = seq.watch(submitted, [timeout for _, _, timeout, _ in calls], cutoff)
@@ -553,8 +556,9 @@ class Pipeline:
             )
         self._count(event, trace, outcome)
         after = None
-        if self.plugins.impls("switchboard_after_answer"):
-            after = functools.partial(self._after_answer, event, trace)
+        observers = self.plugins.impls("switchboard_after_answer")
+        if observers:
+            after = functools.partial(self._after_answer, observers, event, trace)
         return Response(200, body, trace, after)
 
     def _count(self, event: Event, trace: dict[str, Any], outcome: str) -> None:
@@ -604,13 +608,12 @@ class Pipeline:
         self.count_reject(status, reason)
         return Response(status, error_body(message, field_name))
 
-    def _after_answer(self, event: Event, trace: dict[str, Any]) -> None:
+    def _after_answer(self, impls: tuple[Impl, ...], event: Event, trace: dict[str, Any]) -> None:
         """Run the after-answer observers (``Response.after``). The web layer calls this
         on the thread that served the request, once the answer is sent, so no thread
         hand-off is paid for the common, quick observer. A plugin whose observer once
         takes longer than ``SLOW_OBSERVER`` runs in the worker pool from then on, so a
         slow or hung observer holds a server thread at most once."""
-        impls = self.plugins.impls("switchboard_after_answer")
         frozen_trace = freeze(trace)  # JSON values only: a deep read-only copy
         answer = frozen_trace["answer"]
         for impl in impls:

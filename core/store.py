@@ -384,40 +384,32 @@ class SqliteStore(Store):
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is not None:
-            return self._db
+    def _connect(self, *pragmas: str) -> sqlite3.Connection:
         if self._closed:
             raise StoreError("the store is closed")
         try:
             conn = sqlite3.connect(
                 self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # "full" is made by GroupFlush
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            for pragma in pragmas:
+                conn.execute(f"PRAGMA {pragma}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from None
-        self._db = conn
         return conn
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._db = self._connect(
+                "journal_mode=WAL",
+                "synchronous=NORMAL",  # "full" is made by GroupFlush
+                "foreign_keys=ON",
+                f"cache_size=-{CACHE_KIB}",
+            )
+        return self._db
 
     def _read_conn(self) -> sqlite3.Connection:
         if self._reader is None:
-            if self._closed:
-                raise StoreError("the store is closed")
-            try:
-                reader = sqlite3.connect(
-                    self.path,
-                    timeout=self._busy_timeout,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-                reader.execute("PRAGMA query_only=ON")
-                reader.execute(f"PRAGMA cache_size=-{READ_CACHE_KIB}")
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from None
-            self._reader = reader
+            self._reader = self._connect("query_only=ON", f"cache_size=-{READ_CACHE_KIB}")
         return self._reader
 
     @contextmanager
