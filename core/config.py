@@ -225,6 +225,29 @@ POLICY_KEYS = {
         str, "deny", "ICE answer when no plugin proposes an action", choices=("deny", "connect")
     ),
     "workers": Key(int, 16, "threads that run plugin hooks", check=positive),
+    "retry_backoff": Key(
+        float,
+        1.0,
+        "seconds before a DiCE/Notify whose plugin work failed is retried; doubles each time",
+        check=positive,
+    ),
+    "retry_max_backoff": Key(float, 300.0, "longest wait between retries", check=positive),
+    "retry_attempts": Key(
+        int, 12, "attempts before the work is parked for an operator", check=positive
+    ),
+    "breaker_timeouts": Key(
+        int,
+        5,
+        "timeouts of one plugin within breaker_window that open its circuit breaker (0: off)",
+        check=non_negative,
+    ),
+    "breaker_window": Key(float, 10.0, "seconds the breaker counts timeouts over", check=positive),
+    "breaker_cooldown": Key(
+        float,
+        30.0,
+        "seconds an open breaker skips the plugin (its on_error applies at once)",
+        check=positive,
+    ),
     "fallback": Key(dict, {}, "SVAML sent when the budget passes or the merge fails, per event"),
 }
 

@@ -12,7 +12,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
-FALLBACK_RULES = frozenset({"budget", "invalid-answer", "internal-error", "duplicate-in-flight"})
+FALLBACK_RULES = frozenset(
+    {"budget", "invalid-answer", "internal-error", "duplicate-in-flight", "store-unavailable"}
+)
 
 
 class Metrics:
@@ -88,6 +90,20 @@ class Metrics:
             "switchboard_signature_failures_total",
             "Callbacks whose signature failed, by reason",
             ["reason"],
+            registry=r,
+        )
+
+        self.retries = Counter(
+            "switchboard_callback_retries_total",
+            "Retries of the plugins' work on a received DiCE or Notify, by how they ended "
+            "(done, retry: failed again, parked: given up for an operator)",
+            ["event", "outcome"],
+            registry=r,
+        )
+        self.breaker_trips = Counter(
+            "switchboard_breaker_trips_total",
+            "Times a plugin's circuit breaker opened after repeated timeouts",
+            ["plugin"],
             registry=r,
         )
 

@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from core.breaker import Breaker
 from core.config import Settings
 from core.decisions import Decision, Outcome, merge
 from core.events import DECISION_EVENTS, Event, EventError, freeze, parse_event
 from core.metrics import FALLBACK_RULES, Metrics
 from core.plugins import Impl, Plugins
 from core.signing import SignatureError, Verifier
-from core.store import Deferred, Store
+from core.store import Claim, Deferred, Store, Waiting
 from core.svaml import Svaml, SvamlError, dumps
 
 log = logging.getLogger("switchboard.callback")
@@ -47,6 +48,7 @@ FAN_OUT_AFTER = 0.02  # seconds a hook may run before the ones after it start in
 SLOW_OBSERVER = 0.02  # seconds an after-answer observer may take before it is moved to the pool
 MERGE_RESERVE = 0.05  # of the budget, kept for merging, storing and sending
 POLL_INTERVAL = 0.01
+LEASE_MARGIN = 2.0  # seconds a claim outlives the budget
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class CallContext:
     store: Store
     deadline: float
     log: logging.Logger
+    attempt: int = 1  # DiCE/Notify: 2 and up when an earlier attempt failed (retries)
 
     def remaining(self) -> float:
         """Seconds left before the answer must be ready."""
@@ -234,9 +237,10 @@ class Pipeline:
         self.store = store
         self.budget: float = settings.policy["budget"]
         self.ice_default: str = settings.policy["ice_default"]
-        # how long a claim protects a callback being processed; a redelivery after it
-        # (its worker died) is processed again
-        self.lease = max(30.0, self.budget * 4)
+        # how long a claim protects a callback being processed: every wait of the
+        # processing ends by the budget, so a claim still held after this is a worker
+        # that died; a redelivery (or the retry worker) then processes the callback
+        self.lease = self.budget + LEASE_MARGIN
         self.fallback: Mapping[str, Svaml] = settings.fallback
         prefix = settings.server["public_path_prefix"]
         self.signed_path = prefix + settings.server["callback_path"]
@@ -253,6 +257,11 @@ class Pipeline:
         }
         self._pending_after: set[Future[Any]] = set()
         self._slow_observers: set[str] = set()  # plugins whose after-answer runs in the pool
+        self._rank = {name: i for i, name in enumerate(plugins.order)}
+        policy = settings.policy
+        self.breaker = Breaker(
+            policy["breaker_timeouts"], policy["breaker_window"], policy["breaker_cooldown"]
+        )
 
     # ------------------------------------------------------------------ entry
 
@@ -271,15 +280,24 @@ class Pipeline:
         try:
             if event.name in DECISION_EVENTS:
                 return self._decide(event, sub, started)
-            return self._observe(event, sub, started)
-        except Exception:
-            log.exception("internal error on %s for call %s", event.name, event.callid)
+            return self._observe(event, sub, started, body)
+        except Exception as exc:
+            store_down = isinstance(exc, self.store.errors)
+            if store_down:
+                log.error(
+                    "store unavailable on %s for call %s: %s", event.name, event.callid, exc
+                )
+            else:
+                log.exception("internal error on %s for call %s", event.name, event.callid)
             if event.name in DECISION_EVENTS:  # an answer Sinch can obey beats an error
                 svaml = self.fallback[event.name]
                 trace = self._new_trace(event)
-                trace.update(rule="internal-error", answer=svaml.to_dict())
+                rule = "store-unavailable" if store_down else "internal-error"
+                trace.update(rule=rule, answer=svaml.to_dict())
                 return self._respond(event, svaml.to_json(), trace, started)
-            return Response(500, error_body("internal error"))
+            # a DiCE or Notify that is not safely stored is never answered 200
+            self.count_reject(503)
+            return Response(503, error_body("the callback could not be stored; send it again"))
 
     def close(self) -> None:
         """Stop the worker pool (call wait_idle first; a hung plugin is not waited for)."""
@@ -299,12 +317,14 @@ class Pipeline:
 
     def _decide(self, event: Event, sub: str, started: float) -> Response:
         deadline = started + self.budget
+        cutoff = deadline - self.budget * MERGE_RESERVE
         trace = self._new_trace(event)
-        claim = self.store.claim(event.callid, event.name, sub, lease=self.lease)
+        with self.store.until(cutoff):  # a store that cannot answer in time: the fallback
+            claim = self.store.claim(event.callid, event.name, sub, lease=self.lease)
         if claim.status == "done":
             return self._duplicate(event, claim.answer, trace, started)
         if claim.status == "busy":
-            stored = self._wait_for_answer(event, sub, deadline - self.budget * MERGE_RESERVE)
+            stored = self._wait_for_answer(event, sub, cutoff)
             if stored is not None:
                 return self._duplicate(event, stored, trace, started)
             svaml = self.fallback[event.name]
@@ -323,9 +343,14 @@ class Pipeline:
                 svaml = outcome.svaml
             trace["answer"] = answer = svaml.to_dict()
             body = dumps(answer)
-            self._finish(event, sub, body, trace, started)
+            with self.store.until(deadline):
+                self._finish(event, sub, body, trace, started)
         except Exception:
-            self.store.release(event.callid, event.name, sub)
+            try:
+                with self.store.until(deadline):
+                    self.store.release(event.callid, event.name, sub)
+            except Exception:  # noqa: BLE001 - its lease runs out instead
+                log.warning("could not release the claim of %s %s", event.name, event.callid)
             raise
         return self._respond(event, body, trace, started)
 
@@ -351,11 +376,12 @@ class Pipeline:
         return outcome
 
     def _wait_for_answer(self, event: Event, sub: str, until: float) -> str | None:
-        while time.monotonic() < until:
-            claim = self.store.answer_of(event.callid, event.name, sub)
-            if claim.status == "done":
-                return claim.answer
-            time.sleep(POLL_INTERVAL)
+        with self.store.until(until):
+            while time.monotonic() < until:
+                claim = self.store.answer_of(event.callid, event.name, sub)
+                if claim.status == "done":
+                    return claim.answer
+                time.sleep(POLL_INTERVAL)
         return None
 
     def _duplicate(
@@ -368,25 +394,144 @@ class Pipeline:
 
     # ------------------------------------------------------------------ observers
 
-    def _observe(self, event: Event, sub: str, started: float) -> Response:
+    def _observe(self, event: Event, sub: str, started: float, body: bytes) -> Response:
+        """DiCE and Notify: record the verified body durably, then run the plugins' work
+        from it. The answer is 200 once the body is on disk, whatever the plugins do:
+        work that fails is retried (``retry``) until it succeeds or is parked. If the
+        body cannot be stored, the answer is 503 and Sinch's redelivery is processed."""
+        deadline = started + self.budget
         trace = self._new_trace(event)
-        claim = self.store.claim(event.callid, event.name, sub, lease=self.lease)
-        if claim.status != "new":
-            trace.update(rule="duplicate", duplicate=True)
-            return self._respond(event, "", trace, started)
-        try:
-            self._run_hooks(event, started + self.budget, trace, decision=False)
-            trace["rule"] = "observed"
-            self._finish(event, sub, None, trace, started)
-        except Exception:
-            self.store.release(event.callid, event.name, sub)
-            raise
+        with self.store.deferred_flush() as mine:
+            with self.store.until(deadline):
+                claim = self.store.claim(
+                    event.callid, event.name, sub, lease=self.lease, body=body.decode()
+                )
+                if claim.status == "busy":  # processed elsewhere now: wait, or take it over
+                    claim = self._wait_for_claim(event, sub, body.decode(), deadline)
+            if claim.status == "new":
+                self._work(event, sub, trace, claim, deadline)
+            else:
+                trace.update(rule="duplicate", duplicate=True)
+        with self.store.until(deadline + self.budget):
+            self.store.flush(mine.seq)
+            if trace["duplicate"]:  # what another worker stored must be on disk too
+                self.store.sync()
         return self._respond(event, "", trace, started)
+
+    def _wait_for_claim(self, event: Event, sub: str, body: str, until: float) -> Claim:
+        """A callback claimed by another worker: wait until it is done, or until its
+        lease runs out (that worker died) and this one takes it over."""
+        while True:
+            time.sleep(POLL_INTERVAL * 5)
+            claim = self.store.claim(event.callid, event.name, sub, lease=self.lease, body=body)
+            if claim.status != "busy" or time.monotonic() >= until:
+                return claim
+
+    def _work(
+        self, event: Event, sub: str, trace: dict[str, Any], claim: Claim, deadline: float
+    ) -> str:
+        """Run the plugins' DiCE/Notify work that has not succeeded yet; record the
+        callback done, or due for a retry, or parked. Returns which."""
+        skip = set(claim.done)
+        if claim.attempts > 1:
+            trace["attempt"] = claim.attempts
+            trace["notes"].append(
+                f"attempt {claim.attempts}"
+                + (f"; already done: {', '.join(sorted(skip))}" if skip else "")
+            )
+        self._run_hooks(
+            event, deadline, trace, decision=False, skip=skip, attempt=claim.attempts
+        )
+        failed = [p for p in trace["plugins"] if p.get("error")]
+        try:
+            with self.store.until(deadline + self.budget):
+                if not failed:
+                    trace["rule"] = "observed"
+                    self._finish(event, sub, None, trace, time.monotonic())
+                    return "done"
+                done = skip | {p["plugin"] for p in trace["plugins"] if not p.get("error")}
+                policy = self.settings.policy
+                park = claim.attempts >= policy["retry_attempts"]
+                delay = min(
+                    policy["retry_backoff"] * 2 ** (claim.attempts - 1),
+                    policy["retry_max_backoff"],
+                )
+                error = "; ".join(f"{p['plugin']}: {p['error']}" for p in failed)
+                trace["rule"] = "parked" if park else "retry"
+                trace["notes"].append(
+                    f"parked after {claim.attempts} attempts: {error}"
+                    if park
+                    else f"retry in {delay:g} s: {error}"
+                )
+                self.store.postpone(
+                    event.callid,
+                    event.name,
+                    sub,
+                    done=sorted(done),
+                    error=error,
+                    retry_at=time.time() + delay,
+                    park=park,
+                    trace=json.dumps(trace, default=str),
+                )
+                (log.error if park else log.warning)(
+                    "%s for call %s %s: %s",
+                    event.name,
+                    event.callid,
+                    f"parked after {claim.attempts} attempts" if park else f"retried in {delay:g} s",
+                    error,
+                )
+                return "parked" if park else "retry"
+        except Exception as exc:  # noqa: BLE001 - the claim's lease runs out: retried then
+            log.error(
+                "could not record the outcome of %s for call %s (%s); retried when its lease ends",
+                event.name,
+                event.callid,
+                exc,
+            )
+            trace["notes"].append("outcome not recorded; retried when the claim's lease ends")
+            return "retry"
+
+    def retry(self, item: Waiting) -> str:
+        """Run the plugins' work on a received DiCE or Notify again (for the retry
+        worker and ``serve.py inbox retry``): ``done``, ``retry``, ``parked``, or
+        ``taken`` when another worker claimed it first."""
+        started = time.monotonic()
+        deadline = started + self.budget
+        with self.store.until(deadline):
+            claim = self.store.take(item, self.lease)
+        if claim is None:
+            return "taken"
+        if item.body is None:  # recorded before bodies were kept: nothing to run
+            self.store.postpone(
+                item.callid,
+                item.event,
+                item.sub,
+                done=list(item.done),
+                error="no body recorded for this callback",
+                retry_at=time.time(),
+                park=True,
+                trace="{}",
+            )
+            return "parked"
+        event = parse_event(item.body.encode())
+        trace = self._new_trace(event)
+        with self.store.deferred_flush() as mine:
+            outcome = self._work(event, item.sub, trace, claim, deadline)
+        self.store.flush(mine.seq)
+        self.metrics.child(self.metrics.retries, event.name, outcome).inc()
+        return outcome
 
     # ------------------------------------------------------------------ running hooks
 
     def _run_hooks(
-        self, event: Event, deadline: float, trace: dict[str, Any], *, decision: bool
+        self,
+        event: Event,
+        deadline: float,
+        trace: dict[str, Any],
+        *,
+        decision: bool,
+        skip: set[str] | frozenset[str] = frozenset(),
+        attempt: int = 1,
     ) -> list[tuple[str, Decision | None]] | None:
         """Run every plugin's hook for ``event``, each timed and isolated.
 
@@ -396,11 +541,23 @@ class Pipeline:
         workers of their own, so a slow or hung plugin delays the others by that much
         at most. Returns ``(plugin, decision)`` in precedence order, or ``None`` when a
         plugin without its own timeout was still running as the budget ran out.
+
+        Plugins in ``skip`` are not run (their work on this callback succeeded before).
+        A plugin whose circuit breaker is open is not run either: its ``on_error``
+        applies at once (see ``core.breaker``).
         """
         impls = self.plugins.impls(f"switchboard_{event.name}")
         calls: list[tuple[Impl, CallContext, float, str]] = []
+        shunned: list[tuple[Impl, str]] = []
+        now = time.monotonic()
         for impl in impls:
+            if impl.plugin in skip:
+                continue
             config = self.settings.plugins.get(impl.plugin, {})
+            on_error = config.get("on_error") or ("deny" if decision else "abstain")
+            if not self.breaker.allows(impl.plugin, now):
+                shunned.append((impl, on_error))
+                continue
             ctx = CallContext(
                 callid=event.callid,
                 event=event.name,
@@ -410,16 +567,36 @@ class Pipeline:
                 deadline=deadline,
                 log=self._plugin_logs.get(impl.plugin)
                 or logging.getLogger(f"switchboard.plugin.{impl.plugin}"),
+                attempt=attempt,
             )
             own = config.get("timeout")
             timeout = own if own is not None else self.budget * DEFAULT_TIMEOUT_SHARE
-            on_error = config.get("on_error") or ("deny" if decision else "abstain")
             calls.append((impl, ctx, timeout, on_error))
 
         cutoff = deadline - self.budget * MERGE_RESERVE
         runs = self._start(event, calls, cutoff)
         results: list[tuple[str, Decision | None]] = []
         over_budget = False
+        for impl, on_error in shunned:
+            left = self.breaker.left(impl.plugin, now)
+            trace["plugins"].append(
+                {
+                    "plugin": impl.plugin,
+                    "status": "breaker-open",
+                    "ms": 0.0,
+                    "on_error": on_error,
+                    "error": f"circuit breaker open for {left:.1f} s more after repeated timeouts",
+                }
+            )
+            self.metrics.child(
+                self.metrics.plugin_errors, impl.plugin, event.name, "breaker-open"
+            ).inc()
+            if decision and on_error == "deny":
+                results.append(
+                    (impl.plugin, Decision(deny=True, reason="plugin breaker-open (on_error=deny)"))
+                )
+            else:
+                results.append((impl.plugin, None))
         for run in runs:
             entry: dict[str, Any] = {"plugin": run.impl.plugin}
             wait_until = min(run.started + run.timeout, cutoff)
@@ -430,6 +607,8 @@ class Pipeline:
                 entry["error"] = f"still running after {wait_until - run.started:.3f} s"
                 if run.started + run.timeout > cutoff:
                     over_budget = True
+                if self.breaker.timed_out(run.impl.plugin, time.monotonic()):
+                    self._breaker_opened(run.impl.plugin)
                 results.append(self._on_error(run, entry, decision))
             except Exception as exc:  # noqa: BLE001 - a plugin's error is its own
                 entry.update(status="error", ms=_ms(time.monotonic() - run.started))
@@ -437,6 +616,7 @@ class Pipeline:
                 results.append(self._on_error(run, entry, decision))
             else:
                 entry["ms"] = _ms(elapsed)
+                self.breaker.succeeded(run.impl.plugin)
                 if decision and value is not None and not isinstance(value, Decision):
                     entry["status"] = "error"
                     entry["error"] = f"returned {type(value).__name__}, expected Decision or None"
@@ -464,9 +644,20 @@ class Pipeline:
             trace["plugins"].append(entry)
         # the commits of every hook collected reach the disk once, before the answer
         self.store.flush(max((run.handoff.collect() for run in runs), default=0))
+        results.sort(key=lambda r: self._rank[r[0]])  # precedence order, shunned included
         if decision and over_budget:
             return None
         return results
+
+    def _breaker_opened(self, plugin: str) -> None:
+        self.metrics.child(self.metrics.breaker_trips, plugin).inc()
+        self._plugin_logs.get(plugin, log).error(
+            "circuit breaker opened after %d timeouts in %g s: the plugin is skipped (its "
+            "on_error applies) for %g s",
+            self.breaker.threshold,
+            self.breaker.window,
+            self.breaker.cooldown,
+        )
 
     def _start(
         self, event: Event, calls: list[tuple[Impl, CallContext, float, str]], cutoff: float
@@ -640,8 +831,8 @@ class Pipeline:
 def _timed(impl: Impl, event: Event, ctx: CallContext, handoff: _Handoff) -> tuple[Any, float]:
     start = time.monotonic()
     pending = Deferred()
-    try:
-        with ctx.store.deferred_flush() as pending:
+    try:  # the plugin's store waits end at the callback's deadline too
+        with ctx.store.deferred_flush() as pending, ctx.store.until(ctx.deadline):
             value = impl(event=event, ctx=ctx)
     finally:
         handoff.hook_done(ctx.store, pending.seq)

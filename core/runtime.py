@@ -17,6 +17,7 @@ from core.config import Settings, with_plugins
 from core.metrics import Metrics
 from core.pipeline import Pipeline
 from core.plugins import PluginError, Plugins, declared_keys, make_plugins
+from core.retry import Retrier, WaitingCollector
 from core.store import CORE_MIGRATIONS, Migration, Store, open_store
 
 log = logging.getLogger("switchboard")
@@ -36,6 +37,7 @@ class Runtime:
         self.store = store
         self.clock = clock
         self.pipeline: Pipeline | None = None
+        self.retrier: Retrier | None = None
         self.metrics = Metrics()
         self._inflight = 0
         self._inflight_lock = threading.Lock()
@@ -112,6 +114,10 @@ class Runtime:
         self.pipeline = Pipeline(
             self.settings, self.plugins, self.store, clock=self.clock, metrics=self.metrics
         )
+        if serving:
+            self.metrics.registry.register(WaitingCollector(self.pipeline))
+            self.retrier = Retrier(self.pipeline)
+            self.retrier.start()
         if self.settings.sinch["insecure"]:
             log.warning(
                 "INSECURE: callback signatures are NOT verified (sinch.insecure = true); "
@@ -143,6 +149,9 @@ class Runtime:
 
     def close(self, *, close_store: bool = True) -> None:
         """Stop plugins, the worker pool and (unless told not to) the store; idempotent."""
+        if self.retrier is not None:
+            self.retrier.stop()
+            self.retrier = None
         if self.pipeline is not None:
             self.pipeline.wait_idle()
             for impl in self.plugins.impls("switchboard_shutdown"):

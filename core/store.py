@@ -31,6 +31,10 @@ class StoreError(RuntimeError):
     """The store cannot do what was asked (the message names the owner or table)."""
 
 
+class StoreTimeout(StoreError):
+    """The store did not become available before the caller's deadline (``Store.until``)."""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema step: ``version`` (increasing per owner) and its SQL statements."""
@@ -45,11 +49,30 @@ class Claim:
     """The result of claiming a callback for processing.
 
     ``status``: ``new`` (process it), ``done`` (already answered: ``answer`` holds what
-    was sent) or ``busy`` (another worker is processing it right now).
+    was sent) or ``busy`` (another worker is processing it right now). For a new claim
+    of a callback processed before (a redelivery or a retry), ``attempts`` counts this
+    one too and ``done`` names the plugins whose work on it already succeeded.
     """
 
     status: str
     answer: str | None = None
+    attempts: int = 1
+    done: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A received DiCE or Notify whose plugins' work has not all succeeded yet."""
+
+    callid: str
+    event: str
+    sub: str
+    body: str | None
+    state: str  # pending (processed now, or waiting for its retry) or parked
+    attempts: int
+    done: tuple[str, ...]
+    lease_until: float
+    last_error: str | None
 
 
 CORE_MIGRATIONS = (
@@ -73,7 +96,29 @@ CORE_MIGRATIONS = (
         ),
         "callback dedupe claims, answers and traces",
     ),
+    Migration(
+        2,
+        (
+            "ALTER TABLE callbacks ADD COLUMN body TEXT",
+            "ALTER TABLE callbacks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
+            "ALTER TABLE callbacks ADD COLUMN progress TEXT",
+            "ALTER TABLE callbacks ADD COLUMN last_error TEXT",
+            "CREATE INDEX callbacks_due ON callbacks (state, lease_until)",
+        ),
+        "the received body of each DiCE and Notify, and the retries of their plugins' work",
+    ),
 )
+
+RETRIED_EVENTS = ("dice", "notify")  # whose body is kept and whose work is retried
+
+
+_DEADLINE = threading.local()  # .at: this thread's deadline for store waits (monotonic)
+
+
+def _remaining() -> float | None:
+    """Seconds this thread may still wait for the store, or None (no deadline)."""
+    at: float | None = getattr(_DEADLINE, "at", None)
+    return None if at is None else max(0.0, at - time.monotonic())
 
 
 @dataclass
@@ -112,6 +157,21 @@ class Store:
     """What the core and the plugins need from a database; SQLite and PostgreSQL."""
 
     backend = "?"
+    errors: tuple[type[BaseException], ...] = (StoreError,)  # what a failing store raises
+
+    @staticmethod
+    @contextmanager
+    def until(deadline: float | None) -> Iterator[None]:
+        """Within this block, on this thread, waits for the store (a connection, the
+        write lock) end at ``deadline`` (``time.monotonic()``) with ``StoreTimeout``. The
+        pipeline runs the store work of a callback, and its plugins' hooks, in one, so
+        that a store that cannot answer costs a callback its budget at most."""
+        outer = getattr(_DEADLINE, "at", None)
+        _DEADLINE.at = deadline if outer is None or deadline is None else min(outer, deadline)
+        try:
+            yield
+        finally:
+            _DEADLINE.at = outer
 
     # ---- what a backend provides
 
@@ -145,6 +205,9 @@ class Store:
 
     def flush(self, seq: int) -> None:
         """Return once the commits up to ``seq`` (from ``deferred_flush``) are on disk."""
+
+    def sync(self) -> None:
+        """Return once every commit made so far (by any thread) is on disk."""
 
     def run(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
         """Execute ``sql`` (``?`` placeholders) on a connection of this backend."""
@@ -214,42 +277,55 @@ class Store:
     # -------------------------------------------------------------- core: callbacks
 
     def claim(
-        self, callid: str, event: str, sub: str, lease: float, now: float | None = None
+        self,
+        callid: str,
+        event: str,
+        sub: str,
+        lease: float,
+        now: float | None = None,
+        *,
+        body: str | None = None,
     ) -> Claim:
         """Atomically claim ``(callid, event, sub)`` for processing (see ``Claim``).
 
-        A claim whose lease ran out (its worker died) can be taken over.
+        A claim whose lease ran out (its worker died) can be taken over, and so can a
+        parked one when ``body`` is given (a redelivery). With ``body`` (DiCE, Notify)
+        the callback's body is recorded with the claim and the commit is durable: once
+        it has been flushed (see ``deferred_flush``), the callback cannot be lost.
         """
         now = time.time() if now is None else now
         if self.write(  # the common case, a first delivery: one statement
-            "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until) "
-            "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (callid, event, sub) DO NOTHING",
-            (callid, event, sub, now, now + lease),
-            durable=False,  # lost in a power cut, a redelivery is simply processed again
+            "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body) "
+            "VALUES (?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT (callid, event, sub) DO NOTHING",
+            (callid, event, sub, now, now + lease, body),
+            # a claim without a body, lost in a power cut: a redelivery is processed again
+            durable=body is not None,
         ):
             return Claim("new")
         with self.transaction() as tx:
             tx.lock(f"callback:{callid}:{event}:{sub}")
             row = tx.one(
-                "SELECT state, answer, lease_until FROM callbacks WHERE callid = ? AND event = ? AND sub = ?",
+                "SELECT state, answer, lease_until, attempts, progress, body FROM callbacks "
+                "WHERE callid = ? AND event = ? AND sub = ?",
                 (callid, event, sub),
             )
             if row is None:
                 tx.execute(
-                    "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until) "
-                    "VALUES (?, ?, ?, 'pending', ?, ?)",
-                    (callid, event, sub, now, now + lease),
+                    "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body) "
+                    "VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                    (callid, event, sub, now, now + lease, body),
                 )
                 return Claim("new")
-            state, answer, lease_until = row
+            state, answer, lease_until, attempts, progress, stored = row
             if state == "done":
                 return Claim("done", answer)
-            if lease_until < now:
+            if lease_until < now or (state == "parked" and body is not None):
                 tx.execute(
-                    "UPDATE callbacks SET lease_until = ? WHERE callid = ? AND event = ? AND sub = ?",
-                    (now + lease, callid, event, sub),
+                    "UPDATE callbacks SET state = 'pending', lease_until = ?, attempts = ?, body = ? "
+                    "WHERE callid = ? AND event = ? AND sub = ?",
+                    (now + lease, attempts + 1, stored or body, callid, event, sub),
                 )
-                return Claim("new")
+                return Claim("new", attempts=attempts + 1, done=_names(progress))
             return Claim("busy")
 
     def finish(
@@ -257,11 +333,80 @@ class Store:
     ) -> None:
         """Record the answer and trace of a claimed callback."""
         self.write(
-            "UPDATE callbacks SET state = 'done', answer = ?, trace = ?, outcome = ?, finished_at = ? "
-            "WHERE callid = ? AND event = ? AND sub = ?",
+            "UPDATE callbacks SET state = 'done', answer = ?, trace = ?, outcome = ?, finished_at = ?, "
+            "last_error = NULL WHERE callid = ? AND event = ? AND sub = ?",
             (answer, trace, outcome, time.time(), callid, event, sub),
-            durable=False,  # the plugins' own transactions carry what must survive
+            durable=False,  # lost in a power cut, the callback is processed again
         )
+
+    def postpone(
+        self,
+        callid: str,
+        event: str,
+        sub: str,
+        *,
+        done: Sequence[str],
+        error: str,
+        retry_at: float,
+        park: bool,
+        trace: str,
+    ) -> None:
+        """Record that some plugins' work on a received callback failed: it is retried
+        from ``retry_at`` (the plugins in ``done`` are not run again), or parked for an
+        operator."""
+        self.write(
+            "UPDATE callbacks SET state = ?, progress = ?, last_error = ?, lease_until = ?, "
+            "trace = ? WHERE callid = ? AND event = ? AND sub = ? AND state <> 'done'",
+            (
+                "parked" if park else "pending",
+                ",".join(done),
+                error[:1000],
+                retry_at,
+                trace,
+                callid,
+                event,
+                sub,
+            ),
+            durable=False,  # lost in a power cut, the retry simply comes sooner
+        )
+
+    def due(self, now: float | None = None, limit: int = 20) -> list[Waiting]:
+        """Received DiCE and Notify callbacks whose retry is due (or whose worker died)."""
+        now = time.time() if now is None else now
+        return self._waiting("state = 'pending' AND lease_until < ?", [now], limit)
+
+    def waiting(self, callid: str | None = None) -> list[Waiting]:
+        """Every received DiCE and Notify not yet fully processed (pending or parked)."""
+        where, params = "state IN ('pending', 'parked')", []
+        if callid is not None:
+            where += " AND callid = ?"
+            params.append(callid)
+        return self._waiting(where, params, None)
+
+    def _waiting(self, where: str, params: list[Any], limit: int | None) -> list[Waiting]:
+        sql = (
+            "SELECT callid, event, sub, body, state, attempts, progress, lease_until, last_error "
+            f"FROM callbacks WHERE {where} AND event IN ('dice', 'notify') ORDER BY lease_until"
+        )
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [
+            Waiting(c, e, s, b, st, a, _names(p), lu, le)
+            for c, e, s, b, st, a, p, lu, le in self.query(sql, params)
+        ]
+
+    def take(self, item: Waiting, lease: float, now: float | None = None) -> Claim | None:
+        """Claim a waiting callback for a retry, unless another worker took it since it
+        was read (``item.lease_until`` changed); returns the claim, or None."""
+        now = time.time() if now is None else now
+        if self.write(
+            "UPDATE callbacks SET state = 'pending', lease_until = ?, attempts = attempts + 1 "
+            "WHERE callid = ? AND event = ? AND sub = ? AND state = ? AND lease_until = ?",
+            (now + lease, item.callid, item.event, item.sub, item.state, item.lease_until),
+            durable=False,
+        ):
+            return Claim("new", attempts=item.attempts + 1, done=item.done)
+        return None
 
     def release(self, callid: str, event: str, sub: str) -> None:
         """Drop an unfinished claim so that a redelivery is processed again."""
@@ -292,6 +437,10 @@ class Store:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
+def _names(progress: str | None) -> tuple[str, ...]:
+    return tuple(n for n in (progress or "").split(",") if n)
+
+
 class GroupFlush:
     """Durability for commits made with ``synchronous=NORMAL``, one fsync at a time.
 
@@ -313,6 +462,11 @@ class GroupFlush:
         """Call right after a COMMIT returned; the commit's sequence number."""
         with self._cond:
             self._committed += 1
+            return self._committed
+
+    def last(self) -> int:
+        """The sequence number of the latest commit."""
+        with self._cond:
             return self._committed
 
     def wait(self, seq: int) -> None:
@@ -350,6 +504,7 @@ class SqliteStore(Store):
     free)."""
 
     backend = "sqlite"
+    errors = (StoreError, sqlite3.Error, OSError)
 
     def __init__(self, path: str, *, busy_timeout: float = 10.0, synchronous: str = "full") -> None:
         if synchronous not in ("full", "normal"):
@@ -413,8 +568,21 @@ class SqliteStore(Store):
         return self._reader
 
     @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the write connection's lock, waiting at most until the thread's deadline."""
+        left = _remaining()
+        if left is None:
+            self._lock.acquire()
+        elif not self._lock.acquire(timeout=left):
+            raise StoreTimeout("the SQLite store was busy until the deadline")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self._lock:
+        with self._locked():
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             self._in_tx.depth = getattr(self._in_tx, "depth", 0) + 1
@@ -432,13 +600,13 @@ class SqliteStore(Store):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if getattr(self._in_tx, "depth", 0):  # inside this thread's transaction: its view
-            with self._lock:
+            with self._locked():
                 return self._conn().execute(sql, params).fetchall()
         with self._read_lock:
             return self._read_conn().execute(sql, params).fetchall()
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
-        with self._lock:
+        with self._locked():
             changed: int = self._conn().execute(sql, params).rowcount  # autocommit
             seq = self._flush.committed() if self._flush and durable else 0
         if seq:
@@ -467,6 +635,10 @@ class SqliteStore(Store):
     def flush(self, seq: int) -> None:
         if seq and self._flush is not None:
             self._flush.wait(seq)
+
+    def sync(self) -> None:
+        if self._flush is not None:
+            self._flush.wait(self._flush.last())
 
     def lock(self, conn: Any, key: str) -> None:
         pass  # BEGIN IMMEDIATE already serialises every writer
@@ -514,8 +686,9 @@ class PostgresStore(Store):
             raise StoreError(
                 "store.url is PostgreSQL but psycopg is not installed: pip install 'sinch-switchboard[postgres]'"
             ) from None
-        self._errors = (psycopg.Error,)
+        self.errors = (StoreError, psycopg.Error)
         self.url = url
+        self._timeout = timeout
         try:
             self._pool = ConnectionPool(
                 url, min_size=1, max_size=pool_size, timeout=timeout, open=True, name="switchboard"
@@ -533,16 +706,37 @@ class PostgresStore(Store):
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
 
     @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection, waiting at most until the thread's deadline (``until``)."""
+        from psycopg_pool import PoolTimeout
+
+        left = _remaining()
+        try:
+            cm = self._pool.connection(timeout=self._timeout if left is None else left)
+            conn = cm.__enter__()
+        except PoolTimeout:
+            raise StoreTimeout(
+                f"no PostgreSQL connection within {self._timeout if left is None else left:.2f} s"
+            ) from None
+        try:
+            yield conn
+        except BaseException as exc:
+            if not cm.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            cm.__exit__(None, None, None)
+
+    @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self._pool.connection() as conn, conn.transaction():
+        with self._connection() as conn, conn.transaction():
             yield Tx(conn, self)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             return list(self.run(conn, sql, params).fetchall())
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
-        with self._pool.connection() as conn:  # commits on leaving
+        with self._connection() as conn:  # commits on leaving
             return int(self.run(conn, sql, params).rowcount)
 
     def tables(self) -> list[str]:

@@ -13,11 +13,13 @@ from core.config import ConfigError
 from core.decisions import Decision
 from core.hookspecs import hookimpl
 from core.plugins import PluginError, make_plugins
-from core.store import Migration
+from core.store import CORE_MIGRATIONS, Migration
 from core.svaml import ConnectConf
 from tests.helpers import KEY, SECRET, Fixed, ice, post, runtime, webapp
 
 REPO = Path(__file__).resolve().parent.parent
+
+CORE_VERSIONS = [m.version for m in CORE_MIGRATIONS]
 
 
 def make_dist(root: Path, name: str, entry: str, version: str = "1.0") -> Path:
@@ -197,7 +199,7 @@ def test_plugin_migrations_and_lifecycle():
             events.append(("shutdown", None))
 
     rt = runtime({"life": Life()})
-    assert rt.pending_migrations() == {"core": [1], "life": [1, 2]}
+    assert rt.pending_migrations() == {"core": CORE_VERSIONS, "life": [1, 2]}
     rt.start()
     assert rt.pending_migrations() == {}
     assert rt.store.applied("life") == {1, 2}
@@ -276,7 +278,7 @@ def test_serve_py_check_and_plugin_command(site, tmp_path):
     assert check.returncode == 0, check.stderr
     assert "1. vip 1.0 from package switchboard-vip" in check.stdout
     assert 'callers = ["+12015555555"]' in check.stdout
-    assert "migrations to apply at start: core [1]; vip [1]" in check.stdout
+    assert f"migrations to apply at start: core {CORE_VERSIONS}; vip [1]" in check.stdout
     sim = _cli(
         site,
         work,

@@ -1,0 +1,102 @@
+"""The retry worker: runs the plugins' work on received DiCE and Notify callbacks again
+when it failed, or when the worker processing it died.
+
+Every DiCE and Notify is recorded with its body before it is answered (see
+``Pipeline._observe``). Work that failed is given a time for its next attempt, with a
+backoff that doubles up to ``policy.retry_max_backoff``; a claim whose worker died (a
+crash, ``kill -9``) runs out after ``policy.budget`` plus a margin. This worker finds
+both, claims each exclusively (several server processes may share the store) and runs
+the plugins that have not succeeded yet, until they do or the work is parked after
+``policy.retry_attempts`` for an operator (``serve.py inbox``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from core.pipeline import Pipeline
+
+log = logging.getLogger("switchboard.retry")
+
+INTERVAL = 0.5  # seconds between looks at the store when there was nothing to do
+BATCH = 20
+
+
+class Retrier:
+    def __init__(self, pipeline: Pipeline, interval: float = INTERVAL) -> None:
+        self.pipeline = pipeline
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="switchboard-retry", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run_once(self) -> int:
+        """Retry every piece of work that is due now; returns how many were tried."""
+        tried = 0
+        for item in self.pipeline.store.due(limit=BATCH):
+            if self._stop.is_set():
+                break
+            if self.pipeline.retry(item) != "taken":
+                tried += 1
+        return tried
+
+    def _loop(self) -> None:
+        said = ""
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+                said = ""
+            except Exception as exc:  # noqa: BLE001 - a failing store: look again later
+                problem = f"{type(exc).__name__}: {exc}"
+                if problem != said:  # once per distinct problem, not twice a second
+                    log.warning("retry worker: %s", problem)
+                    said = problem
+                busy = 0
+            if not busy:
+                self._stop.wait(self.interval)
+
+
+class WaitingCollector:
+    """``switchboard_callbacks_retrying`` and ``switchboard_callbacks_parked``: received
+    DiCE/Notify callbacks whose plugin work is waiting for a retry, or parked."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.store = pipeline.store
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        retrying = GaugeMetricFamily(
+            "switchboard_callbacks_retrying",
+            "Received DiCE/Notify callbacks whose plugin work failed and waits for a retry",
+        )
+        parked = GaugeMetricFamily(
+            "switchboard_callbacks_parked",
+            "Received DiCE/Notify callbacks whose plugin work was given up on after "
+            "policy.retry_attempts (serve.py inbox)",
+        )
+        try:
+            counts = dict(
+                self.store.query(
+                    "SELECT state, COUNT(*) FROM callbacks WHERE (state = 'parked' OR "
+                    "(state = 'pending' AND last_error IS NOT NULL)) GROUP BY state"
+                )
+            )
+        except Exception:  # noqa: BLE001 - the store is down: no figure rather than no page
+            return
+        retrying.add_metric([], int(counts.get("pending", 0)))
+        parked.add_metric([], int(counts.get("parked", 0)))
+        yield retrying
+        yield parked
