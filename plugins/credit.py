@@ -224,6 +224,7 @@ class Credit:
         # the reservation to the answer sent: saves it a read when nothing changes
         self._reserved: dict[str, int] = {}
         self._tariffs: dict[Decimal, Tariff] = {}  # by rate; see _tariff
+        self._overruns: Any = None  # the overrun counter, once metrics are registered
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -298,7 +299,15 @@ class Credit:
 
     @hookimpl
     def switchboard_metrics(self, registry: Any) -> None:
+        from prometheus_client import Counter
+
         registry.register(_ReservationCollector(self))
+        self._overruns = Counter(
+            "switchboard_credit_overruns_total",
+            "Calls whose DiCE reported more than they were granted (or a debit above the "
+            "reservation): charged the grant, the rest recorded on the ledger entry",
+            registry=registry,
+        )
 
     @hookimpl
     def switchboard_shutdown(self) -> None:
@@ -506,11 +515,15 @@ class Credit:
             account, reserved, rate, first, nxt, minimum, cap, status = res
             tx.lock(f"credit:account:{account}")  # always after the call's lock: no cycles
             tariff = Tariff(Decimal(rate), first, nxt, minimum, self.scale)
-            charge = tariff.cost(duration)
+            # never past the grant: the seconds the call was answered with (none for a
+            # call answered hangup), and never more than was reserved for them
+            granted = 0 if status == "released" else int(cap)
+            billed = min(duration, granted)
+            charge = tariff.cost(billed)
             details.update(
                 rate=rate,
-                billed_seconds=tariff.billed_seconds(duration),
-                cap=cap,
+                billed_seconds=tariff.billed_seconds(billed),
+                cap=granted,
                 reserved=reserved,
             )
             if cfg["settle_with"] == "debit" and event.debit is not None and duration > 0:
@@ -521,6 +534,29 @@ class Credit:
                     details["settled_by"] = "debit"
                 else:
                     details["note"] = f"debit in {event.debit.currency_id}, settled by rate"
+            if charge < 0:  # a call never adds credit, whatever Sinch's debit says
+                details["refused_negative_charge"] = charge
+                charge = 0
+            limit = min(int(reserved), tariff.cost(granted))
+            if duration > granted or charge > limit:
+                details["overrun"] = {
+                    "reported_seconds": duration,
+                    "granted_seconds": granted,
+                    "asked": charge,
+                    "limit": limit,
+                }
+                charge = min(charge, limit)
+                if self._overruns is not None:
+                    self._overruns.inc()
+                ctx.log.warning(
+                    "call %s: %s s reported against a grant of %s s (charge asked %s): "
+                    "charged %s, not more",
+                    event.callid,
+                    duration,
+                    granted,
+                    fmt(details["overrun"]["asked"], cfg["decimals"]),
+                    fmt(charge, cfg["decimals"]),
+                )
             balance = tx.one("SELECT balance FROM credit_accounts WHERE account = ?", (account,))
             applied = min(charge, balance[0] if balance else 0)
             if applied < charge:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from core.decisions import Decision
 from core.plugins import PluginError
 from plugins.credit import Credit, Tariff, fmt, parse_amount
 
@@ -261,15 +262,69 @@ def test_dice_for_a_call_never_reserved_is_recorded(credit_app, caplog):
     assert any("never reserved" in r.getMessage() for r in caplog.records)
 
 
-def test_balance_never_goes_below_zero(credit_app):
+def test_a_debit_above_the_reservation_is_charged_the_reservation(credit_app):
     rt, app, _ = credit_app("10.00", settle_with="debit")
-    post(app, ice("c17", to="+14155550000"))
+    post(app, ice("c17", to="+14155550000"))  # 960 s reserved: 9.60 at 0.60/min
     post(app, dice("c17", duration=900, debit={"currencyId": "USD", "amount": 25}))
+    assert balance(rt) == 40 and ledger_sum(rt) == 40
+    details = json.loads(
+        rt.store.query("SELECT details FROM credit_settled WHERE callid = 'c17'")[0][0]
+    )
+    assert details["overrun"] == {
+        "reported_seconds": 900,
+        "granted_seconds": 960,
+        "asked": 2500,
+        "limit": 960,
+    }
+
+
+def test_a_duration_past_the_grant_is_charged_the_grant(credit_app, caplog):
+    rt, app, _ = credit_app("10.00", max_duration=600)
+    post(app, ice("c20", to="+14155550000"))  # 600 s: 6.00 reserved
+    post(app, dice("c20", duration=3600))
+    assert balance(rt) == 400 and ledger_sum(rt) == 400
+    assert reservation(rt, "c20")[2] == "settled"
+    details = json.loads(
+        rt.store.query("SELECT details FROM credit_settled WHERE callid = 'c20'")[0][0]
+    )
+    assert details["billed_seconds"] == 600
+    assert details["overrun"]["reported_seconds"] == 3600
+    assert any("3600 s reported against a grant of 600 s" in r.getMessage() for r in caplog.records)
+    metrics = app.get("/metrics").text
+    assert "switchboard_credit_overruns_total 1.0" in metrics
+
+
+def test_a_call_never_adds_credit(credit_app):
+    rt, app, _ = credit_app("10.00", settle_with="debit")
+    post(app, ice("c21", to="+14155550000"))
+    post(app, dice("c21", duration=60, debit={"currencyId": "USD", "amount": -5}))
+    assert balance(rt) == 1000 and ledger_sum(rt) == 1000
+    assert json.loads(
+        rt.store.query("SELECT details FROM credit_settled WHERE callid = 'c21'")[0][0]
+    )["refused_negative_charge"] == -500
+
+
+def test_a_call_answered_hangup_is_never_charged(credit_app):
+    rt, app, _ = credit_app("10.00", extra_plugins={"no": Fixed(Decision.denied("no"))})
+    post(app, ice("c22", to="+14155550000"))
+    rt.pipeline.wait_idle()
+    assert reservation(rt, "c22")[2] == "released"
+    post(app, dice("c22", duration=120))
+    assert balance(rt) == 1000
+
+
+def test_balance_never_goes_below_zero(credit_app):
+    rt, app, plugin = credit_app("10.00", grace=10)
+    post(app, ice("c17", to="+14155550000"))  # reserves all 10.00 (1000 s at 0.60/min)
+    assert plugin.sweep(now=time.time() + 2000) == ["c17"]  # its DiCE is late
+    post(app, ice("c19", to="+14155550000"))
+    post(app, dice("c19", duration=900))  # spends 9.00 of the released 10.00
+    post(app, dice("c17", duration=900))  # 9.00 asked, 1.00 left
     assert balance(rt) == 0 and ledger_sum(rt) == 0
     details = json.loads(
         rt.store.query("SELECT details FROM credit_settled WHERE callid = 'c17'")[0][0]
     )
-    assert details["uncollected"] == 1500
+    assert details["uncollected"] == 800
 
 
 def test_sweeper_expires_reservations_without_dice(credit_app, caplog):
