@@ -489,6 +489,59 @@ def cmd_trace(args: argparse.Namespace, settings: Settings) -> int:
         store.close()
 
 
+# ---------------------------------------------------------------------------- inbox
+
+
+def cmd_inbox(args: argparse.Namespace, runtime: Runtime) -> int:
+    """DiCE and Notify callbacks received (answered 200) whose plugin work has not all
+    succeeded: waiting for a retry, or parked after policy.retry_attempts."""
+    items = runtime.store.waiting(getattr(args, "callid", None))
+    if args.inbox_command != "retry":
+        if args.json:
+            print(json.dumps({"waiting": [_inbox_row(i) for i in items]}, indent=2))
+            return 0
+        for item in items:
+            row = _inbox_row(item)
+            print(
+                f"{item.callid} {item.event} {item.state} attempts={item.attempts} "
+                f"next={row['next_attempt'] if item.state == 'pending' else '-'} "
+                f"done={','.join(item.done) or '-'} last_error={item.last_error or '-'}"
+            )
+        print(f"{len(items)} callback(s) waiting")
+        return 0
+    now = time.time()
+    # not one a server is processing for the first time right now
+    todo = [i for i in items if i.state == "parked" or i.last_error or i.lease_until < now]
+    if args.callid and not todo:
+        print(f"error: nothing waiting for call {args.callid!r}")
+        return 1
+    assert runtime.pipeline is not None
+    failed = 0
+    for item in todo:
+        outcome = runtime.pipeline.retry(item)
+        if outcome != "done":
+            failed += 1
+            left = runtime.store.waiting(item.callid)
+            error = next((w.last_error for w in left if w.event == item.event), None)
+            print(f"{item.callid} {item.event}: {outcome}" + (f" ({error})" if error else ""))
+        else:
+            print(f"{item.callid} {item.event}: done")
+    print(f"{len(todo) - failed} of {len(todo)} done")
+    return 1 if failed else 0
+
+
+def _inbox_row(item: Any) -> dict[str, Any]:
+    return {
+        "callid": item.callid,
+        "event": item.event,
+        "state": item.state,
+        "attempts": item.attempts,
+        "done": list(item.done),
+        "next_attempt": datetime.fromtimestamp(item.lease_until, UTC).isoformat(timespec="seconds"),
+        "last_error": item.last_error,
+    }
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -515,6 +568,15 @@ def build_parser(plugins: Plugins | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("callid")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "inbox", help="received DiCE/Notify callbacks whose plugin work waits for a retry or is parked"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    inbox = p.add_subparsers(dest="inbox_command", metavar="ACTION")
+    r = inbox.add_parser("retry", help="run the waiting work now (all of it, or one call's)")
+    r.add_argument("callid", nargs="?")
+    p.set_defaults(func=cmd_inbox)
 
     p = sub.add_parser(
         "simulate", help="send a realistic, signed callback and print the answer and trace"

@@ -1,0 +1,292 @@
+"""A 200 to a DiCE or Notify means it is durably received: its plugins' work is retried
+until it succeeds or is parked for an operator; the budget holds when a plugin keeps
+hanging (circuit breaker) or the store cannot answer in time."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from core.decisions import Decision
+from core.hookspecs import hookimpl
+from tests.conftest import REPO
+from tests.helpers import Fixed, Hanging, dice, ice, notify, post, table_counts, wait_for
+from tests.test_plugins import make_dist
+
+
+class Failing:
+    """A DiCE/Notify observer that raises for its first ``failures`` calls."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: list[int] = []
+
+    def _work(self, ctx: Any) -> None:
+        self.calls.append(ctx.attempt)
+        if len(self.calls) <= self.failures:
+            raise RuntimeError("database or disk is full")
+
+    @hookimpl
+    def switchboard_dice(self, event: Any, ctx: Any) -> None:
+        self._work(ctx)
+
+    @hookimpl
+    def switchboard_notify(self, event: Any, ctx: Any) -> None:
+        self._work(ctx)
+
+
+def metric(app: Any, line: str) -> bool:
+    return line in app.get("/metrics").text
+
+
+def test_failed_dice_work_is_retried_until_it_succeeds(make, backend):
+    flaky, steady = Failing(2), Failing(0)
+    rt, app = make({"steady": steady, "flaky": flaky}, policy={"retry_backoff": 0.05})
+    res = post(app, dice("r1"))
+    assert (res.status_int, res.body) == (200, b"")
+    [waiting] = rt.store.waiting("r1")
+    assert waiting.done == ("steady",) and "database or disk is full" in waiting.last_error
+    assert wait_for(lambda: not rt.store.waiting("r1"))
+    assert flaky.calls == [1, 2, 3] and steady.calls == [1]  # what succeeded is not redone
+    [row] = [r for r in rt.store.traces("r1") if r["event"] == "dice"]
+    trace = json.loads(row["trace"])
+    assert (row["state"], trace["rule"], trace["attempt"]) == ("done", "observed", 3)
+    assert metric(app, 'switchboard_callback_retries_total{event="dice",outcome="retry"} 1.0')
+    assert metric(app, 'switchboard_callback_retries_total{event="dice",outcome="done"} 1.0')
+    post(app, dice("r1"))  # a duplicate of a finished DiCE reaches no plugin
+    assert flaky.calls == [1, 2, 3] and steady.calls == [1]
+
+
+def test_notify_work_is_retried_too(make):
+    flaky = Failing(1)
+    rt, app = make({"flaky": flaky}, policy={"retry_backoff": 0.05})
+    post(app, notify("n1"))
+    assert wait_for(lambda: flaky.calls == [1, 2] and not rt.store.waiting("n1"))
+
+
+def test_work_that_keeps_failing_is_parked_counted_and_taken_up_by_a_redelivery(make, backend):
+    flaky = Failing(10**6)
+    rt, app = make({"flaky": flaky}, policy={"retry_backoff": 0.05, "retry_attempts": 3})
+    post(app, dice("p1"))
+    assert wait_for(lambda: [w.state for w in rt.store.waiting("p1")] == ["parked"])
+    time.sleep(0.3)
+    assert flaky.calls == [1, 2, 3]  # parked: no more attempts
+    assert metric(app, "switchboard_callbacks_parked 1.0")
+    assert metric(app, 'switchboard_callback_retries_total{event="dice",outcome="parked"} 1.0')
+    flaky.failures = 0
+    assert post(app, dice("p1")).status_int == 200  # Sinch delivers it again: processed
+    assert flaky.calls == [1, 2, 3, 4] and rt.store.waiting("p1") == []
+    assert metric(app, "switchboard_callbacks_parked 0.0")
+
+
+def test_a_redelivered_dice_whose_worker_died_is_processed(make, backend):
+    steady = Failing(0)
+    rt, app = make({"steady": steady}, policy={"budget": 1.0})
+    rt.retrier.stop()  # only the redelivery may pick it up here
+    # a worker claimed it, then died: its claim runs out during the redelivery's budget
+    rt.store.claim("d1", "dice", "", lease=0.3, body=json.dumps(dice("d1")))
+    res = post(app, dice("d1"))
+    assert res.status_int == 200 and steady.calls == [2]
+    [row] = rt.store.traces("d1")
+    assert row["state"] == "done" and json.loads(row["trace"])["duplicate"] is False
+
+
+def test_a_dice_the_store_cannot_take_gets_503_and_changes_nothing(make, monkeypatch, backend):
+    steady = Failing(0)
+    rt, app = make({"steady": steady})
+    write = rt.store.write
+
+    def full(sql: str, params: Any = (), *, durable: bool = True) -> int:
+        if sql.startswith("INSERT INTO callbacks"):
+            raise rt.store.errors[-1]("database or disk is full")
+        return write(sql, params, durable=durable)
+
+    before = table_counts(rt.store)
+    monkeypatch.setattr(rt.store, "write", full)
+    res = post(app, dice("f1"), status=503)
+    assert res.json == {"error": "the callback could not be stored; send it again"}
+    assert steady.calls == [] and table_counts(rt.store) == before
+    monkeypatch.undo()
+    assert post(app, dice("f1")).status_int == 200 and steady.calls == [1]
+
+
+# ------------------------------------------------------------------ the budget holds
+
+
+def test_breaker_opens_after_repeated_timeouts_and_closes_after_a_success(make, caplog):
+    stuck = Hanging()
+    rt, app = make(
+        {"stuck": stuck, "ok": Fixed(Decision.allowed("ok"))},
+        policy={
+            "budget": 1.0,
+            "breaker_timeouts": 3,
+            "breaker_window": 60.0,
+            "breaker_cooldown": 0.5,
+        },
+        plugins={"stuck": {"timeout": 0.05, "on_error": "abstain"}},
+    )
+    try:
+
+        def status_of(callid: str) -> tuple[str, float]:
+            post(app, ice(callid))
+            trace = json.loads(rt.store.traces(callid)[0]["trace"])
+            return trace["plugins"][0]["status"], trace["elapsed_ms"]
+
+        assert [status_of(f"b{i}")[0] for i in range(3)] == ["timeout"] * 3
+        status, ms = status_of("b3")
+        assert status == "breaker-open" and ms < 40  # no wait for the stuck plugin
+        assert metric(app, 'switchboard_breaker_trips_total{plugin="stuck"} 1.0')
+        assert any("circuit breaker opened" in r.getMessage() for r in caplog.records)
+        time.sleep(0.6)  # cooldown over: half open, the next call goes through
+        stuck.release.set()
+        assert status_of("b4")[0] == "decided"
+        stuck.release.clear()
+        assert status_of("b5")[0] == "timeout"  # closed again: one timeout does not open it
+        assert status_of("b6")[0] == "timeout"
+    finally:
+        stuck.release.set()
+
+
+@contextlib.contextmanager
+def store_unavailable(rt: Any, seconds: float) -> Any:
+    """Hold the store so that nothing else gets it for ``seconds``: SQLite's write lock,
+    or every pooled PostgreSQL connection."""
+    ready, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        if rt.store.backend == "sqlite":
+            with rt.store._lock:
+                ready.set()
+                done.wait(seconds)
+        else:
+            conns = [rt.store._pool.getconn() for _ in range(rt.store._pool.max_size)]
+            ready.set()
+            done.wait(seconds)
+            for conn in conns:
+                rt.store._pool.putconn(conn)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    ready.wait(5)
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def test_a_store_that_cannot_answer_in_time_costs_the_budget_at_most(make, backend):
+    rt, app = make(
+        {"ok": Fixed(Decision.allowed("ok"))}, policy={"budget": 0.5, "ice_default": "connect"}
+    )
+    with store_unavailable(rt, 5):
+        began = time.monotonic()
+        res = post(app, ice("s1"))
+        took = time.monotonic() - began
+        assert res.json == {"action": {"name": "hangup"}}  # the configured fallback
+        assert took < 0.5 + 0.25, took
+        began = time.monotonic()
+        post(app, dice("s1"), status=503)
+        assert time.monotonic() - began < 0.5 + 0.25
+    assert metric(app, 'switchboard_fallbacks_total{event="ice",reason="store-unavailable"} 1.0')
+    assert post(app, ice("s2")).json["action"]["name"] == "connectPstn"  # back to normal
+
+
+# ------------------------------------------------------------------ the real server
+
+
+@pytest.fixture
+def flaky_server(serve, tmp_path):
+    site = tmp_path / "site"
+    make_dist(site, "switchboard-flaky", "flaky = tests.flaky_plugin")
+    fail, hang = tmp_path / "fail", tmp_path / "hang"
+
+    def _start(extra: str = "", name: str = "flaky") -> Any:
+        from tests.helpers import KEY, SECRET
+
+        return serve(
+            f'[server]\nport = 0\n[sinch]\nkeys = [{{ key = "{KEY}", secret = "{SECRET}" }}]\n'
+            f'[store]\nurl = "sqlite:///{tmp_path}/flaky.db"\n'
+            f"[policy]\nbudget = 1.0\nretry_backoff = 0.2\n{extra}\n"
+            '[plugins]\nenabled = ["flaky", "crm"]\n'
+            f'[plugins.flaky]\nfail_flag = "{fail}"\nhang_flag = "{hang}"\n',
+            name=name,
+            pythonpath=str(site),
+        )
+
+    return _start, fail, hang
+
+
+def run_cli(config: Any, *args: str) -> Any:
+    """``serve.py`` on ``config`` with the flaky plugin installed."""
+    import os
+    import subprocess
+    import sys
+
+    site = config.parent / "site"
+    return subprocess.run(
+        [sys.executable, str(REPO / "serve.py"), "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=config.parent,
+        env={**os.environ, "PYTHONPATH": f"{site}:{REPO}"},
+        check=False,
+    )
+
+
+def _count(server: Any, table: str) -> int:
+    import sqlite3
+
+    db = server.config.parent / "flaky.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608
+
+
+def test_real_server_retries_failed_dice_work_and_parks_it_for_the_operator(flaky_server):
+    start, fail, _ = flaky_server
+    fail.touch()
+    server = start("retry_attempts = 3")
+    for i in range(5):
+        assert server.post(dice(f"rs{i}"))[0] == 200
+    assert wait_for(lambda: _count(server, "crm_calls") == 5)  # crm's work is done once
+    listing = run_cli(server.config, "inbox")
+    assert listing.returncode == 0 and "5 callback(s) waiting" in listing.stdout
+    assert "flaky store is down" in listing.stdout and "done=crm" in listing.stdout
+    assert wait_for(lambda: run_cli(server.config, "inbox").stdout.count(" parked ") == 5, 15)
+    with urllib.request.urlopen(server.url.rsplit("/sinch", 1)[0] + "/metrics") as resp:
+        assert "switchboard_callbacks_parked 5.0" in resp.read().decode()
+    fail.unlink()
+    retried = run_cli(server.config, "inbox", "retry")
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert "5 of 5 done" in retried.stdout
+    assert _count(server, "flaky_seen") == 5 and _count(server, "crm_calls") == 5
+    assert "0 callback(s) waiting" in run_cli(server.config, "inbox").stdout
+
+
+def test_real_server_takes_over_a_dice_whose_server_was_killed(flaky_server):
+    start, _, hang = flaky_server
+    hang.touch()
+    first = start(name="first")
+    def deliver() -> None:
+        with contextlib.suppress(OSError):  # the server dies before it answers
+            first.post(dice("k1"), timeout=10)
+
+    thread = threading.Thread(target=deliver)
+    thread.start()
+    time.sleep(0.5)  # the DiCE is recorded and its plugin work hangs
+    first.kill()
+    thread.join()
+    hang.unlink()
+    second = start(name="second")
+    assert second.post(dice("k1"))[0] == 200  # Sinch's redelivery
+    assert wait_for(
+        lambda: _count(second, "flaky_seen") == 1 and _count(second, "crm_calls") == 1, 10
+    )
+    assert "0 callback(s) waiting" in run_cli(second.config, "inbox").stdout
