@@ -13,7 +13,7 @@ from core.config import ConfigError
 from core.decisions import Decision
 from core.hookspecs import hookimpl
 from core.plugins import PluginError, make_plugins
-from core.store import Migration
+from core.store import CORE_MIGRATIONS, Migration
 from core.svaml import ConnectConf
 from tests.helpers import KEY, SECRET, Fixed, ice, post, runtime, webapp
 
@@ -197,7 +197,8 @@ def test_plugin_migrations_and_lifecycle():
             events.append(("shutdown", None))
 
     rt = runtime({"life": Life()})
-    assert rt.pending_migrations() == {"core": [1], "life": [1, 2]}
+    core = [m.version for m in CORE_MIGRATIONS]
+    assert rt.pending_migrations() == {"core": core, "life": [1, 2]}
     rt.start()
     assert rt.pending_migrations() == {}
     assert rt.store.applied("life") == {1, 2}
@@ -276,7 +277,8 @@ def test_serve_py_check_and_plugin_command(site, tmp_path):
     assert check.returncode == 0, check.stderr
     assert "1. vip 1.0 from package switchboard-vip" in check.stdout
     assert 'callers = ["+12015555555"]' in check.stdout
-    assert "migrations to apply at start: core [1]; vip [1]" in check.stdout
+    core = [m.version for m in CORE_MIGRATIONS]
+    assert f"migrations to apply at start: core {core}; vip [1]" in check.stdout
     sim = _cli(
         site,
         work,
