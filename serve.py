@@ -162,9 +162,57 @@ def exit_past_hung_hooks(code: int) -> None:
         os._exit(code)
 
 
+FRESH_CONNECTION_WAIT = 1.0  # seconds a drained connection may take to show its request
+
+
+def _accept_backlog(server: Any) -> int:
+    """Accept every connection waiting in the listen backlog; returns how many.
+
+    The kernel completes TCP handshakes on its own and queues them until the server
+    calls accept(); waitress accepts one per loop pass and none at all past its
+    ``connection_limit`` (100 open channels), so under load hundreds of clients have
+    connected and sent their request without waitress knowing. Closing the listening
+    socket resets every one of them. Taking them all in first (the limit guards file
+    descriptors in normal running, the backlog bounds what is added here) lets the
+    drain answer them like the rest."""
+    import select
+
+    poller = select.poll()
+    poller.register(server.socket.fileno(), select.POLLIN)
+    taken = 0
+    while poller.poll(0):
+        before = len(server._map)
+        server.handle_accept()  # waitress's own accept: a channel per connection
+        if len(server._map) == before:  # nothing accepted: aborted, or out of descriptors
+            break
+        taken += 1
+    return taken
+
+
+def _draining(server: Any, switch: Switch, elapsed: float) -> bool:
+    """Whether an accepted connection still waits for its answer.
+
+    Counts callbacks in the app, requests waitress has read but not yet handed to a
+    thread (its task queue), answers not yet flushed, requests partly read, and, for
+    ``FRESH_CONNECTION_WAIT`` seconds, connections that have not sent a byte yet: one
+    accepted from the backlog has its request in the socket buffer, read on the next
+    loop pass; past that wait such a connection is an idle one and is closed."""
+    from waitress.channel import HTTPChannel
+
+    if switch.inflight:
+        return True
+    for ch in list(server._map.values()):
+        if not isinstance(ch, HTTPChannel):
+            continue
+        if ch.requests or ch.total_outbufs_len or ch.request is not None:
+            return True
+        if ch.last_activity == ch.creation_time and elapsed < FRESH_CONNECTION_WAIT:
+            return True  # accepted, nothing read yet
+    return False
+
+
 def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
     import waitress
-    from waitress.channel import HTTPChannel
 
     server_cfg = runtime.settings.server
     cpu = pin_cpu(server_cfg["cpu_affinity"])
@@ -197,7 +245,7 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
     loop = server.asyncore.loop
     try:
         while not stopping:
-            loop(timeout=0.2, map=server._map, count=1)
+            loop(timeout=0.2, map=server._map, count=1, use_poll=True)
             if reloads:
                 reloads.clear()
                 log.info("SIGHUP: reloading %s", args.config)
@@ -207,21 +255,16 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
                 switch.retired.remove(old)
         log.info("signal %s: no new connections; finishing in-flight callbacks", stopping[0])
         server.accepting = False
+        taken = _accept_backlog(server)
         server.del_channel()
         server.socket.close()
-        grace_end = time.monotonic() + server_cfg["shutdown_grace"]
-
-        def _busy() -> bool:
-            if switch.inflight:
-                return True
-            return any(
-                isinstance(ch, HTTPChannel) and (ch.requests or ch.total_outbufs_len)
-                for ch in list(server._map.values())
-            )
-
-        while _busy() and time.monotonic() < grace_end:
-            loop(timeout=0.05, map=server._map, count=1)
-        if _busy():
+        if taken:
+            log.info("accepted %d connection(s) that were waiting in the listen backlog", taken)
+        began = time.monotonic()
+        grace_end = began + server_cfg["shutdown_grace"]
+        while _draining(server, switch, time.monotonic() - began) and time.monotonic() < grace_end:
+            loop(timeout=0.05, map=server._map, count=1, use_poll=True)
+        if _draining(server, switch, time.monotonic() - began):
             log.warning(
                 "shutdown grace of %s s passed with callbacks in flight",
                 server_cfg["shutdown_grace"],

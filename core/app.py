@@ -5,8 +5,9 @@
 * ``POST <server.callback_path>``: Sinch callbacks. ICE/ACE/PIE get SVAML JSON;
   DiCE and Notify get ``200`` with an empty body.
 * ``GET /healthz``: liveness (the process answers).
-* ``GET /readyz``: readiness: 503 while the store is unreachable or migrations are
-  pending.
+* ``GET /readyz``: readiness: 503 while the store cannot take a write (unreachable,
+  disk full, read-only, or its latest write failed) or migrations are pending;
+  answered within ``READY_TIMEOUT`` seconds even when the store hangs.
 * ``GET /metrics``: Prometheus metrics.
 * ``GET /admin/trace/<callid>``: the recorded decision traces of a call, for a request
   bearing ``Authorization: Bearer <admin.token>``; with no token configured the
@@ -26,6 +27,7 @@ import io
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -38,6 +40,7 @@ from core.runtime import Runtime
 log = logging.getLogger("switchboard.app")
 
 _JSON_TYPES = ("application/json",)
+READY_TIMEOUT = 1.0  # seconds /readyz waits for the store before it answers 503
 
 
 def _json_error(status: int, message: str, field_name: str | None = None) -> bottle.HTTPResponse:
@@ -85,6 +88,65 @@ class _ThenRun:
             log.exception("after-answer observers failed")
         finally:  # the callback counts as in flight until its observers are done
             self.runtime.leave()
+
+
+class ReadinessProbe:
+    """Checks that the store takes writes, in one helper thread at a time.
+
+    ``check(timeout)`` starts a probe unless one is running already, and waits for it at
+    most ``timeout`` seconds: a hung store holds up one helper thread, never one per
+    request, and every caller has its answer within the bound. Returns why the runtime
+    is not ready, or ``None``."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._lock = threading.Lock()
+        self._running: tuple[threading.Event, list[str | None]] | None = None
+
+    def check(self, timeout: float) -> str | None:
+        with self._lock:
+            if self._running is None:
+                self._running = (threading.Event(), [])
+                threading.Thread(
+                    target=self._run,
+                    args=(self._running, timeout * 0.75),  # the store's own give-up comes first
+                    name="switchboard-readyz",
+                    daemon=True,
+                ).start()
+            done, result = self._running
+        if not done.wait(timeout):
+            return f"store did not answer within {timeout:g} s"
+        return result[0]
+
+    def _run(self, running: tuple[threading.Event, list[str | None]], timeout: float) -> None:
+        done, result = running
+        try:
+            result.append(self._probe(timeout))
+        except Exception as exc:  # not a write fault the store recognised: still not ready
+            result.append(f"store unreachable ({type(exc).__name__})")
+        finally:
+            with self._lock:
+                self._running = None
+            done.set()
+
+    def _probe(self, timeout: float) -> str | None:
+        store = self.runtime.store
+        try:
+            store.probe_write(timeout)
+        except Exception as exc:
+            fault = store.write_fault()
+            if fault is None:
+                raise
+            log.warning("readyz: store cannot take writes: %s (%s)", fault, type(exc).__name__)
+            return f"store cannot take writes: {fault}"
+        fault = store.write_fault()
+        if fault is not None:
+            return f"store cannot take writes: {fault}"
+        pending = self.runtime.pending_migrations()
+        if pending:
+            owners = ", ".join(f"{owner} {versions}" for owner, versions in pending.items())
+            return f"migrations pending: {owners}"
+        return None
 
 
 def trace_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -150,17 +212,13 @@ def make_app(runtime: Runtime) -> bottle.Bottle:
         bottle.response.content_type = "application/json"
         return json.dumps({"status": "ok"})
 
+    readiness = ReadinessProbe(runtime)
+
     @app.get("/readyz")
     def readyz() -> Any:
-        try:
-            runtime.store.ping()
-            pending = runtime.pending_migrations()
-        except Exception as exc:  # any store failure means not ready
-            log.warning("readyz: store unreachable: %s", type(exc).__name__)
-            return _json_error(503, f"store unreachable ({type(exc).__name__})")
-        if pending:
-            owners = ", ".join(f"{owner} {versions}" for owner, versions in pending.items())
-            return _json_error(503, f"migrations pending: {owners}")
+        reason = readiness.check(READY_TIMEOUT)
+        if reason is not None:
+            return _json_error(503, reason)
         bottle.response.content_type = "application/json"
         return json.dumps({"status": "ready"})
 

@@ -107,9 +107,24 @@ CORE_MIGRATIONS = (
         ),
         "the received body of each DiCE and Notify, and the retries of their plugins' work",
     ),
+    Migration(
+        3,
+        (
+            """CREATE TABLE switchboard_health (
+                id INTEGER PRIMARY KEY,
+                written_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+        "readiness write probe: one row, rewritten by every /readyz",
+    ),
 )
 
-RETRIED_EVENTS = ("dice", "notify")  # whose body is kept and whose work is retried
+HEALTH_UPSERT = (
+    "INSERT INTO switchboard_health (id, written_at) VALUES (1, ?) "
+    "ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at"
+)
+MIN_FREE_BYTES = 1 << 20  # a SQLite store's filesystem with less free is full for readiness
+
 
 
 _DEADLINE = threading.local()  # .at: this thread's deadline for store waits (monotonic)
@@ -222,6 +237,39 @@ class Store:
 
     def ping(self) -> None:
         self.query("SELECT 1")
+
+    # ---- can it take writes? (readiness)
+
+    last_write_error: str | None = None  # why the latest write failed; None once one succeeds
+    _faults: tuple[type[BaseException], ...] = ()  # the backend's errors that may be faults
+
+    def _fault(self, exc: BaseException) -> str | None:
+        """What a failed write says about the store (disk full, read-only, down), or None
+        when it is the statement's own fault (a constraint, a syntax error)."""
+        return None
+
+    @contextmanager
+    def _watching_writes(self) -> Iterator[None]:
+        """Wraps each backend's commit path: remembers whether the latest write failed."""
+        try:
+            yield
+        except self._faults as exc:
+            reason = self._fault(exc)
+            if reason is not None:
+                self.last_write_error = reason
+            raise
+        self.last_write_error = None
+
+    def write_fault(self) -> str | None:
+        """Why the store cannot take writes now, as far as this process can tell without
+        writing: the latest write failed (and why). ``None`` when nothing says so."""
+        error = self.last_write_error
+        return f"the last write failed: {error}" if error is not None else None
+
+    def probe_write(self, timeout: float) -> None:
+        """Write the time into ``switchboard_health``; raises unless the store takes a
+        write now. Waits at most about ``timeout`` seconds for a connection."""
+        self.write(HEALTH_UPSERT, (time.time(),))
 
     def close(self) -> None:
         raise NotImplementedError
@@ -582,7 +630,7 @@ class SqliteStore(Store):
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self._locked():
+        with self._locked(), self._watching_writes():
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             self._in_tx.depth = getattr(self._in_tx, "depth", 0) + 1
@@ -606,7 +654,7 @@ class SqliteStore(Store):
             return self._read_conn().execute(sql, params).fetchall()
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
-        with self._locked():
+        with self._locked(), self._watching_writes():
             changed: int = self._conn().execute(sql, params).rowcount  # autocommit
             seq = self._flush.committed() if self._flush and durable else 0
         if seq:
@@ -642,6 +690,28 @@ class SqliteStore(Store):
 
     def lock(self, conn: Any, key: str) -> None:
         pass  # BEGIN IMMEDIATE already serialises every writer
+
+    _faults = (sqlite3.Error,)
+
+    def _fault(self, exc: BaseException) -> str | None:
+        name = getattr(exc, "sqlite_errorname", "")
+        if name.startswith(("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")):
+            return str(exc)  # "database or disk is full", "disk I/O error", ...
+        return None
+
+    def write_fault(self) -> str | None:
+        # A full disk does not fail every write: a commit that fits in write-ahead log
+        # space already allocated succeeds. The filesystem itself says it is full.
+        try:
+            fs = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError as exc:
+            return f"cannot inspect the SQLite store's filesystem: {exc.strerror}"
+        if fs.f_flag & os.ST_RDONLY:
+            return "the SQLite store's filesystem is read-only"
+        free = fs.f_bavail * fs.f_frsize
+        if free < MIN_FREE_BYTES:
+            return f"the SQLite store's disk is full ({free // 1024} KiB free)"
+        return super().write_fault()
 
     def tables(self) -> list[str]:
         return [
@@ -687,6 +757,7 @@ class PostgresStore(Store):
                 "store.url is PostgreSQL but psycopg is not installed: pip install 'sinch-switchboard[postgres]'"
             ) from None
         self.errors = (StoreError, psycopg.Error)
+        self._faults = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
         self.url = url
         self._timeout = timeout
         try:
@@ -728,7 +799,7 @@ class PostgresStore(Store):
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self._connection() as conn, conn.transaction():
+        with self._watching_writes(), self._connection() as conn, conn.transaction():
             yield Tx(conn, self)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -736,8 +807,17 @@ class PostgresStore(Store):
             return list(self.run(conn, sql, params).fetchall())
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
-        with self._connection() as conn:  # commits on leaving
+        with self._watching_writes(), self._connection() as conn:  # commits on leaving
             return int(self.run(conn, sql, params).rowcount)
+
+    def _fault(self, exc: BaseException) -> str | None:
+        return type(exc).__name__  # PoolTimeout, DiskFull, ...: never the URL's password
+
+    def probe_write(self, timeout: float) -> None:
+        # the pool's own timeout (10 s) is for callbacks; a probe gives up sooner
+        with self._watching_writes(), self._pool.connection(timeout=timeout) as conn:
+            conn.execute(f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}")
+            self.run(conn, HEALTH_UPSERT, (time.time(),))
 
     def tables(self) -> list[str]:
         return [
