@@ -628,8 +628,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             runtime.close()
     except (CliError, ConfigError, PluginError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the port is taken, the address is not ours, a file is unreadable
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+
+
+def _one_line(message: str) -> str:
+    """A failure is one line (database errors add DETAIL and HINT lines)."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 if __name__ == "__main__":
