@@ -103,6 +103,9 @@ def test_instances_started_together_all_start(tmp_path, backend):
         try:
             lines = [p.stdout.readline() for p in procs]
         finally:
+            for p in procs:  # all at once: each takes a moment to shut down
+                if p.poll() is None:
+                    p.terminate()
             errs = [_stop(p) for p in procs]
         for line, err in zip(lines, errs, strict=True):
             assert line.startswith("switchboard listening on "), f"round {round_}: {line!r}\n{err}"
