@@ -420,10 +420,24 @@ class SqliteStore(Store):
                 self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
             )
             for pragma in pragmas:
-                conn.execute(f"PRAGMA {pragma}")
+                self._pragma(conn, pragma)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from None
         return conn
+
+    def _pragma(self, conn: sqlite3.Connection, pragma: str) -> None:
+        # Switching a new file to WAL needs a moment alone with it, and SQLite reports
+        # "database is locked" at once instead of waiting: processes started together
+        # on a fresh store retry here, within the busy timeout.
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                conn.execute(f"PRAGMA {pragma}")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
