@@ -321,32 +321,71 @@ def cmd_plugins(args: argparse.Namespace, settings: Settings | None) -> int:
 # ---------------------------------------------------------------------------- check
 
 
+def _from(s: Settings, *keys: str) -> str:
+    """Where settings came from, for ``check``: ``(from config file)``, ``(from
+    $SWITCHBOARD_STORE_URL)``, ``(default)``; keys of mixed origin are grouped."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(s.source(key), []).append(key.rsplit(".", 1)[-1])
+    if len(groups) == 1:
+        (where,) = groups
+        return "(default)" if where == "default" else f"(from {where})"
+    parts = [
+        f"{', '.join(names)} {'default' if where == 'default' else 'from ' + where}"
+        for where, names in groups.items()
+    ]
+    return f"({'; '.join(parts)})"
+
+
 def cmd_check(args: argparse.Namespace, runtime: Runtime) -> int:
     s = runtime.settings
     print(f"config {s.path}: OK")
     server = s.server
-    print(f"  listen   http://{server['host']}:{server['port']}{server['callback_path']}")
+    print(
+        f"  listen   http://{server['host']}:{server['port']}{server['callback_path']} "
+        + _from(s, "server.host", "server.port", "server.callback_path")
+    )
     if server["public_path_prefix"]:
-        print(f"  signed path {server['public_path_prefix']}{server['callback_path']}")
+        print(
+            f"  signed path {server['public_path_prefix']}{server['callback_path']} "
+            + _from(s, "server.public_path_prefix")
+        )
     if s.sinch["insecure"]:
-        print("  signatures NOT verified (sinch.insecure = true)")
+        print("  signatures NOT verified (sinch.insecure = true) " + _from(s, "sinch.insecure"))
     else:
-        keys = ", ".join(c.key for c in s.credentials)
+        keys = ", ".join(
+            f"{c.key} (secret {_from(s, f'sinch.keys[{i}].secret')[1:-1]})"
+            for i, c in enumerate(s.credentials)
+        )
         window = s.sinch["timestamp_window"]
         print(
-            f"  signatures verified for key(s) {keys}; timestamp window {window:g} s"
+            f"  signatures verified for key(s) {keys}; timestamp window {window:g} s "
+            + _from(s, "sinch.timestamp_window")
             if window
-            else f"  signatures verified for key(s) {keys}; timestamp check off"
+            else f"  signatures verified for key(s) {keys}; timestamp check off "
+            + _from(s, "sinch.timestamp_window")
         )
-    print(f"  budget {s.policy['budget']:g} s, ICE default {s.policy['ice_default']}")
-    print(f"  store {redact_url(s.store['url'])} ({runtime.store.backend})")
+    print(
+        f"  budget {s.policy['budget']:g} s {_from(s, 'policy.budget')}, "
+        f"ICE default {s.policy['ice_default']} {_from(s, 'policy.ice_default')}"
+    )
+    print(
+        f"  store {redact_url(s.store['url'])} ({runtime.store.backend}) {_from(s, 'store.url')}"
+    )
+    token = s.admin["token"]
+    print(
+        f"  admin token {'<redacted>' if token is not None else 'unset'} {_from(s, 'admin.token')}"
+    )
     print(f"  plugins in precedence order: {', '.join(s.enabled) or 'none'}")
     for i, name in enumerate(s.enabled, 1):
         info = runtime.plugins.info[name]
         print(f"    {i}. {name} {info.version or ''} from {info.origin}")
         print(f"       hooks: {', '.join(info.hooks)}")
         for key, value in s.describe()["plugins"][name].items():
-            print(f"       {key} = {json.dumps(value, default=str)}")
+            print(
+                f"       {key} = {json.dumps(value, default=str)} "
+                + _from(s, f"plugins.{name}.{key}")
+            )
     pending = runtime.pending_migrations()
     if pending:
         print(
@@ -694,8 +733,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             runtime.close()
     except (CliError, ConfigError, PluginError, StoreError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the port is taken, the address is not ours, a file is unreadable
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+
+
+def _one_line(message: str) -> str:
+    """A failure is one line (database errors add DETAIL and HINT lines)."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 if __name__ == "__main__":

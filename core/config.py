@@ -4,6 +4,9 @@ Every section is declared with ``Key`` entries (type, default, help); unknown ke
 wrong types are errors that name the key. TOML floats are read as ``Decimal`` so that
 money in plugin settings is never a float. Secrets may come from the environment and
 never appear in errors or ``describe()`` output.
+
+A key's documented environment variable (``Key.env``) wins over config.toml whenever it
+is set; ``Settings.sources`` says where each value came from, for ``serve.py check``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class Key:
     ``type`` is one of str, int, float, bool, Decimal, list, dict. ``choices`` limits the
     values; ``check`` is a callable raising ValueError for values out of range.
     ``secret=True`` redacts the value when settings are shown; ``env`` names an
-    environment variable that supplies the value when config.toml does not.
+    environment variable that, when set (even to an empty string, which is then
+    validated like any other value), wins over config.toml and the default.
     """
 
     type: type
@@ -87,10 +91,23 @@ def coerce(path: str, key: Key, value: Any) -> Any:
     return value
 
 
+FROM_FILE = "file"
+FROM_DEFAULT = "default"
+
+
 def read_section(
-    path: str, data: Any, keys: Mapping[str, Key], env: Mapping[str, str] | None = None
+    path: str,
+    data: Any,
+    keys: Mapping[str, Key],
+    env: Mapping[str, str] | None = None,
+    sources: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Validate one table against its declared keys; fill defaults and env values."""
+    """Validate one table against its declared keys; fill env values and defaults.
+
+    A key's environment variable, when set, wins over the table; then the table; then
+    the default. ``sources``, when given, receives ``"<path>.<key>"`` -> ``"file"``,
+    ``"$VARIABLE"`` or ``"default"`` for every key.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -103,9 +120,7 @@ def read_section(
     out: dict[str, Any] = {}
     for name, key in keys.items():
         where = f"{path}.{name}"
-        if name in data:
-            out[name] = coerce(where, key, data[name])
-        elif key.env and key.env in env:
+        if key.env and key.env in env:
             raw = env[key.env]
             value: Any = raw
             if key.type is not str:
@@ -116,10 +131,17 @@ def read_section(
                         f"{where}: environment variable {key.env} is not a valid value"
                     ) from None
             out[name] = coerce(f"{where} (from ${key.env})", key, value)
+            source = f"${key.env}"
+        elif name in data:
+            out[name] = coerce(where, key, data[name])
+            source = FROM_FILE
         elif key.required:
             raise ConfigError(f"{where}: required")
         else:
             out[name] = key.default
+            source = FROM_DEFAULT
+        if sources is not None:
+            sources[where] = source
     return out
 
 
@@ -329,6 +351,15 @@ class Settings:
     plugin_tables: Mapping[str, Any]
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     plugin_keys: Mapping[str, Mapping[str, Key]] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """Where each value came from: ``"store.url"`` -> ``"file"``, ``"default"`` or the
+    environment variable (``"$SWITCHBOARD_STORE_URL"``); plugin keys as
+    ``"plugins.<name>.<key>"``, credential secrets as ``"sinch.keys[<i>].secret"``."""
+
+    def source(self, key: str) -> str:
+        """Where ``key`` (``"store.url"``) came from, as people read it."""
+        found = self.sources.get(key, FROM_DEFAULT)
+        return "config file" if found == FROM_FILE else found
 
     @property
     def base_dir(self) -> Path:
@@ -355,13 +386,16 @@ class Settings:
         }
 
 
-def _credentials(items: list[Any], env: Mapping[str, str]) -> tuple[Credential, ...]:
+def _credentials(
+    items: list[Any], env: Mapping[str, str], sources: dict[str, str]
+) -> tuple[Credential, ...]:
     out = []
     for i, item in enumerate(items):
         where = f"sinch.keys[{i}]"
-        values = read_section(where, item, CREDENTIAL_KEYS, env)
+        values = read_section(where, item, CREDENTIAL_KEYS, env, sources)
         secret = values["secret"]
         if values["secret_env"]:
+            sources[f"{where}.secret"] = f"${values['secret_env']}"
             if secret is not None:
                 raise ConfigError(f"{where}: give either secret or secret_env, not both")
             name = values["secret_env"]
@@ -412,19 +446,20 @@ def parse(
     unknown = sorted(set(data) - sections)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section (known: {', '.join(sorted(sections))})")
-    server = read_section("server", data.get("server"), SERVER_KEYS, env)
-    sinch = read_section("sinch", data.get("sinch"), SINCH_KEYS, env)
-    credentials = _credentials(sinch["keys"], env)
+    sources: dict[str, str] = {}
+    server = read_section("server", data.get("server"), SERVER_KEYS, env, sources)
+    sinch = read_section("sinch", data.get("sinch"), SINCH_KEYS, env, sources)
+    credentials = _credentials(sinch["keys"], env, sources)
     if not credentials and not sinch["insecure"]:
         raise ConfigError(
             "sinch.keys: no application key configured; add [[sinch.keys]] "
             "or set sinch.insecure = true for development"
         )
-    policy = read_section("policy", data.get("policy"), POLICY_KEYS, env)
+    policy = read_section("policy", data.get("policy"), POLICY_KEYS, env, sources)
     fallback = _fallback(policy["fallback"])
-    store = read_section("store", data.get("store"), STORE_KEYS, env)
-    logging_ = read_section("logging", data.get("logging"), LOGGING_KEYS, env)
-    admin = read_section("admin", data.get("admin"), ADMIN_KEYS, env)
+    store = read_section("store", data.get("store"), STORE_KEYS, env, sources)
+    logging_ = read_section("logging", data.get("logging"), LOGGING_KEYS, env, sources)
+    admin = read_section("admin", data.get("admin"), ADMIN_KEYS, env, sources)
     if admin["token"] is not None and len(admin["token"]) < 16:
         raise ConfigError("admin.token: use at least 16 characters")
 
@@ -456,6 +491,7 @@ def parse(
         admin=MappingProxyType(admin),
         enabled=tuple(enabled),
         plugin_tables=MappingProxyType(tables),
+        sources=MappingProxyType(sources),
     )
 
 
@@ -488,13 +524,16 @@ def with_plugins(
         )
     values: dict[str, Mapping[str, Any]] = {}
     keys_by_plugin: dict[str, Mapping[str, Key]] = {}
+    sources = {k: v for k, v in settings.sources.items() if not k.startswith("plugins.")}
     for name in settings.enabled:
         keys = dict(declared.get(name, {}))
         clash = sorted(set(keys) & set(PLUGIN_CORE_KEYS))
         if clash:
             raise ConfigError(f"plugin {name!r} declares key {clash[0]!r}, which the core reserves")
         keys.update(PLUGIN_CORE_KEYS)
-        section = read_section(f"plugins.{name}", settings.plugin_tables.get(name), keys, env)
+        section = read_section(
+            f"plugins.{name}", settings.plugin_tables.get(name), keys, env, sources
+        )
         timeout = section["timeout"]
         if timeout is not None and timeout > settings.policy["budget"]:
             raise ConfigError(
@@ -503,5 +542,8 @@ def with_plugins(
         values[name] = MappingProxyType(section)
         keys_by_plugin[name] = MappingProxyType(keys)
     return dataclasses.replace(
-        settings, plugins=MappingProxyType(values), plugin_keys=MappingProxyType(keys_by_plugin)
+        settings,
+        plugins=MappingProxyType(values),
+        plugin_keys=MappingProxyType(keys_by_plugin),
+        sources=MappingProxyType(sources),
     )

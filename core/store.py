@@ -276,8 +276,15 @@ class Store:
 
     # -------------------------------------------------------------- migrations
 
+    MIGRATION_LOCK = "schema_migrations"
+
     def _ensure_migration_table(self) -> None:
+        # Under the migration lock: two processes starting on a fresh PostgreSQL database
+        # would otherwise both run CREATE TABLE IF NOT EXISTS, and the loser fails with a
+        # unique violation in the catalogue (IF NOT EXISTS is no guard against a
+        # concurrent creation). The second one waits and then finds the table.
         with self.transaction() as tx:
+            tx.lock(self.MIGRATION_LOCK)
             tx.execute(
                 """CREATE TABLE IF NOT EXISTS schema_migrations (
                     owner TEXT NOT NULL, version INTEGER NOT NULL, description TEXT,
@@ -286,9 +293,16 @@ class Store:
 
     def applied(self, owner: str) -> set[int]:
         """Versions of ``owner`` already applied (reads only; creates nothing)."""
-        if "schema_migrations" not in self.tables():
-            return set()
-        rows = self.query("SELECT version FROM schema_migrations WHERE owner = ?", (owner,))
+        try:
+            if "schema_migrations" not in self.tables():
+                return set()
+            rows = self.query("SELECT version FROM schema_migrations WHERE owner = ?", (owner,))
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"cannot read the applied migrations of {owner!r}: {one_line(exc)}"
+            ) from None
         return {v for (v,) in rows}
 
     def pending(self, owner: str, migrations: Sequence[Migration]) -> list[Migration]:
@@ -296,16 +310,28 @@ class Store:
         return [m for m in migrations if m.version not in done]
 
     def migrate(self, owner: str, migrations: Sequence[Migration]) -> list[int]:
-        """Apply ``owner``'s pending migrations in order; return the versions applied."""
+        """Apply ``owner``'s pending migrations in order; return the versions applied.
+
+        Safe to run from several processes at once: the table of applied versions is
+        created, and each migration applied and recorded, in transactions that hold
+        the migration lock (SQLite: every write transaction; PostgreSQL: an advisory
+        lock), and each migration is checked again once the lock is held. Any failure
+        is a ``StoreError`` with a one-line message."""
         versions = [m.version for m in migrations]
         if versions != sorted(set(versions)):
             raise StoreError(f"migrations of {owner!r} must have strictly increasing versions")
-        self._ensure_migration_table()
+        try:
+            self._ensure_migration_table()
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot create the migrations table: {one_line(exc)}") from None
+        todo = self.pending(owner, migrations)
         applied = []
-        for m in self.pending(owner, migrations):
+        for m in todo:
             try:
                 with self.transaction() as tx:
-                    tx.lock("schema_migrations")
+                    tx.lock(self.MIGRATION_LOCK)
                     if tx.one(
                         "SELECT 1 FROM schema_migrations WHERE owner = ? AND version = ?",
                         (owner, m.version),
@@ -318,7 +344,9 @@ class Store:
                         (owner, m.version, m.description, time.time()),
                     )
             except Exception as exc:
-                raise StoreError(f"migration {m.version} of {owner!r} failed: {exc}") from None
+                raise StoreError(
+                    f"migration {m.version} of {owner!r} failed: {one_line(exc)}"
+                ) from None
             applied.append(m.version)
         return applied
 
@@ -595,10 +623,24 @@ class SqliteStore(Store):
                 self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
             )
             for pragma in pragmas:
-                conn.execute(f"PRAGMA {pragma}")
+                self._pragma(conn, pragma)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite store {self.path!r}: {exc}") from None
         return conn
+
+    def _pragma(self, conn: sqlite3.Connection, pragma: str) -> None:
+        # Switching a new file to WAL needs a moment alone with it, and SQLite reports
+        # "database is locked" at once instead of waiting: processes started together
+        # on a fresh store retry here, within the busy timeout.
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                conn.execute(f"PRAGMA {pragma}")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -835,6 +877,13 @@ class PostgresStore(Store):
 @functools.lru_cache(maxsize=512)
 def _pg_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type, then its message's lines joined (database
+    errors often add DETAIL and HINT lines)."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def redact_url(url: str) -> str:

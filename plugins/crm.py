@@ -8,6 +8,14 @@ outbox in the same transaction; a background worker POSTs it as JSON with an
 (``X-Switchboard-Signature: v1=<hex HMAC-SHA256(secret, timestamp + "." + body)>`` with
 ``X-Switchboard-Timestamp``), retries with exponential backoff, and moves it to a
 dead-letter table after ``max_attempts``. The DiCE answer never waits for the CRM.
+
+Several servers may share the outbox. Each record is claimed on its own, for one
+attempt: a claim sets a lease (``2 x delivery_timeout + 5 s``: the connection and the
+answer may each take up to the timeout) and a claim token, and succeeds only if no one
+else holds the record. After the POST, a failure is booked only by the holder of the
+claim; a success always removes the record, whoever holds it. So a record is POSTed
+twice only when its lease runs out first: a server that died, or stalled past its lease,
+between the claim and the bookkeeping.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -51,8 +60,15 @@ MIGRATIONS = [
                 failed_at DOUBLE PRECISION NOT NULL)""",
         ),
         "call records, outbox, dead letters",
-    )
+    ),
+    Migration(
+        2,
+        ("ALTER TABLE crm_outbox ADD COLUMN claim TEXT",),
+        "outbox records are claimed one at a time, with a token",
+    ),
 ]
+
+LEASE_MARGIN = 5.0  # seconds a claim outlives the longest attempt
 
 
 def _url(value: str) -> None:
@@ -72,7 +88,9 @@ KEYS = {
     "backoff": Key(float, 2.0, "seconds before the first retry; doubles each time", check=positive),
     "max_backoff": Key(float, 600.0, "longest wait between retries", check=positive),
     "poll_interval": Key(float, 1.0, "seconds between outbox checks when idle", check=positive),
-    "batch": Key(int, 20, "records taken from the outbox at a time", check=positive),
+    "batch": Key(
+        int, 20, "records attempted in one pass, each claimed on its own", check=positive
+    ),
 }
 
 
@@ -244,41 +262,69 @@ class Crm:
                 self._wake.clear()
 
     def drain(self, now: float | None = None, only: str | None = None) -> int:
-        """Attempt every due record once; return how many were attempted."""
+        """Attempt up to ``batch`` due records, each claimed just before its own
+        attempt; return how many were attempted."""
+        attempted = 0
+        while attempted < self.config["batch"]:
+            if self._stop.is_set() and only is None:
+                break
+            claimed = self._claim(now, only)
+            if claimed is None:
+                break
+            self._attempt(*claimed)
+            attempted += 1
+        return attempted
+
+    def _claim(self, now: float | None, only: str | None) -> tuple[str, str, int, str] | None:
+        """Claim the most overdue record for one attempt: (callid, payload, attempt
+        number, claim token), or None when nothing is due. The claim is exclusive: the
+        UPDATE succeeds only while the record is due, i.e. not leased by anyone."""
         assert self.store is not None
-        now = time.time() if now is None else now
-        lease = now + self.config["delivery_timeout"] * 2 + 5  # others skip a row being delivered
+        at = time.time() if now is None else now
+        lease = at + self.config["delivery_timeout"] * 2 + LEASE_MARGIN
+        token = uuid.uuid4().hex
         with self.store.transaction() as tx:
-            tx.lock("crm:outbox")  # one process takes a given row at a time
+            tx.lock("crm:outbox")  # claimers queue here instead of racing for one row
             sql = "SELECT callid, payload, attempts FROM crm_outbox WHERE next_attempt_at <= ?"
-            params: list[Any] = [now]
+            params: list[Any] = [at]
             if only is not None:
                 sql += " AND callid = ?"
                 params.append(only)
-            rows = tx.all(
-                sql + " ORDER BY next_attempt_at LIMIT ?", [*params, self.config["batch"]]
-            )
-            for callid, _, _ in rows:
-                tx.execute(
-                    "UPDATE crm_outbox SET next_attempt_at = ? WHERE callid = ?", (lease, callid)
-                )
-        for callid, payload, attempts in rows:
-            if self._stop.is_set() and only is None:
-                break
-            self._attempt(callid, payload, attempts + 1)
-        return len(rows)
+            row = tx.one(sql + " ORDER BY next_attempt_at LIMIT 1", params)
+            if row is None:
+                return None
+            callid, payload, attempts = row
+            taken = tx.execute(
+                "UPDATE crm_outbox SET next_attempt_at = ?, claim = ? "
+                "WHERE callid = ? AND next_attempt_at <= ?",
+                (lease, token, callid, at),
+            ).rowcount
+        return (callid, payload, attempts + 1, token) if taken == 1 else None
 
-    def _attempt(self, callid: str, payload: str, attempt: int) -> None:
+    def _attempt(self, callid: str, payload: str, attempt: int, token: str) -> None:
         assert self.store is not None
         error = self._post(callid, payload.encode())
         now = time.time()
         with self.store.transaction() as tx:
             if error is None:
+                held = tx.one("SELECT claim FROM crm_outbox WHERE callid = ?", (callid,))
+                if held is None or held[0] != token:
+                    log.warning(
+                        "call %s: the claim ran out before its delivery was recorded; "
+                        "it may reach the CRM twice (same Idempotency-Key)",
+                        callid,
+                    )
+                # delivered: the record is done, whoever holds it now
                 tx.execute("DELETE FROM crm_outbox WHERE callid = ?", (callid,))
                 tx.execute("UPDATE crm_calls SET delivered_at = ? WHERE callid = ?", (now, callid))
                 log.info("call %s delivered to the CRM (attempt %d)", callid, attempt)
             elif attempt >= self.config["max_attempts"]:
-                tx.execute("DELETE FROM crm_outbox WHERE callid = ?", (callid,))
+                moved = tx.execute(
+                    "DELETE FROM crm_outbox WHERE callid = ? AND claim = ?", (callid, token)
+                ).rowcount
+                if moved != 1:
+                    self._lost(callid, error)
+                    return
                 tx.execute(
                     "INSERT INTO crm_dead (callid, payload, attempts, last_error, failed_at) VALUES (?, ?, ?, ?, ?)",
                     (callid, payload, attempt, error, now),
@@ -291,10 +337,14 @@ class Crm:
                 )
             else:
                 delay = min(self.config["backoff"] * 2 ** (attempt - 1), self.config["max_backoff"])
-                tx.execute(
-                    "UPDATE crm_outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE callid = ?",
-                    (attempt, now + delay, error, callid),
-                )
+                booked = tx.execute(
+                    "UPDATE crm_outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, "
+                    "claim = NULL WHERE callid = ? AND claim = ?",
+                    (attempt, now + delay, error, callid, token),
+                ).rowcount
+                if booked != 1:
+                    self._lost(callid, error)
+                    return
                 log.warning(
                     "call %s: CRM delivery attempt %d failed (%s); retry in %.1f s",
                     callid,
@@ -302,6 +352,15 @@ class Crm:
                     error,
                     delay,
                 )
+
+    @staticmethod
+    def _lost(callid: str, error: str) -> None:
+        log.warning(
+            "call %s: CRM delivery attempt failed (%s) after the claim ran out; "
+            "the record is left to whoever holds it now",
+            callid,
+            error,
+        )
 
     def _post(self, callid: str, body: bytes) -> str | None:
         """POST one record; None on success, else a short error (never the secret)."""
