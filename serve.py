@@ -211,6 +211,28 @@ def _draining(server: Any, switch: Switch, elapsed: float) -> bool:
     return False
 
 
+def _stamping_channel() -> type:
+    """waitress's connection class, whose requests carry the moment they were read in
+    full (``core.app.RECEIVED_HEADER``, overwriting any the client sent): a callback that
+    waited in waitress's queue for a free thread has that much less of its budget left."""
+    from waitress.channel import HTTPChannel
+    from waitress.parser import HTTPRequestParser
+
+    from core.app import RECEIVED_HEADER
+
+    class StampedParser(HTTPRequestParser):
+        def received(self, data: bytes) -> int:
+            consumed: int = super().received(data)
+            if self.completed:
+                self.headers[RECEIVED_HEADER] = repr(time.monotonic())
+            return consumed
+
+    class Channel(HTTPChannel):
+        parser_class = StampedParser
+
+    return Channel
+
+
 def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
     import waitress
 
@@ -233,6 +255,7 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
         ident="switchboard",
         clear_untrusted_proxy_headers=True,
     )
+    server.channel_class = _stamping_channel()  # connections accepted from now on stamp their requests
     url = f"http://{host}:{server.effective_port}{server_cfg['callback_path']}"
     enabled = ", ".join(runtime.plugins.order) or "none"
     print(f"switchboard listening on {url} (plugins: {enabled})", flush=True)

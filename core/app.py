@@ -149,6 +149,21 @@ class ReadinessProbe:
         return None
 
 
+RECEIVED_HEADER = "X_SWITCHBOARD_RECEIVED"  # as waitress's parser names it
+"""Set by ``serve.py``'s waitress parser when a request has been read in full: the
+``time.monotonic()`` of that moment, so the budget counts the wait for a free thread."""
+
+
+def _received(environ: Mapping[str, Any]) -> float | None:
+    raw = environ.get("HTTP_" + RECEIVED_HEADER)
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
 def trace_view(row: dict[str, Any]) -> dict[str, Any]:
     """One recorded callback as shown to operators (CLI and admin endpoint)."""
     return {
@@ -191,7 +206,7 @@ def make_app(runtime: Runtime) -> bottle.Bottle:
                 "x-timestamp": environ.get("HTTP_X_TIMESTAMP", ""),
                 "content-type": content_type,
             }
-            result = pipeline.handle("POST", headers, body)
+            result = pipeline.handle("POST", headers, body, received=_received(environ))
             bottle.response.status = result.status
             if result.body:
                 bottle.response.content_type = "application/json"

@@ -49,6 +49,7 @@ SLOW_OBSERVER = 0.02  # seconds an after-answer observer may take before it is m
 MERGE_RESERVE = 0.05  # of the budget, kept for merging, storing and sending
 POLL_INTERVAL = 0.01
 LEASE_MARGIN = 2.0  # seconds a claim outlives the budget
+QUEUED_LIMIT = 0.5  # of the budget: a decision callback queued longer gets the fallback
 
 
 @dataclass(frozen=True)
@@ -265,7 +266,17 @@ class Pipeline:
 
     # ------------------------------------------------------------------ entry
 
-    def handle(self, method: str, headers: Mapping[str, str], body: bytes) -> Response:
+    def handle(
+        self,
+        method: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        received: float | None = None,
+    ) -> Response:
+        """Answer one callback. ``received`` (``time.monotonic()``) is when the HTTP server
+        had the whole request, if it says: an ICE/ACE/PIE's budget counts from then, so
+        time spent queued for a free thread is part of it, as it is for the client."""
         started = time.monotonic()
         if self.verifier is not None:
             try:
@@ -279,6 +290,8 @@ class Pipeline:
         sub = hashlib.sha256(body).hexdigest()[:32] if event.name in ("pie", "notify") else ""
         try:
             if event.name in DECISION_EVENTS:
+                if received is not None and started - self.budget * 4 < received < started:
+                    started = received
                 return self._decide(event, sub, started)
             return self._observe(event, sub, started, body)
         except Exception as exc:
@@ -319,6 +332,12 @@ class Pipeline:
         deadline = started + self.budget
         cutoff = deadline - self.budget * MERGE_RESERVE
         trace = self._new_trace(event)
+        queued = time.monotonic() - started
+        if queued > self.budget * QUEUED_LIMIT:  # too late to ask the plugins: answer now
+            svaml = self.fallback[event.name]
+            trace.update(rule="budget", answer=svaml.to_dict())
+            trace["notes"].append(f"waited {queued:.3f} s for a server thread")
+            return self._respond(event, svaml.to_json(), trace, started)
         with self.store.until(cutoff):  # a store that cannot answer in time: the fallback
             claim = self.store.claim(event.callid, event.name, sub, lease=self.lease)
         if claim.status == "done":

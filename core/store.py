@@ -598,6 +598,7 @@ class SqliteStore(Store):
         if self._synchronous == "FULL":  # durable commits by group flush, see GroupFlush
             self._flush = GroupFlush(path + "-wal")
         self._busy_timeout = busy_timeout
+        self._busy_ms = self._busy_now = int(busy_timeout * 1000)  # the write connection's
         # One connection for the process's writes, used by one thread at a time.
         # Writers are serialised anyway (here rather than in SQLite's busy handler,
         # which sleeps in steps of up to 100 ms), and a single connection keeps its page
@@ -659,13 +660,18 @@ class SqliteStore(Store):
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the write connection's lock, waiting at most until the thread's deadline."""
+        """Hold the write connection's lock, waiting at most until the thread's deadline;
+        SQLite's own wait for another process's lock on the file ends then too."""
         left = _remaining()
         if left is None:
             self._lock.acquire()
         elif not self._lock.acquire(timeout=left):
             raise StoreTimeout("the SQLite store was busy until the deadline")
         try:
+            busy = self._busy_ms if left is None else max(1, int((_remaining() or 0.0) * 1000))
+            if busy != self._busy_now:
+                self._conn().execute(f"PRAGMA busy_timeout = {busy}")
+                self._busy_now = busy
             yield
         finally:
             self._lock.release()
@@ -839,17 +845,30 @@ class PostgresStore(Store):
         else:
             cm.__exit__(None, None, None)
 
+    @staticmethod
+    def _bound(conn: Any) -> None:
+        """Within ``Store.until``, end this transaction's statements (a lock wait
+        included) at the thread's deadline."""
+        left = _remaining()
+        if left is not None:
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, true)", (f"{max(1, int(left * 1000))}ms",)
+            )
+
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self._watching_writes(), self._connection() as conn, conn.transaction():
+            self._bound(conn)
             yield Tx(conn, self)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._connection() as conn:
+            self._bound(conn)
             return list(self.run(conn, sql, params).fetchall())
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         with self._watching_writes(), self._connection() as conn:  # commits on leaving
+            self._bound(conn)
             return int(self.run(conn, sql, params).rowcount)
 
     def _fault(self, exc: BaseException) -> str | None:

@@ -120,16 +120,20 @@ def make():
 
 
 def run_cli(
-    config: Path, *args: str, env: dict[str, str] | None = None
+    config: Path, *args: str, env: dict[str, str] | None = None, pythonpath: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    """Run a `python serve.py` command on ``config``."""
+    """Run a `python serve.py` command on ``config`` (``pythonpath``: as for ``serve``)."""
     return subprocess.run(
         [sys.executable, str(REPO / "serve.py"), "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=config.parent,
-        env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO)},
+        env={
+            **os.environ,
+            **(env or {}),
+            "PYTHONPATH": f"{pythonpath}:{REPO}" if pythonpath else str(REPO),
+        },
         check=False,
     )
 

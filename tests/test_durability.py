@@ -15,7 +15,7 @@ import pytest
 
 from core.decisions import Decision
 from core.hookspecs import hookimpl
-from tests.conftest import REPO
+from tests.conftest import run_cli as conftest_run_cli
 from tests.helpers import Fixed, Hanging, dice, ice, notify, post, table_counts, wait_for
 from tests.test_plugins import make_dist
 
@@ -225,20 +225,7 @@ def flaky_server(serve, tmp_path):
 
 def run_cli(config: Any, *args: str) -> Any:
     """``serve.py`` on ``config`` with the flaky plugin installed."""
-    import os
-    import subprocess
-    import sys
-
-    site = config.parent / "site"
-    return subprocess.run(
-        [sys.executable, str(REPO / "serve.py"), "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=config.parent,
-        env={**os.environ, "PYTHONPATH": f"{site}:{REPO}"},
-        check=False,
-    )
+    return conftest_run_cli(config, *args, pythonpath=str(config.parent / "site"))
 
 
 def _count(server: Any, table: str) -> int:
@@ -290,3 +277,36 @@ def test_real_server_takes_over_a_dice_whose_server_was_killed(flaky_server):
         lambda: _count(second, "flaky_seen") == 1 and _count(second, "crm_calls") == 1, 10
     )
     assert "0 callback(s) waiting" in run_cli(second.config, "inbox").stdout
+
+
+def test_real_server_counts_the_wait_for_a_free_thread_in_the_budget(serve, tmp_path):
+    """One server thread, a plugin that takes 0.6 s, budget 1.0 s, three ICEs at once:
+    the ones queued behind the first are answered within the budget as the client sees
+    it (the fallback once too late to ask the plugins), never 0.6 s per place in line."""
+    from tests.helpers import KEY, SECRET
+
+    site = tmp_path / "site"
+    make_dist(site, "switchboard-slow", "slow = tests.slow_plugin")
+    server = serve(
+        f'[server]\nport = 0\nthreads = 1\n[sinch]\nkeys = [{{ key = "{KEY}", secret = "{SECRET}" }}]\n'
+        f'[store]\nurl = "sqlite:///{tmp_path}/q.db"\n[policy]\nbudget = 1.0\n'
+        '[plugins]\nenabled = ["slow"]\n[plugins.slow]\ndelay = 0.6\n',
+        pythonpath=str(site),
+    )
+    server.post(ice("warm-up"))
+    results: list[tuple[float, dict[str, Any]]] = []
+
+    def call(callid: str) -> None:
+        began = time.monotonic()
+        status, _, body = server.post(ice(callid))
+        assert status == 200
+        results.append((time.monotonic() - began, json.loads(body)))
+
+    threads = [threading.Thread(target=call, args=(f"q{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(took < 1.0 + 0.25 for took, _ in results), results
+    answers = sorted(a["action"]["name"] for _, a in results)
+    assert "connectPstn" in answers and "hangup" in answers  # the late ones: the fallback

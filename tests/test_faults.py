@@ -798,11 +798,12 @@ def test_dice_work_that_keeps_failing_is_parked_for_an_operator(backend, serve, 
     while (metric(server.url, PARKED_METRIC) or 0) < 1 and time.monotonic() < end:
         time.sleep(0.3)
     assert metric(server.url, PARKED_METRIC) == 1
-    listed = run_cli(server.config, *INBOX_COMMAND)
+    site = str(tmp_path / "site")  # where _flaky_server installed the plugin
+    listed = run_cli(server.config, *INBOX_COMMAND, pythonpath=site)
     assert listed.returncode == 0 and "parked-1" in listed.stdout, listed.stdout + listed.stderr
     assert "parked-1" not in flaky_seen(url)
     flag.unlink()
-    retried = run_cli(server.config, *INBOX_RETRY, "parked-1")
+    retried = run_cli(server.config, *INBOX_RETRY, "parked-1", pythonpath=site)
     assert retried.returncode == 0, retried.stdout + retried.stderr
     end = time.monotonic() + SETTLE_TIMEOUT
     while "parked-1" not in flaky_seen(url) and time.monotonic() < end:
