@@ -668,13 +668,28 @@ class SqliteStore(Store):
         elif not self._lock.acquire(timeout=left):
             raise StoreTimeout("the SQLite store was busy until the deadline")
         try:
-            busy = self._busy_ms if left is None else max(1, int((_remaining() or 0.0) * 1000))
-            if busy != self._busy_now:
-                self._conn().execute(f"PRAGMA busy_timeout = {busy}")
-                self._busy_now = busy
+            self._fit_busy_timeout(_remaining())
             yield
         finally:
             self._lock.release()
+
+    def _fit_busy_timeout(self, left: float | None) -> None:
+        """Keep SQLite's wait for another process's lock within the thread's deadline.
+        The setting changes only when it is longer than what is left, or under a quarter
+        of it (in steps of 100 ms), so a run of callbacks rarely changes it; work without
+        a deadline gets the default back when the setting has fallen under half a second."""
+        if left is None:
+            if self._busy_now >= 500:
+                return
+            target = self._busy_ms
+        else:
+            ms = max(1, int(left * 1000))
+            if self._busy_now <= ms <= 4 * self._busy_now:
+                return
+            target = ms - ms % 100 if ms >= 100 else ms
+        if target != self._busy_now:
+            self._conn().execute(f"PRAGMA busy_timeout = {target}")
+            self._busy_now = target
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
