@@ -40,8 +40,14 @@ Every plugin gets two settings of its own from the core, in ``[plugins.<name>]``
 The per-call context ``ctx`` (``core.pipeline.CallContext``) carries:
 ``callid``, ``event`` (its name), ``plugin`` (this plugin's name), ``config`` (this
 plugin's validated settings), ``store`` (the shared ``core.store.Store``), ``deadline``
-(``time.monotonic()`` value by which the answer must be ready), ``remaining()``
-(seconds left) and ``log`` (a ``logging.Logger`` named ``switchboard.plugin.<name>``).
+(``time.monotonic()`` value by which the answer must be ready; the plugin's own waits
+for the store end there with ``core.store.StoreTimeout``), ``remaining()`` (seconds
+left), ``log`` (a ``logging.Logger`` named ``switchboard.plugin.<name>``) and
+``attempt`` (1, or 2 and up when a DiCE/Notify hook is run again after a failure).
+
+A plugin that times out repeatedly (``policy.breaker_timeouts`` within
+``policy.breaker_window`` seconds) is not called for ``policy.breaker_cooldown``
+seconds: its ``on_error`` applies at once, and the trace says ``breaker-open``.
 """
 
 from __future__ import annotations
@@ -133,13 +139,24 @@ def switchboard_pie(event: Pie, ctx: CallContext) -> Decision | None:
 def switchboard_dice(event: Dice, ctx: CallContext) -> None:
     """Observe a disconnected call (DiCE): settle, record, notify.
 
-    Called once per call (duplicate deliveries are dropped by the core before plugins
-    see them), for every enabled plugin, before the 200 is sent, so work committed here
-    is durable when Sinch gets its answer. ``event.duration``, ``event.result``,
-    ``event.reason`` and ``event.debit`` describe the call.
+    The core records the verified DiCE in the store before any plugin sees it, and Sinch
+    gets its ``200`` once that record is on disk. Then this hook runs for every enabled
+    plugin, before the answer is sent, so work committed here is normally durable when
+    Sinch gets its answer too. ``event.duration``, ``event.result``, ``event.reason``
+    and ``event.debit`` describe the call.
 
-    Return nothing. Errors and overruns are logged and traced; they never change the
-    answer (always ``200`` with an empty body).
+    **At least once.** If the hook raises, overruns its ``timeout``, or the server dies
+    while it runs, the core runs it again later from the recorded DiCE (with a backoff:
+    ``policy.retry_backoff``, doubling up to ``policy.retry_max_backoff``), until it
+    returns, or until ``policy.retry_attempts`` have failed and the work is parked for an
+    operator (``serve.py inbox``). Plugins whose hook succeeded are not run again.
+    ``ctx.attempt`` is 2 and up for such a retry. So make the work idempotent: key it
+    by ``event.callid`` and check, in the same transaction, whether it was done (the
+    credit and crm plugins do). Duplicate deliveries of a DiCE already processed are
+    dropped by the core before plugins see them.
+
+    Return nothing. Raise when the work could not be done (a store or network error):
+    that is what gets it retried; the answer to Sinch does not change.
     """
 
 
@@ -147,8 +164,10 @@ def switchboard_dice(event: Dice, ctx: CallContext) -> None:
 def switchboard_notify(event: Notify, ctx: CallContext) -> None:
     """Observe a notification (recording available, async AMD, calling error...).
 
-    Called once per distinct Notify body, for every enabled plugin, before the 200 is
-    sent. Return nothing; errors never change the answer.
+    Called for every distinct Notify body, for every enabled plugin, before the 200 is
+    sent, and at least once, exactly as ``switchboard_dice``: the body is recorded first,
+    and a hook that raises or overruns is run again later (``ctx.attempt``). Return
+    nothing; errors never change the answer.
     """
 
 
