@@ -397,3 +397,38 @@ def test_sigterm_under_overload_answers_every_request_sent_before_it(serve, tmp_
     assert server.proc.wait(timeout=30) == 0
     assert Counter(answers) == {"HTTP/1.1 200 OK": 250}
     assert "stopped" in server.log
+
+
+def test_callbacks_keep_the_budget_while_postgres_is_unreachable(serve, pg_behind_proxy):
+    """PostgreSQL goes away: an ICE gets the configured fallback within the budget as the
+    client sees it (not the pool's 10 s), a DiCE gets 503 as fast; once it is back, the
+    DiCE's redelivery is answered 200 and settled."""
+    proxy, url = pg_behind_proxy
+    server = serve(
+        _config(url).replace(
+            "enabled = []",
+            'enabled = ["credit"]\n[plugins.credit]\naccount_from = "fixed"\naccount = "acme"\n'
+            'rates = { "+1" = "0.01" }\ninitial_accounts = { acme = "10.00" }\n'
+            '[policy]\nbudget = 1.0\nice_default = "connect"\n',
+        )
+    )
+    assert json.loads(server.post(ice("pgd-1"))[2])["action"]["name"] == "connectPstn"
+    proxy.stop()
+    for event in (ice("pgd-2"), dice("pgd-1", duration=60)):
+        began = time.monotonic()
+        status, _, body = server.post(event)
+        took = time.monotonic() - began
+        assert took < 1.0 + 0.4, (event["event"], took, body)
+        if event["event"] == "ice":
+            assert (status, json.loads(body)) == (200, {"action": {"name": "hangup"}})
+        else:
+            assert status == 503, body
+    proxy.start()
+    deadline = time.monotonic() + 30
+    while server.post(dice("pgd-1", duration=60))[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        settled = conn.execute("SELECT status FROM credit_settled WHERE callid = 'pgd-1'").fetchall()
+    assert settled == [("settled",)]
