@@ -520,19 +520,23 @@ class Pipeline:
             claim = self.store.take(item, self.lease)
         if claim is None:
             return "taken"
-        if item.body is None:  # recorded before bodies were kept: nothing to run
+        try:
+            if item.body is None:  # recorded before bodies were kept: nothing to run
+                raise EventError("body", "no body recorded for this callback")
+            event = parse_event(item.body.encode())
+        except EventError as exc:  # nothing a retry can change: for an operator to see
             self.store.postpone(
                 item.callid,
                 item.event,
                 item.sub,
                 done=list(item.done),
-                error="no body recorded for this callback",
+                error=str(exc),
                 retry_at=time.time(),
                 park=True,
                 trace="{}",
             )
+            self.metrics.child(self.metrics.retries, item.event, "parked").inc()
             return "parked"
-        event = parse_event(item.body.encode())
         trace = self._new_trace(event)
         with self.store.deferred_flush() as mine:
             outcome = self._work(event, item.sub, trace, claim, deadline)

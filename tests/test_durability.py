@@ -85,6 +85,13 @@ def test_work_that_keeps_failing_is_parked_counted_and_taken_up_by_a_redelivery(
     assert metric(app, "switchboard_callbacks_parked 0.0")
 
 
+def test_a_recorded_body_that_no_longer_parses_is_parked_not_retried_forever(make):
+    rt, app = make({"steady": Failing(0)}, policy={"retry_backoff": 0.05})
+    rt.store.claim("bad", "dice", "", lease=0.0, body='{"event": "dice"')  # a worker died
+    assert wait_for(lambda: [w.state for w in rt.store.waiting("bad")] == ["parked"])
+    assert "not valid JSON" in rt.store.waiting("bad")[0].last_error
+
+
 def test_a_redelivered_dice_whose_worker_died_is_processed(make, backend):
     steady = Failing(0)
     rt, app = make({"steady": steady}, policy={"budget": 1.0})
