@@ -609,14 +609,14 @@ def cmd_inbox(args: argparse.Namespace, runtime: Runtime) -> int:
             row = _inbox_row(item)
             print(
                 f"{item.callid} {item.event} {item.state} attempts={item.attempts} "
-                f"next={row['next_attempt'] if item.state == 'pending' else '-'} "
+                f"next={row['next_attempt'] if item.state == 'retry' else '-'} "
                 f"done={','.join(item.done) or '-'} last_error={item.last_error or '-'}"
             )
         print(f"{len(items)} callback(s) waiting")
         return 0
     now = time.time()
-    # not one a server is processing for the first time right now
-    todo = [i for i in items if i.state == "parked" or i.last_error or i.lease_until < now]
+    # not one a server is processing right now
+    todo = [i for i in items if i.state in ("retry", "parked") or i.lease_until < now]
     if args.callid and not todo:
         print(f"error: nothing waiting for call {args.callid!r}")
         return 1

@@ -6,8 +6,9 @@ on a dead network call would, call after call, tie up the hook workers and keep 
 callback waiting for its timeout. So: after ``threshold`` timeouts within ``window``
 seconds the breaker *opens* and the plugin is not called for ``cooldown`` seconds (the
 pipeline applies its ``on_error`` at once and the trace says so). After the cooldown it
-is *half open*: calls go through again; the first success closes it, the first timeout
-opens it again at once. ``threshold = 0`` turns the breaker off.
+is *half open*: one trial call goes through (another one a cooldown later, if that one
+never comes back); its success closes the breaker, its timeout opens it again at once.
+``threshold = 0`` turns the breaker off.
 """
 
 from __future__ import annotations
@@ -24,22 +25,36 @@ class Breaker:
         self._lock = threading.Lock()
         self._timeouts: dict[str, deque[float]] = {}
         self._open_until: dict[str, float] = {}
-        self._half_open: set[str] = set()
+        self._half_open: dict[str, float] = {}  # plugin -> when its trial call began
 
     def allows(self, plugin: str, now: float) -> bool:
         """Whether ``plugin`` may be called now."""
         until = self._open_until.get(plugin)  # read without the lock: the common case
-        if until is None or now >= until:
-            if until is not None:
-                with self._lock:
-                    if self._open_until.pop(plugin, None) is not None:
-                        self._half_open.add(plugin)
+        if until is None and plugin not in self._half_open:
             return True
-        return False
+        with self._lock:
+            until = self._open_until.get(plugin)
+            if until is not None:
+                if now < until:
+                    return False
+                del self._open_until[plugin]
+                self._half_open[plugin] = now  # this call is the trial
+                return True
+            trial = self._half_open.get(plugin)
+            if trial is None:
+                return True
+            if now >= trial + self.cooldown:  # the trial never came back: another one
+                self._half_open[plugin] = now
+                return True
+            return False
 
     def left(self, plugin: str, now: float) -> float:
-        """Seconds until an open breaker lets calls through again."""
-        return max(0.0, self._open_until.get(plugin, now) - now)
+        """Seconds until the breaker lets a call through again."""
+        until = self._open_until.get(plugin)
+        if until is None:
+            trial = self._half_open.get(plugin)
+            until = now if trial is None else trial + self.cooldown
+        return max(0.0, until - now)
 
     def is_open(self, plugin: str, now: float) -> bool:
         return self._open_until.get(plugin, now) > now
@@ -56,7 +71,7 @@ class Breaker:
             while recent and recent[0] < now - self.window:
                 recent.popleft()
             if plugin in self._half_open or len(recent) >= self.threshold:
-                self._half_open.discard(plugin)
+                self._half_open.pop(plugin, None)
                 recent.clear()
                 self._open_until[plugin] = now + self.cooldown
                 return True
@@ -66,4 +81,4 @@ class Breaker:
         """A call of ``plugin`` returned in time: a half-open breaker closes."""
         if plugin in self._half_open:
             with self._lock:
-                self._half_open.discard(plugin)
+                self._half_open.pop(plugin, None)

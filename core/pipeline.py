@@ -95,25 +95,82 @@ def error_body(message: str, field_name: str | None = None) -> str:
     return json.dumps(out)
 
 
+class Saturated(Exception):
+    """A plugin had ``_Running.limit`` hooks running already: this one was not started."""
+
+
+class _Running:
+    """Per plugin, how many of its hooks are running now, each holding a hook worker. At
+    ``limit`` another is not started (its ``on_error`` applies at once), so a plugin
+    that hangs, even on a burst of calls, cannot take every worker from the others."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+
+    def enter(self, plugin: str) -> bool:
+        with self._lock:
+            n = self._count.get(plugin, 0)
+            if n >= self.limit:
+                return False
+            self._count[plugin] = n + 1
+            return True
+
+    def leave(self, plugin: str) -> None:
+        with self._lock:
+            self._count[plugin] -= 1
+
+    def count(self, plugin: str) -> int:
+        return self._count.get(plugin, 0)
+
+    def full(self, plugin: str) -> bool:
+        return self._count.get(plugin, 0) >= self.limit
+
+
 class _Handoff:
     """What a hook's worker hands the pipeline besides its result: the store commits the
     hook made without waiting for the disk (``Store.deferred_flush``). The pipeline
     flushes those of every hook it collected, once, before it answers; for a hook it
-    stopped waiting for (timeout, budget), the worker flushes them itself."""
+    stopped waiting for (timeout, budget), the worker flushes them itself. A hook the
+    pipeline stopped waiting for before it started is not run at all."""
 
-    def __init__(self) -> None:
+    def __init__(self, plugin: str, running: _Running) -> None:
+        self.plugin, self.running = plugin, running
         self.lock = threading.Lock()
         self.seq = 0
+        self.started = False
         self.finished = False
         self.abandoned = False
 
+    def begin(self) -> bool:
+        """The worker, before calling the hook: False when it is no longer wanted;
+        ``Saturated`` when the plugin has as many hooks running as it may."""
+        with self.lock:
+            if self.abandoned:
+                return False
+            if not self.running.enter(self.plugin):
+                raise Saturated(
+                    f"{self.running.limit} of its calls were running already: not started"
+                )
+            self.started = True
+            return True
+
     def hook_done(self, store: Store, seq: int) -> None:
         """The worker, after the hook returned or raised."""
+        self.running.leave(self.plugin)
         with self.lock:
             self.seq, self.finished = seq, True
             abandoned = self.abandoned
         if abandoned:
             store.flush(seq)
+
+    def abandon(self) -> bool:
+        """The pipeline stops waiting for this hook; returns whether it had started."""
+        with self.lock:
+            if not self.finished:
+                self.abandoned = True
+            return self.started
 
     def collect(self) -> int:
         """The pipeline, done waiting: what to flush before answering (0: nothing)."""
@@ -259,6 +316,7 @@ class Pipeline:
         self._pending_after: set[Future[Any]] = set()
         self._slow_observers: set[str] = set()  # plugins whose after-answer runs in the pool
         self._rank = {name: i for i, name in enumerate(plugins.order)}
+        self._running = _Running(max(1, settings.policy["workers"] // 2))
         policy = settings.policy
         self.breaker = Breaker(
             policy["breaker_timeouts"], policy["breaker_window"], policy["breaker_cooldown"]
@@ -363,7 +421,7 @@ class Pipeline:
             trace["answer"] = answer = svaml.to_dict()
             body = dumps(answer)
             with self.store.until(deadline):
-                self._finish(event, sub, body, trace, started)
+                self._finish(event, sub, body, trace, started, claim.attempts)
         except Exception:
             try:
                 with self.store.until(deadline):
@@ -450,7 +508,9 @@ class Pipeline:
         self, event: Event, sub: str, trace: dict[str, Any], claim: Claim, deadline: float
     ) -> str:
         """Run the plugins' DiCE/Notify work that has not succeeded yet; record the
-        callback done, or due for a retry, or parked. Returns which."""
+        callback done, or waiting for a retry, or parked. Returns which. If the core
+        itself fails meanwhile (a flush to disk), the work waits for a retry, and the
+        error is raised: whether it is on disk is not known."""
         skip = set(claim.done)
         if claim.attempts > 1:
             trace["attempt"] = claim.attempts
@@ -458,17 +518,36 @@ class Pipeline:
                 f"attempt {claim.attempts}"
                 + (f"; already done: {', '.join(sorted(skip))}" if skip else "")
             )
-        self._run_hooks(
-            event, deadline, trace, decision=False, skip=skip, attempt=claim.attempts
-        )
-        failed = [p for p in trace["plugins"] if p.get("error")]
         try:
-            with self.store.until(deadline + self.budget):
+            self._run_hooks(
+                event, deadline, trace, decision=False, skip=skip, attempt=claim.attempts
+            )
+        except Exception as exc:
+            problem = {"plugin": "(core)", "error": f"{type(exc).__name__}: {exc}"}
+            self._record(event, sub, trace, claim, [problem], skip, deadline)
+            raise
+        failed = [p for p in trace["plugins"] if p.get("error")]
+        done = skip | {p["plugin"] for p in trace["plugins"] if not p.get("error")}
+        return self._record(event, sub, trace, claim, failed, done, deadline)
+
+    def _record(
+        self,
+        event: Event,
+        sub: str,
+        trace: dict[str, Any],
+        claim: Claim,
+        failed: list[dict[str, Any]],
+        done: set[str],
+        deadline: float,
+    ) -> str:
+        """Record how the work of ``claim`` went: done, waiting for a retry (with the
+        backoff), or parked after ``policy.retry_attempts``."""
+        try:  # before the claim's lease ends, so no other worker has taken it yet
+            with self.store.until(deadline + LEASE_MARGIN / 2):
                 if not failed:
                     trace["rule"] = "observed"
-                    self._finish(event, sub, None, trace, time.monotonic())
+                    self._finish(event, sub, None, trace, time.monotonic(), claim.attempts)
                     return "done"
-                done = skip | {p["plugin"] for p in trace["plugins"] if not p.get("error")}
                 policy = self.settings.policy
                 park = claim.attempts >= policy["retry_attempts"]
                 delay = min(
@@ -486,6 +565,7 @@ class Pipeline:
                     event.callid,
                     event.name,
                     sub,
+                    attempts=claim.attempts,
                     done=sorted(done),
                     error=error,
                     retry_at=time.time() + delay,
@@ -529,6 +609,7 @@ class Pipeline:
                 item.callid,
                 item.event,
                 item.sub,
+                attempts=claim.attempts,
                 done=list(item.done),
                 error=str(exc),
                 retry_at=time.time(),
@@ -571,15 +652,18 @@ class Pipeline:
         """
         impls = self.plugins.impls(f"switchboard_{event.name}")
         calls: list[tuple[Impl, CallContext, float, str]] = []
-        shunned: list[tuple[Impl, str]] = []
+        shunned: list[tuple[Impl, str, str]] = []
         now = time.monotonic()
         for impl in impls:
             if impl.plugin in skip:
                 continue
             config = self.settings.plugins.get(impl.plugin, {})
             on_error = config.get("on_error") or ("deny" if decision else "abstain")
+            if self._running.full(impl.plugin):
+                shunned.append((impl, on_error, "saturated"))
+                continue
             if not self.breaker.allows(impl.plugin, now):
-                shunned.append((impl, on_error))
+                shunned.append((impl, on_error, "breaker-open"))
                 continue
             ctx = CallContext(
                 callid=event.callid,
@@ -600,23 +684,22 @@ class Pipeline:
         runs = self._start(event, calls, cutoff)
         results: list[tuple[str, Decision | None]] = []
         over_budget = False
-        for impl, on_error in shunned:
-            left = self.breaker.left(impl.plugin, now)
+        for impl, on_error, why in shunned:
+            if why == "saturated":
+                error = (
+                    f"{self._running.count(impl.plugin)} of its calls were running already "
+                    "(at most half the hook workers): not called"
+                )
+            else:
+                left = self.breaker.left(impl.plugin, now)
+                error = f"circuit breaker open for {left:.1f} s more after repeated timeouts"
             trace["plugins"].append(
-                {
-                    "plugin": impl.plugin,
-                    "status": "breaker-open",
-                    "ms": 0.0,
-                    "on_error": on_error,
-                    "error": f"circuit breaker open for {left:.1f} s more after repeated timeouts",
-                }
+                {"plugin": impl.plugin, "status": why, "ms": 0.0, "on_error": on_error, "error": error}
             )
-            self.metrics.child(
-                self.metrics.plugin_errors, impl.plugin, event.name, "breaker-open"
-            ).inc()
+            self.metrics.child(self.metrics.plugin_errors, impl.plugin, event.name, why).inc()
             if decision and on_error == "deny":
                 results.append(
-                    (impl.plugin, Decision(deny=True, reason="plugin breaker-open (on_error=deny)"))
+                    (impl.plugin, Decision(deny=True, reason=f"plugin {why} (on_error=deny)"))
                 )
             else:
                 results.append((impl.plugin, None))
@@ -626,12 +709,21 @@ class Pipeline:
             try:
                 value, elapsed = run.future.result(timeout=max(0.0, wait_until - time.monotonic()))
             except FutureTimeout:
-                entry.update(status="timeout", ms=_ms(time.monotonic() - run.started))
-                entry["error"] = f"still running after {wait_until - run.started:.3f} s"
+                waited = wait_until - run.started
+                if run.handoff.abandon():
+                    entry.update(status="timeout", ms=_ms(time.monotonic() - run.started))
+                    entry["error"] = f"still running after {waited:.3f} s"
+                    if self.breaker.timed_out(run.impl.plugin, time.monotonic()):
+                        self._breaker_opened(run.impl.plugin)
+                else:  # never started: not the plugin's fault, and it will not run now
+                    entry.update(status="not-started", ms=_ms(time.monotonic() - run.started))
+                    entry["error"] = f"no hook worker was free within {waited:.3f} s"
                 if run.started + run.timeout > cutoff:
                     over_budget = True
-                if self.breaker.timed_out(run.impl.plugin, time.monotonic()):
-                    self._breaker_opened(run.impl.plugin)
+                results.append(self._on_error(run, entry, decision))
+            except Saturated as exc:
+                entry.update(status="saturated", ms=_ms(time.monotonic() - run.started))
+                entry["error"] = str(exc)
                 results.append(self._on_error(run, entry, decision))
             except Exception as exc:  # noqa: BLE001 - a plugin's error is its own
                 entry.update(status="error", ms=_ms(time.monotonic() - run.started))
@@ -689,7 +781,7 @@ class Pipeline:
         runs: list[_PluginRun] = []
         if not calls:
             return runs
-        handoffs = [_Handoff() for _ in calls]
+        handoffs = [_Handoff(impl.plugin, self._running) for impl, _, _, _ in calls]
         seq = _Sequence(
             event,
             [(impl, ctx, h) for (impl, ctx, _, _), h in zip(calls, handoffs, strict=True)],
@@ -734,12 +826,18 @@ class Pipeline:
         }
 
     def _finish(
-        self, event: Event, sub: str, body: str | None, trace: dict[str, Any], started: float
+        self,
+        event: Event,
+        sub: str,
+        body: str | None,
+        trace: dict[str, Any],
+        started: float,
+        attempts: int,
     ) -> None:
         trace["elapsed_ms"] = _ms(time.monotonic() - started)
         outcome = trace["answer"]["action"]["name"] if trace.get("answer") else trace["rule"]
         self.store.finish(
-            event.callid, event.name, sub, body, json.dumps(trace, default=str), outcome
+            event.callid, event.name, sub, body, json.dumps(trace, default=str), outcome, attempts
         )
 
     def _respond(self, event: Event, body: str, trace: dict[str, Any], started: float) -> Response:
@@ -853,6 +951,8 @@ class Pipeline:
 
 def _timed(impl: Impl, event: Event, ctx: CallContext, handoff: _Handoff) -> tuple[Any, float]:
     start = time.monotonic()
+    if not handoff.begin():  # the pipeline gave up on it before a worker was free
+        return None, 0.0
     pending = Deferred()
     try:  # the plugin's store waits end at the callback's deadline too
         with ctx.store.deferred_flush() as pending, ctx.store.until(ctx.deadline):

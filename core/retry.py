@@ -48,8 +48,17 @@ class Retrier:
         for item in self.pipeline.store.due(limit=BATCH):
             if self._stop.is_set():
                 break
-            if self.pipeline.retry(item) != "taken":
-                tried += 1
+            try:
+                if self.pipeline.retry(item) != "taken":
+                    tried += 1
+            except Exception as exc:  # noqa: BLE001 - recorded for a retry by _work; go on
+                log.warning(
+                    "retry of %s for call %s failed: %s: %s",
+                    item.event,
+                    item.callid,
+                    type(exc).__name__,
+                    exc,
+                )
         return tried
 
     def _loop(self) -> None:
@@ -90,13 +99,13 @@ class WaitingCollector:
         try:
             counts = dict(
                 self.store.query(
-                    "SELECT state, COUNT(*) FROM callbacks WHERE (state = 'parked' OR "
-                    "(state = 'pending' AND last_error IS NOT NULL)) GROUP BY state"
+                    "SELECT state, COUNT(*) FROM callbacks WHERE state IN ('retry', 'parked') "
+                    "GROUP BY state"
                 )
             )
         except Exception:  # noqa: BLE001 - the store is down: no figure rather than no page
             return
-        retrying.add_metric([], int(counts.get("pending", 0)))
+        retrying.add_metric([], int(counts.get("retry", 0)))
         parked.add_metric([], int(counts.get("parked", 0)))
         yield retrying
         yield parked

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+REBOUND_AFTER = 0.05  # seconds: PostgreSQL statements later than this get their timeout again
+BUSY_STEP = 0.05  # seconds SQLite waits for another process's lock before _begin looks again
 CACHE_KIB = 2048  # SQLite page cache of the connection a process writes with
 READ_CACHE_KIB = 512  # and of the one it reads with outside transactions
 
@@ -68,7 +70,7 @@ class Waiting:
     event: str
     sub: str
     body: str | None
-    state: str  # pending (processed now, or waiting for its retry) or parked
+    state: str  # pending (being processed), retry (waiting for its retry) or parked
     attempts: int
     done: tuple[str, ...]
     lease_until: float
@@ -364,10 +366,12 @@ class Store:
     ) -> Claim:
         """Atomically claim ``(callid, event, sub)`` for processing (see ``Claim``).
 
-        A claim whose lease ran out (its worker died) can be taken over, and so can a
-        parked one when ``body`` is given (a redelivery). With ``body`` (DiCE, Notify)
-        the callback's body is recorded with the claim and the commit is durable: once
-        it has been flushed (see ``deferred_flush``), the callback cannot be lost.
+        A claim whose lease ran out (its worker died) can be taken over, and so can work
+        waiting for its retry or parked, when ``body`` is given (a redelivery). With
+        ``body`` (DiCE, Notify) the callback's body is recorded with the claim and the
+        commit is durable: once flushed (see ``deferred_flush``), it cannot be lost.
+        ``Claim.attempts`` is the claim's token: ``finish`` and ``postpone`` apply only
+        while no other worker has claimed the callback since.
         """
         now = time.time() if now is None else now
         if self.write(  # the common case, a first delivery: one statement
@@ -395,23 +399,31 @@ class Store:
             state, answer, lease_until, attempts, progress, stored = row
             if state == "done":
                 return Claim("done", answer)
-            if lease_until < now or (state == "parked" and body is not None):
-                tx.execute(
+            if lease_until < now or (state in ("retry", "parked") and body is not None):
+                taken = tx.execute(  # unless a retry worker took it since it was read
                     "UPDATE callbacks SET state = 'pending', lease_until = ?, attempts = ?, body = ? "
-                    "WHERE callid = ? AND event = ? AND sub = ?",
-                    (now + lease, attempts + 1, stored or body, callid, event, sub),
-                )
-                return Claim("new", attempts=attempts + 1, done=_names(progress))
+                    "WHERE callid = ? AND event = ? AND sub = ? AND state = ? AND lease_until = ?",
+                    (now + lease, attempts + 1, stored or body, callid, event, sub, state, lease_until),
+                ).rowcount
+                if taken:
+                    return Claim("new", attempts=attempts + 1, done=_names(progress))
             return Claim("busy")
 
     def finish(
-        self, callid: str, event: str, sub: str, answer: str | None, trace: str, outcome: str
+        self,
+        callid: str,
+        event: str,
+        sub: str,
+        answer: str | None,
+        trace: str,
+        outcome: str,
+        attempts: int = 1,
     ) -> None:
-        """Record the answer and trace of a claimed callback."""
+        """Record the answer and trace of a claimed callback (the claim's ``attempts``)."""
         self.write(
             "UPDATE callbacks SET state = 'done', answer = ?, trace = ?, outcome = ?, finished_at = ?, "
-            "last_error = NULL WHERE callid = ? AND event = ? AND sub = ?",
-            (answer, trace, outcome, time.time(), callid, event, sub),
+            "last_error = NULL WHERE callid = ? AND event = ? AND sub = ? AND attempts = ?",
+            (answer, trace, outcome, time.time(), callid, event, sub, attempts),
             durable=False,  # lost in a power cut, the callback is processed again
         )
 
@@ -421,20 +433,22 @@ class Store:
         event: str,
         sub: str,
         *,
+        attempts: int,
         done: Sequence[str],
         error: str,
         retry_at: float,
         park: bool,
         trace: str,
     ) -> None:
-        """Record that some plugins' work on a received callback failed: it is retried
-        from ``retry_at`` (the plugins in ``done`` are not run again), or parked for an
-        operator."""
+        """Record that some plugins' work on a received callback failed: it waits for a
+        retry at ``retry_at`` (the plugins in ``done`` are not run again), or is parked
+        for an operator. Applies only to the claim ``attempts``."""
         self.write(
             "UPDATE callbacks SET state = ?, progress = ?, last_error = ?, lease_until = ?, "
-            "trace = ? WHERE callid = ? AND event = ? AND sub = ? AND state <> 'done'",
+            "trace = ? WHERE callid = ? AND event = ? AND sub = ? AND attempts = ? "
+            "AND state = 'pending'",
             (
-                "parked" if park else "pending",
+                "parked" if park else "retry",
                 ",".join(done),
                 error[:1000],
                 retry_at,
@@ -442,18 +456,20 @@ class Store:
                 callid,
                 event,
                 sub,
+                attempts,
             ),
-            durable=False,  # lost in a power cut, the retry simply comes sooner
+            durable=False,  # lost in a power cut, the claim's lease runs out instead
         )
 
     def due(self, now: float | None = None, limit: int = 20) -> list[Waiting]:
-        """Received DiCE and Notify callbacks whose retry is due (or whose worker died)."""
+        """Received DiCE and Notify callbacks whose retry is due, or whose worker died."""
         now = time.time() if now is None else now
-        return self._waiting("state = 'pending' AND lease_until < ?", [now], limit)
+        return self._waiting("state IN ('pending', 'retry') AND lease_until < ?", [now], limit)
 
     def waiting(self, callid: str | None = None) -> list[Waiting]:
-        """Every received DiCE and Notify not yet fully processed (pending or parked)."""
-        where, params = "state IN ('pending', 'parked')", []
+        """Every received DiCE and Notify not yet fully processed: being processed
+        (``pending``), waiting for a retry (``retry``) or ``parked``."""
+        where, params = "state IN ('pending', 'retry', 'parked')", []
         if callid is not None:
             where += " AND callid = ?"
             params.append(callid)
@@ -472,13 +488,15 @@ class Store:
         ]
 
     def take(self, item: Waiting, lease: float, now: float | None = None) -> Claim | None:
-        """Claim a waiting callback for a retry, unless another worker took it since it
-        was read (``item.lease_until`` changed); returns the claim, or None."""
+        """Claim a waiting callback for a retry: one waiting for its retry or parked (now,
+        even before its time), or one whose worker's lease ran out; not if another worker
+        claimed it since it was read. Returns the claim, or None."""
         now = time.time() if now is None else now
         if self.write(
             "UPDATE callbacks SET state = 'pending', lease_until = ?, attempts = attempts + 1 "
-            "WHERE callid = ? AND event = ? AND sub = ? AND state = ? AND lease_until = ?",
-            (now + lease, item.callid, item.event, item.sub, item.state, item.lease_until),
+            "WHERE callid = ? AND event = ? AND sub = ? AND state = ? AND lease_until = ? "
+            "AND (state IN ('retry', 'parked') OR lease_until < ?)",
+            (now + lease, item.callid, item.event, item.sub, item.state, item.lease_until, now),
             durable=False,
         ):
             return Claim("new", attempts=item.attempts + 1, done=item.done)
@@ -533,6 +551,7 @@ class GroupFlush:
         self._committed = 0
         self._flushed = 0
         self._flushing = False
+        self.failed: StoreError | None = None  # set for good by a failed fsync
 
     def committed(self) -> int:
         """Call right after a COMMIT returned; the commit's sequence number."""
@@ -540,15 +559,12 @@ class GroupFlush:
             self._committed += 1
             return self._committed
 
-    def last(self) -> int:
-        """The sequence number of the latest commit."""
-        with self._cond:
-            return self._committed
-
     def wait(self, seq: int) -> None:
         """Return once commit ``seq`` is on disk."""
         with self._cond:
             while self._flushed < seq:
+                if self.failed is not None:
+                    raise self.failed
                 if self._flushing:
                     self._cond.wait()
                     continue
@@ -556,11 +572,29 @@ class GroupFlush:
                 self._cond.release()
                 try:
                     self._fsync()
+                except OSError as exc:
+                    # after a failed fsync the kernel may have dropped the pages: a later
+                    # fsync can succeed without them, so nothing can be promised any more
+                    self.failed = StoreError(
+                        f"a flush of the SQLite write-ahead log failed ({exc.strerror or exc}); "
+                        "what was not yet on disk may be lost: restart the server"
+                    )
+                    raise self.failed from None
                 finally:
                     self._cond.acquire()
                     self._flushing = False
                     self._cond.notify_all()
                 self._flushed = max(self._flushed, target)
+
+    def sync(self) -> None:
+        """fsync the write-ahead log now, whoever wrote to it (another process too)."""
+        if self.failed is not None:
+            raise self.failed
+        with self._cond:
+            target = self._committed
+        self._fsync()
+        with self._cond:
+            self._flushed = max(self._flushed, target)
 
     def _fsync(self) -> None:
         try:
@@ -598,7 +632,6 @@ class SqliteStore(Store):
         if self._synchronous == "FULL":  # durable commits by group flush, see GroupFlush
             self._flush = GroupFlush(path + "-wal")
         self._busy_timeout = busy_timeout
-        self._busy_ms = self._busy_now = int(busy_timeout * 1000)  # the write connection's
         # One connection for the process's writes, used by one thread at a time.
         # Writers are serialised anyway (here rather than in SQLite's busy handler,
         # which sleeps in steps of up to 100 ms), and a single connection keeps its page
@@ -646,6 +679,7 @@ class SqliteStore(Store):
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             self._db = self._connect(
+                f"busy_timeout = {int(BUSY_STEP * 1000)}",  # see _begin
                 "journal_mode=WAL",
                 "synchronous=NORMAL",  # "full" is made by GroupFlush
                 "foreign_keys=ON",
@@ -660,42 +694,37 @@ class SqliteStore(Store):
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the write connection's lock, waiting at most until the thread's deadline;
-        SQLite's own wait for another process's lock on the file ends then too."""
+        """Hold the write connection's lock, waiting at most until the thread's deadline."""
         left = _remaining()
         if left is None:
             self._lock.acquire()
         elif not self._lock.acquire(timeout=left):
             raise StoreTimeout("the SQLite store was busy until the deadline")
         try:
-            self._fit_busy_timeout(_remaining())
             yield
         finally:
             self._lock.release()
 
-    def _fit_busy_timeout(self, left: float | None) -> None:
-        """Keep SQLite's wait for another process's lock within the thread's deadline.
-        The setting changes only when it is longer than what is left, or under a quarter
-        of it (in steps of 100 ms), so a run of callbacks rarely changes it; work without
-        a deadline gets the default back when the setting has fallen under half a second."""
-        if left is None:
-            if self._busy_now >= 500:
-                return
-            target = self._busy_ms
-        else:
-            ms = max(1, int(left * 1000))
-            if self._busy_now <= ms <= 4 * self._busy_now:
-                return
-            target = ms - ms % 100 if ms >= 100 else ms
-        if target != self._busy_now:
-            self._conn().execute(f"PRAGMA busy_timeout = {target}")
-            self._busy_now = target
+    def _begin(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run the statement that takes the file's write lock (``BEGIN IMMEDIATE``, or an
+        autocommit write). Another process holding it makes SQLite wait up to
+        ``BUSY_STEP`` and say "database is locked"; this tries again until the thread's
+        deadline (``Store.until``), or the store's busy timeout without one."""
+        left = _remaining()
+        end = time.monotonic() + (self._busy_timeout if left is None else left)
+        while True:
+            try:
+                return conn.execute(sql, params)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= end:
+                    raise
+                # the file's lock was held for a whole step: look again
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self._locked(), self._watching_writes():
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn, "BEGIN IMMEDIATE")
             self._in_tx.depth = getattr(self._in_tx, "depth", 0) + 1
             try:
                 yield Tx(conn, self)
@@ -718,7 +747,7 @@ class SqliteStore(Store):
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         with self._locked(), self._watching_writes():
-            changed: int = self._conn().execute(sql, params).rowcount  # autocommit
+            changed: int = self._begin(self._conn(), sql, params).rowcount  # autocommit
             seq = self._flush.committed() if self._flush and durable else 0
         if seq:
             self._durable(seq)
@@ -749,7 +778,7 @@ class SqliteStore(Store):
 
     def sync(self) -> None:
         if self._flush is not None:
-            self._flush.wait(self._flush.last())
+            self._flush.sync()
 
     def lock(self, conn: Any, key: str) -> None:
         pass  # BEGIN IMMEDIATE already serialises every writer
@@ -763,6 +792,8 @@ class SqliteStore(Store):
         return None
 
     def write_fault(self) -> str | None:
+        if self._flush is not None and self._flush.failed is not None:
+            return str(self._flush.failed)
         # A full disk does not fail every write: a commit that fits in write-ahead log
         # space already allocated succeeds. The filesystem itself says it is full.
         try:
@@ -823,6 +854,7 @@ class PostgresStore(Store):
         self._faults = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
         self.url = url
         self._timeout = timeout
+        self._bound_at: dict[int, float] = {}  # id(connection) -> when _bound last set it
         try:
             self._pool = ConnectionPool(
                 url, min_size=1, max_size=pool_size, timeout=timeout, open=True, name="switchboard"
@@ -833,11 +865,8 @@ class PostgresStore(Store):
                 f"cannot connect to PostgreSQL at {redact_url(url)}: {type(exc).__name__}"
             ) from None
 
-    def run(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
-        return conn.execute(_pg_sql(sql), tuple(params))
-
     def lock(self, conn: Any, key: str) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+        self.run(conn, "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -860,15 +889,24 @@ class PostgresStore(Store):
         else:
             cm.__exit__(None, None, None)
 
-    @staticmethod
-    def _bound(conn: Any) -> None:
-        """Within ``Store.until``, end this transaction's statements (a lock wait
-        included) at the thread's deadline."""
+    def _bound(self, conn: Any) -> None:
+        """Within ``Store.until``, end the statements of this transaction (a lock wait
+        included) at the thread's deadline: ``statement_timeout`` is per statement, so
+        ``run`` sets it again for a statement that starts 50 ms or more later."""
         left = _remaining()
-        if left is not None:
-            conn.execute(
-                "SELECT set_config('statement_timeout', %s, true)", (f"{max(1, int(left * 1000))}ms",)
-            )
+        if left is None:
+            self._bound_at.pop(id(conn), None)
+            return
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, true)", (f"{max(1, int(left * 1000))}ms",)
+        )
+        self._bound_at[id(conn)] = time.monotonic()
+
+    def run(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
+        bound = self._bound_at.get(id(conn))
+        if bound is not None and time.monotonic() - bound > REBOUND_AFTER:
+            self._bound(conn)
+        return conn.execute(_pg_sql(sql), tuple(params))
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:

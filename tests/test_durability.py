@@ -123,6 +123,27 @@ def test_a_dice_the_store_cannot_take_gets_503_and_changes_nothing(make, monkeyp
     assert post(app, dice("f1")).status_int == 200 and steady.calls == [1]
 
 
+def test_a_failed_flush_to_disk_is_never_forgotten(make, monkeypatch):
+    """After an fsync error the kernel may have dropped what it was to write, and a later
+    fsync can succeed without it: the store refuses every promise from then on, and is
+    not ready, until the server is restarted."""
+    import os
+
+    steady = Failing(0)
+    rt, app = make({"steady": steady})
+    real = os.fsync
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    assert post(app, dice("io1"), status=503).json["error"].startswith("the callback could not")
+    monkeypatch.setattr(os, "fsync", real)
+    post(app, dice("io2"), status=503)  # the disk "works" again: still no promise
+    ready = app.get("/readyz", status=503).json["error"]
+    assert "flush of the SQLite write-ahead log failed" in ready and "restart" in ready
+
+
 # ------------------------------------------------------------------ the budget holds
 
 
@@ -156,6 +177,65 @@ def test_breaker_opens_after_repeated_timeouts_and_closes_after_a_success(make, 
         stuck.release.clear()
         assert status_of("b5")[0] == "timeout"  # closed again: one timeout does not open it
         assert status_of("b6")[0] == "timeout"
+    finally:
+        stuck.release.set()
+
+
+def test_a_half_open_breaker_lets_one_trial_call_through():
+    from core.breaker import Breaker
+
+    b = Breaker(threshold=2, window=10, cooldown=1)
+    assert b.allows("p", 0) and not b.timed_out("p", 0.1) and b.timed_out("p", 0.2)
+    assert not b.allows("p", 1.0)  # open for the cooldown
+    assert b.allows("p", 1.3)  # the trial
+    assert not b.allows("p", 1.4) and not b.allows("p", 2.2)  # others wait for it
+    assert b.allows("p", 2.4)  # the trial never came back: another one
+    b.succeeded("p")
+    assert b.allows("p", 2.5) and b.allows("p", 2.5)  # closed
+    assert not b.timed_out("p", 3.0)  # one timeout alone does not open a closed breaker
+    b2 = Breaker(threshold=2, window=10, cooldown=1)
+    b2.timed_out("q", 0), b2.timed_out("q", 0)
+    assert b2.allows("q", 1.5) and b2.timed_out("q", 1.6)  # the trial timed out: open again
+    assert not b2.allows("q", 2.0) and b2.left("q", 2.0) == pytest.approx(0.6)
+
+
+def test_a_hung_plugin_takes_at_most_half_the_hook_workers_and_trips_no_other_breaker(make):
+    """A burst of calls into a plugin that hangs: it runs on at most half the workers
+    (the other calls skip it: ``saturated``), the healthy plugin after it always runs in
+    time, and only the hung plugin's breaker opens."""
+    from core.app import make_app, wsgi_post
+    from tests.helpers import PATH, signed
+
+    stuck = Hanging()
+    rt, _ = make(
+        {"stuck": stuck, "good": Fixed(Decision.allowed("ok"))},
+        policy={"budget": 1.0, "workers": 4, "ice_default": "connect"},
+        plugins={"stuck": {"timeout": 0.1, "on_error": "abstain"}, "good": {"on_error": "deny"}},
+    )
+    app = make_app(rt)
+    answers: dict[str, str] = {}
+
+    def call(callid: str) -> None:
+        body, headers = signed(ice(callid))
+        answers[callid] = json.loads(wsgi_post(app, PATH, headers, body)[1])["action"]["name"]
+
+    try:
+        threads = [threading.Thread(target=call, args=(f"h{i}",)) for i in range(12)]
+        for t in threads:
+            t.start()
+            time.sleep(0.01)
+        for t in threads:
+            t.join()
+        assert set(answers.values()) == {"connectPstn"}, answers  # good allowed every call
+        statuses = []
+        for callid in answers:
+            plugins = json.loads(rt.store.traces(callid)[0]["trace"])["plugins"]
+            by_name = {p["plugin"]: p["status"] for p in plugins}
+            assert by_name["good"] == "decided", plugins
+            statuses.append(by_name["stuck"])
+        assert statuses.count("timeout") <= 2 and "saturated" in statuses, statuses
+        assert rt.pipeline.breaker.is_open("stuck", time.monotonic()) is False  # 2 < 5
+        assert not rt.pipeline.breaker.is_open("good", time.monotonic())
     finally:
         stuck.release.set()
 
