@@ -271,6 +271,12 @@ POLICY_KEYS = {
         check=positive,
     ),
     "fallback": Key(dict, {}, "SVAML sent when the budget passes or the merge fails, per event"),
+    "allow_suppress_callbacks": Key(
+        bool,
+        False,
+        "send an answer with suppressCallbacks true (no ACE, no DiCE) even while an enabled "
+        "plugin relies on the DiCE (credit settlement, crm records); false: the fallback is sent",
+    ),
 }
 
 

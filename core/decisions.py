@@ -15,23 +15,51 @@ merges every enabled plugin's decision, in precedence order (the order of
 4. ``maxDuration`` is the minimum of every cap and the action's own value, clamped to
    Sinch's limit. A cap on an action that cannot carry ``maxDuration`` cannot be
    enforced: the call is hung up (rule ``cap-unenforceable``), failing closed.
-5. Instructions are concatenated in precedence order.
+5. Instructions are concatenated in precedence order; an ``answer`` instruction after
+   the first is dropped (two deniers that both answer before their prompts answer once).
 6. The pipeline then validates the answer for the event; an illegal answer is never
    sent, the configured fallback is (rule ``invalid-answer``).
+
+An answer whose action carries ``suppressCallbacks: true`` makes Sinch send no ACE and no
+DiCE for the call. While any enabled plugin relies on the DiCE (``needs_callbacks``: the
+pipeline passes the plugins implementing ``switchboard_dice``, unless
+``policy.allow_suppress_callbacks`` is true), the merge refuses it: ``RefusedAnswer``,
+and the pipeline sends the fallback (rule ``callbacks-suppressed``). Otherwise a prepaid
+call would go unsettled (its reservation released by the sweeper) and unrecorded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.svaml import Action, ConnectPstn, Continue, Hangup, Instruction, Say, Svaml
+from core.svaml import (
+    Action,
+    Answer,
+    ConnectPstn,
+    Continue,
+    Hangup,
+    Instruction,
+    Say,
+    Svaml,
+    SvamlError,
+)
 
 
 class DecisionError(ValueError):
     """A Decision was built with values that make no sense."""
+
+
+class RefusedAnswer(SvamlError):
+    """The merged answer is one the configuration forbids sending; ``rule`` names why
+    (the rule recorded in the trace and counted in metrics, with the fallback sent)."""
+
+    def __init__(self, rule: str, field: str, message: str, plugins: Sequence[str] = ()) -> None:
+        super().__init__(field, message)
+        self.rule = rule
+        self.plugins = list(plugins)
 
 
 @dataclass(frozen=True)
@@ -75,9 +103,17 @@ class Decision:
         prompt: str | None = None,
         locale: str | None = None,
         instructions: Sequence[Instruction] = (),
+        answer: bool = False,
     ) -> Decision:
-        """Refuse the call: the answer will be hangup, after ``prompt`` if given."""
-        extra = (Say(text=prompt, locale=locale),) if prompt else ()
+        """Refuse the call: the answer will be hangup, after ``prompt`` if given.
+
+        ``answer=True`` (ICE only: ``answer`` is illegal in other answers) puts an
+        ``answer`` instruction before the prompt: Sinch advises it, as not every
+        provider plays a ``say`` to a call not yet answered; answering may start billing.
+        """
+        extra: tuple[Instruction, ...] = ()
+        if prompt:
+            extra = (*((Answer(),) if answer else ()), Say(text=prompt, locale=locale))
         return cls(deny=True, reason=reason, instructions=(*instructions, *extra))
 
     @classmethod
@@ -177,13 +213,18 @@ def merge(
     decisions: Sequence[tuple[str, Decision | None]],
     *,
     ice_default: str = "deny",
+    needs_callbacks: Sequence[str] = (),
 ) -> Outcome:
-    """Merge ``(plugin name, decision)`` pairs given in precedence order (rules 1-5)."""
+    """Merge ``(plugin name, decision)`` pairs given in precedence order (rules 1-5).
+
+    ``needs_callbacks`` names the plugins that rely on the call's DiCE: an answer that
+    suppresses callbacks raises ``RefusedAnswer`` while it is not empty.
+    """
     voiced = [(name, d) for name, d in decisions if d is not None]
 
     deniers = [(name, d) for name, d in voiced if d.deny]
     if deniers:
-        instructions = tuple(i for _, d in deniers for i in d.instructions)
+        instructions = _concatenate(d for _, d in deniers)
         return Outcome(Svaml(Hangup(), instructions), "deny", [n for n, _ in deniers])
 
     outcome: Outcome
@@ -227,6 +268,29 @@ def merge(
             outcome.notes.append(f"maxDuration {limit} s set by {capper}")
             outcome.capped_by = capper
 
-    instructions = tuple(i for _, d in voiced for i in d.instructions)
-    outcome.svaml = Svaml(action, instructions)
+    if needs_callbacks and getattr(action, "suppress_callbacks", None) is True:
+        raise RefusedAnswer(
+            "callbacks-suppressed",
+            "action.suppressCallbacks",
+            f"{action.name} with suppressCallbacks true (from {outcome.rule} by "
+            f"{', '.join(outcome.decided_by) or 'the configured default'}) would make Sinch "
+            f"send no ACE and no DiCE, which {', '.join(needs_callbacks)} rely on; "
+            "policy.allow_suppress_callbacks = true allows it",
+            outcome.decided_by,
+        )
+    outcome.svaml = Svaml(action, _concatenate(d for _, d in voiced))
     return outcome
+
+
+def _concatenate(decisions: Iterable[Decision]) -> tuple[Instruction, ...]:
+    """Rule 5: every decision's instructions in order, the call answered once at most."""
+    out: list[Instruction] = []
+    answered = False
+    for d in decisions:
+        for ins in d.instructions:
+            if isinstance(ins, Answer):
+                if answered:
+                    continue
+                answered = True
+            out.append(ins)
+    return tuple(out)

@@ -90,7 +90,10 @@ def switchboard_ice(event: Ice, ctx: CallContext) -> Decision | None:
 
     Return a ``Decision``:
 
-    * ``Decision.denied(reason, prompt=...)``: refuse; any deny wins (rule 1).
+    * ``Decision.denied(reason, prompt=..., answer=True)``: refuse; any deny wins
+      (rule 1). ``answer=True`` puts ``answer`` before the prompt, as Sinch advises for
+      a ``say`` at ICE (not every provider plays it to a call not yet answered);
+      answering may start billing.
     * ``Decision.propose(action)``: answer with this action; the highest-precedence
       proposal wins, a different lower one is recorded as a conflict (rule 2).
     * ``Decision.allowed(reason, action=...)``: allow; ``action`` is used only if nobody
@@ -100,7 +103,11 @@ def switchboard_ice(event: Ice, ctx: CallContext) -> Decision | None:
 
     Return ``None`` for no opinion. With no proposal and no allowing default, the ICE
     is answered by ``policy.ice_default``: hangup (the default) or connectPstn to the
-    dialled number.
+    dialled number. An action with ``suppress_callbacks=True`` is refused (the fallback
+    is sent) while any enabled plugin implements ``switchboard_dice``, unless
+    ``policy.allow_suppress_callbacks`` is true. ``event.to.type == "did"`` means the
+    caller dialled one of the application's own numbers: connecting the call to it
+    would call that number itself.
     """
 
 

@@ -13,7 +13,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 FALLBACK_RULES = frozenset(
-    {"budget", "invalid-answer", "internal-error", "duplicate-in-flight", "store-unavailable"}
+    {
+        "budget",
+        "invalid-answer",
+        "callbacks-suppressed",
+        "internal-error",
+        "duplicate-in-flight",
+        "store-unavailable",
+    }
 )
 
 
@@ -32,7 +39,8 @@ class Metrics:
         self.decisions = Counter(
             "switchboard_decisions_total",
             "Decided callbacks by the merge rule that settled them "
-            "(deny, proposal, allow-default, event-default, cap-unenforceable, budget, ...)",
+            "(deny, proposal, allow-default, event-default, cap-unenforceable, budget, "
+            "invalid-answer, callbacks-suppressed, ...)",
             ["event", "rule"],
             registry=r,
         )

@@ -295,6 +295,12 @@ class Pipeline:
         self.store = store
         self.budget: float = settings.policy["budget"]
         self.ice_default: str = settings.policy["ice_default"]
+        # plugins relying on the DiCE: the merge refuses an answer suppressing callbacks
+        self.needs_dice: tuple[str, ...] = (
+            ()
+            if settings.policy["allow_suppress_callbacks"]
+            else tuple(impl.plugin for impl in plugins.impls("switchboard_dice"))
+        )
         # how long a claim protects a callback being processed: every wait of the
         # processing ends by the budget, so a claim still held after this is a worker
         # that died; a redelivery (or the retry worker) then processes the callback
@@ -435,12 +441,14 @@ class Pipeline:
         self, event: Event, results: list[tuple[str, Decision | None]], trace: dict[str, Any]
     ) -> Outcome:
         try:
-            outcome = merge(event.name, results, ice_default=self.ice_default)
+            outcome = merge(
+                event.name, results, ice_default=self.ice_default, needs_callbacks=self.needs_dice
+            )
             outcome.svaml.validate_for(event.name)
-        except SvamlError as exc:
+        except SvamlError as exc:  # RefusedAnswer names its own rule
             outcome = Outcome(
                 self.fallback[event.name],
-                "invalid-answer",
+                getattr(exc, "rule", "invalid-answer"),
                 notes=[f"merged answer rejected: {exc}"],
             )
         trace.update(

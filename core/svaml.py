@@ -2,9 +2,11 @@
 
 Typed, immutable actions and instructions. Each checks its own fields and limits when
 built (``SvamlError`` names the field); ``Svaml.validate_for(event)`` applies the
-per-event legality table of SINCH.md 3.2. ``to_dict()``/``to_json()`` emit the canonical
-camelCase wire form with no null fields; ``Svaml.from_dict`` reads it back (used for the
-configured fallback answers and by tests).
+per-event legality table of SINCH.md 3.2 and the rules Sinch states for an element as
+sent (``Node.check_sent``: a ``#tts[...]`` prompt needs a locale, a recording needs
+somewhere to go), so that an answer breaking them is never sent. ``to_dict()`` and
+``to_json()`` emit the canonical camelCase wire form with no null fields;
+``Svaml.from_dict`` reads it back (used for the configured fallback answers and by tests).
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ INDICATIONS = frozenset(
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 _DTMF = re.compile(r"^[0-9#w]+$")
 _MENU_ACTION = re.compile(r"^(menu|return)\((.*)\)$")
+_SPOKEN_PROMPT = ("#tts[", "#ssml[")  # playFiles ids Sinch speaks: they need a locale
+RECORDING_SCHEMES = ("s3", "azure", "gs")  # Amazon S3, Azure Blob Storage, Google Cloud Storage
 
 
 class SvamlError(ValueError):
@@ -147,6 +151,12 @@ class Node:
 
     def check(self) -> None:
         """Field rules beyond types; raise SvamlError."""
+
+    def check_sent(self) -> None:
+        """Rules Sinch states for this element in an answer (a field required together
+        with another, a value it needs to act on), beyond what ``check`` enforces when it
+        is built. ``Svaml.validate_for`` calls it: an answer that breaks one is never
+        sent (the pipeline sends the fallback, rule ``invalid-answer``)."""
 
     @classmethod
     def _wire(cls, name: str) -> str:
@@ -499,6 +509,13 @@ class PlayFiles(Instruction):
         if not self.ids:
             raise SvamlError("ids", "must name at least one file or prompt")
 
+    def check_sent(self) -> None:
+        spoken = [i for i in self.ids or () if i.lower().startswith(_SPOKEN_PROMPT)]
+        if spoken and not self.locale:
+            raise SvamlError(
+                "locale", f"is required for #tts[...] and #ssml[...] prompts ({spoken[0][:40]!r})"
+            )
+
 
 @dataclass(frozen=True)
 class Say(Instruction):
@@ -543,6 +560,21 @@ class Answer(Instruction):
 class StartRecording(Instruction):
     name: ClassVar[str] = "startRecording"
     options: RecordingOptions | None = None
+
+    def check_sent(self) -> None:
+        # Sinch: "In every case, the Recording Options are required"; the file goes to
+        # an S3, Azure Blob Storage or Google Cloud Storage URI (SINCH.md 3.4)
+        if self.options is None:
+            raise SvamlError("options", "are required (destinationUrl at least)")
+        url = self.options.destination_url
+        if not url:
+            raise SvamlError("options.destinationUrl", "is required")
+        scheme, sep, rest = url.partition("://")
+        if not sep or not rest or scheme.lower() not in RECORDING_SCHEMES:
+            raise SvamlError(
+                "options.destinationUrl",
+                f"must be an s3://, azure:// or gs:// URI, got {url[:60]!r}",
+            )
 
 
 @dataclass(frozen=True)
@@ -631,6 +663,14 @@ class Svaml:
                     f"instructions[{i}]",
                     f"{ins.name!r} is not allowed in an {event.upper()} answer",
                 )
+            try:
+                ins.check_sent()
+            except SvamlError as exc:
+                raise SvamlError(f"instructions[{i}].{exc.field}", exc.message) from None
+        try:
+            self.action.check_sent()
+        except SvamlError as exc:
+            raise SvamlError(f"action.{exc.field}", exc.message) from None
         return self
 
     def to_dict(self) -> dict[str, Any]:

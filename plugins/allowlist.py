@@ -8,12 +8,21 @@ specific allow overrides it. Velocity limits (calls per caller, calls per destin
 prefix, per sliding window) are counted in the store, so they hold across processes.
 
 An allowed call carries ``connectPstn`` to the dialled number as its default action
-(used when no other plugin proposes one), with the configured ``max_duration`` and
-``cli``. A denied call gets ``hangup``, after ``deny_prompt`` when set.
+(used when no other plugin proposes one), with the configured ``cli``. ``max_duration``
+caps every call the allowlist allows (merge rule 4), whichever plugin's action wins. A
+denied call gets ``hangup``, after ``answer`` and ``deny_prompt`` when a prompt is set
+(``deny_answer = false``: the prompt without ``answer``).
+
+A call with ``to.type = "did"`` dialled one of the application's own numbers:
+connecting it to ``to.endpoint`` would call that number itself. It is connected to its
+``did_forward`` entry, else to ``did_default``, else denied. The destination rules do
+not apply to these configured targets (the caller does not choose them); the caller
+rules and velocity limits do.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +33,8 @@ from core.hookspecs import hookimpl
 from core.store import Migration
 from core.svaml import MAX_DURATION, ConnectPstn
 from plugins.numbers import Rules, parse_pattern, parse_patterns
+
+_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 
 # Ranges carriers commonly block for premium-rate and international revenue share
 # fraud (IRSF). Each line: prefix, what it is. See the README for the sources.
@@ -75,6 +86,23 @@ MIGRATIONS = [
 ]
 
 
+def _check_number(where: str, value: Any) -> None:
+    if not isinstance(value, str) or not _E164.match(value):
+        raise ValueError(f"{where}: {value!r} is not an E.164 number with '+'")
+
+
+def _check_did_forward(table: Mapping[str, Any]) -> None:
+    for did, target in table.items():
+        _check_number("DID", did)
+        _check_number(f"target of {did}", target)
+        if target in table:  # the forward would ring one of our own numbers again
+            raise ValueError(f"{did} forwards to {target}, itself one of the DIDs")
+
+
+def _check_did_default(value: str) -> None:
+    _check_number("did_default", value)
+
+
 KEYS = {
     "default": Key(
         str, "deny", "verdict for a destination no rule matches", choices=("deny", "allow")
@@ -90,12 +118,33 @@ KEYS = {
     "max_duration": Key(
         int,
         None,
-        "maxDuration of the connectPstn for an allowed call",
+        "cap on every call the allowlist allows (merge rule 4: no plugin's action runs "
+        "longer; an action that cannot carry maxDuration is hung up), and the maxDuration "
+        "of its connectPstn",
         check=between(1, MAX_DURATION, "seconds"),
     ),
     "cli": Key(str, None, "caller id shown on the connected call (E.164 or 'private')"),
     "deny_prompt": Key(str, None, "said to the caller before a denied call is hung up"),
+    "deny_answer": Key(
+        bool,
+        True,
+        "answer the call before deny_prompt, as Sinch advises, so that every provider plays "
+        "it (answering may start billing the inbound leg); false: say without answer",
+    ),
     "prompt_locale": Key(str, "en-US", "locale of deny_prompt"),
+    "did_forward": Key(
+        dict,
+        {},
+        "where a call to one of the application's own numbers (to.type did) is connected: "
+        "{ '+15550001111' = '+14440002222' } (DID = target, E.164)",
+        check=_check_did_forward,
+    ),
+    "did_default": Key(
+        str,
+        None,
+        "target (E.164) for a DID call without a did_forward entry; unset: such calls are denied",
+        check=_check_did_default,
+    ),
     "caller_limit": Key(
         int, 0, "calls per caller per caller_window (0: no limit)", check=non_negative
     ),
@@ -117,6 +166,7 @@ class Allowlist:
         self.destinations = Rules((), ())
         self.callers = Rules((), ())
         self.builtin: dict[str, str] = {}
+        self.did_forward: dict[str, str] = {}
 
     @hookimpl
     def switchboard_config_keys(self) -> Mapping[str, Key]:
@@ -140,6 +190,9 @@ class Allowlist:
         )
         if config["cli"] is not None:
             ConnectPstn(cli=config["cli"])  # raises if it is not a valid caller id
+        self.did_forward = dict(config["did_forward"])
+        if config["did_default"] in self.did_forward:
+            raise ValueError(f"did_default {config['did_default']} is itself one of the DIDs")
 
     @hookimpl
     def switchboard_ice(self, event: Any, ctx: Any) -> Decision:
@@ -147,16 +200,31 @@ class Allowlist:
         dest = event.to.e164 if event.to is not None else None
         if dest is None:
             return self._deny(cfg, "destination is not a phone number")
-        found = self.destinations.verdict(dest)
-        if found is None:
-            if cfg["default"] == "deny":
-                return self._deny(cfg, f"{dest} matches no allow rule (default deny)")
-        elif found[0] == "deny":
-            why = self.builtin.get(found[1].text)
-            detail = (
-                f"high-risk range {found[1].digits} ({why})" if why else f"rule {found[1].text!r}"
-            )
-            return self._deny(cfg, f"{dest} denied by {detail}")
+        if (event.to.type or "").lower() == "did":  # one of our own numbers was dialled
+            target = self.did_forward.get(dest) or cfg["did_default"]
+            if target is None:
+                return self._deny(
+                    cfg,
+                    f"{dest} is one of the application's own numbers (to.type did) and has no "
+                    "forward target (did_forward, did_default)",
+                )
+            via = "did_forward" if dest in self.did_forward else "did_default"
+            allowed_by = f"DID {dest} forwarded by {via}"
+            dest = target
+        else:
+            found = self.destinations.verdict(dest)
+            if found is None:
+                if cfg["default"] == "deny":
+                    return self._deny(cfg, f"{dest} matches no allow rule (default deny)")
+            elif found[0] == "deny":
+                risk = self.builtin.get(found[1].text)
+                detail = (
+                    f"high-risk range {found[1].digits} ({risk})"
+                    if risk
+                    else f"rule {found[1].text!r}"
+                )
+                return self._deny(cfg, f"{dest} denied by {detail}")
+            allowed_by = f"rule {found[1].text!r}" if found else "default allow"
 
         caller = event.cli_e164
         if caller is not None:
@@ -174,14 +242,16 @@ class Allowlist:
             return self._deny(cfg, limited)
 
         action = ConnectPstn(number=dest, max_duration=cfg["max_duration"], cli=cfg["cli"])
-        rule = f"rule {found[1].text!r}" if found else "default allow"
-        return Decision.allowed(f"{dest} allowed by {rule}", action=action)
+        return Decision.allowed(
+            f"{dest} allowed by {allowed_by}", action=action, max_duration=cfg["max_duration"]
+        )
 
     def _deny(self, cfg: Mapping[str, Any], reason: str) -> Decision:
         return Decision.denied(
             reason,
             prompt=cfg["deny_prompt"],
             locale=cfg["prompt_locale"] if cfg["deny_prompt"] else None,
+            answer=cfg["deny_answer"],
         )
 
     def _velocity(self, event: Any, ctx: Any, dest: str, caller: str) -> str | None:

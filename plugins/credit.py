@@ -97,6 +97,12 @@ KEYS = {
         int, MAX_DURATION, "cap for any call", check=between(1, MAX_DURATION, "seconds")
     ),
     "deny_prompt": Key(str, None, "said before a call without credit is hung up"),
+    "deny_answer": Key(
+        bool,
+        True,
+        "answer the call before deny_prompt, as Sinch advises, so that every provider plays "
+        "it (answering may start billing the inbound leg); false: say without answer",
+    ),
     "announce": Key(bool, False, "answer and say the minutes left before connecting"),
     "prompt_locale": Key(str, "en-US", "locale of the prompts"),
     "settle_with": Key(
@@ -438,7 +444,10 @@ class Credit:
     def _deny(self, cfg: Mapping[str, Any], reason: str) -> Decision:
         prompt = cfg["deny_prompt"]
         return Decision.denied(
-            reason, prompt=prompt, locale=cfg["prompt_locale"] if prompt else None
+            reason,
+            prompt=prompt,
+            locale=cfg["prompt_locale"] if prompt else None,
+            answer=cfg["deny_answer"],
         )
 
     @hookimpl

@@ -91,14 +91,23 @@ def test_caller_rules(app_with):
     assert _answer(app, "+14155550000", cli="private")["action"]["name"] == "hangup"
 
 
-def test_denied_call_gets_prompt_then_hangup(app_with):
+def test_denied_call_gets_answer_prompt_then_hangup(app_with):
+    """Sinch: "use the answer instruction before say" at ICE; deny_answer = false opts out."""
     _, app = app_with(deny_prompt="This number cannot be called.", prompt_locale="en-GB")
     assert _answer(app, "+14155550000") == {
         "instructions": [
-            {"name": "say", "text": "This number cannot be called.", "locale": "en-GB"}
+            {"name": "answer"},
+            {"name": "say", "text": "This number cannot be called.", "locale": "en-GB"},
         ],
         "action": {"name": "hangup"},
     }
+    _, app = app_with(deny_prompt="No.", deny_answer=False)
+    assert _answer(app, "+14155550000") == {
+        "instructions": [{"name": "say", "text": "No.", "locale": "en-US"}],
+        "action": {"name": "hangup"},
+    }
+    _, app = app_with()  # no prompt: nothing to hear, so no answer either
+    assert _answer(app, "+14155550000") == {"action": {"name": "hangup"}}
 
 
 def test_allowed_call_uses_configured_cli(app_with):

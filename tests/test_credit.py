@@ -144,7 +144,10 @@ def test_longest_prefix_rate(credit_app):
 def test_denials_with_prompt(credit_app):
     rt, app, _ = credit_app("0.50", deny_prompt="Please top up.")
     assert post(app, ice("c5", to="+14155550000")).json == {
-        "instructions": [{"name": "say", "text": "Please top up.", "locale": "en-US"}],
+        "instructions": [
+            {"name": "answer"},  # Sinch: answer before say, or the prompt may go unheard
+            {"name": "say", "text": "Please top up.", "locale": "en-US"},
+        ],
         "action": {"name": "hangup"},
     }
     rt, app, _ = credit_app("5.00")

@@ -76,7 +76,10 @@ def test_denied_call_flow(trio):
     rt, app = trio
     r = post(app, ice("f2", to="+19005550100"))
     assert r.json == {
-        "instructions": [{"name": "say", "text": "Not allowed.", "locale": "en-US"}],
+        "instructions": [
+            {"name": "answer"},
+            {"name": "say", "text": "Not allowed.", "locale": "en-US"},
+        ],
         "action": {"name": "hangup"},
     }
     rt.pipeline.wait_idle()
