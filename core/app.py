@@ -14,8 +14,10 @@
   endpoint does not exist (404).
 
 Errors are short JSON objects ``{"error": ..., "field": ...}`` that name the problem
-and never a secret, quoting at most a short excerpt of the input (``core.events.excerpt``): 401 bad, missing or stale signature; 400 bad body; 413 body over
-``server.max_body_bytes``; 415 content type not JSON; 405 wrong method; 404 elsewhere.
+and never a secret, quoting at most a short excerpt of any input
+(``core.events.excerpt``): 401 bad, missing or stale signature; 400 bad body; 413 body
+over ``server.max_body_bytes``; 415 content type not JSON; 405 wrong method; 404
+elsewhere.
 Checks run cheapest first (size, content type, signature, body), so nothing is parsed
 or stored for a request that fails one.
 """

@@ -2,8 +2,9 @@
 
 ``parse_event(raw_bytes)`` turns a raw request body into an ``Ice``, ``Ace``, ``Pie``,
 ``Dice`` or ``Notify``. Unknown fields are kept (read-only, in ``extra``) and otherwise
-ignored; a known field of the wrong type, a missing ``event`` or ``callid``, an unknown
-event name, or a body that is not a JSON object raises ``EventError`` naming the field.
+ignored; a known field of the wrong type, a missing ``event`` or ``callid`` (optional
+for a Notify only: then ``callid`` is ``""``), an unknown event name, or a body that is
+not a JSON object raises ``EventError`` naming the field.
 
 Money amounts are parsed as ``Decimal``, never float.
 

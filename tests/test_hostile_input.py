@@ -195,9 +195,8 @@ def test_error_bodies_quote_a_bounded_excerpt(make):
     long = "/" + "p" * 8000
     for resp in (app.get(long, status=404), app.post(long, b"{}", status=404)):
         assert len(resp.body) <= SHORT and "no such path" in resp.json["error"]
-    resp = app.get(
-        "/admin/trace/" + "c" * 8000, headers={"Authorization": "Bearer s3cret-s3cret-s3cret"}, status=404
-    )
+    admin = {"Authorization": "Bearer s3cret-s3cret-s3cret"}
+    resp = app.get("/admin/trace/" + "c" * 8000, headers=admin, status=404)
     assert len(resp.body) <= SHORT
     body, headers = signed(ice("ct-1"))
     headers["Content-Type"] = "text/" + "x" * 100_000
