@@ -30,6 +30,7 @@ from core.store import SqliteStore, Store, StoreError, open_store, redact_url
 
 DEFAULT_CONFIG = os.environ.get("SWITCHBOARD_CONFIG", "config.toml")
 log = logging.getLogger("switchboard")
+MAX_HEADER_BYTES = 16384  # request line and headers together (waitress's default: 256 kB)
 QUEUE_WARNING_INTERVAL = 10.0  # seconds between waitress's "Task queue depth" warnings
 
 
@@ -252,6 +253,9 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
         # the app answers 413 as JSON up to this size; beyond it waitress refuses the
         # body itself, so an oversized request never fills memory
         max_request_body_size=max(server_cfg["max_body_bytes"] * 4, 1 << 20),
+        # waitress quotes a malformed header line in full in its 400: this bounds that
+        # echo (Sinch's headers are a few hundred bytes); larger headers get a 431
+        max_request_header_size=MAX_HEADER_BYTES,
         ident="switchboard",
         clear_untrusted_proxy_headers=True,
     )

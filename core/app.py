@@ -14,8 +14,10 @@
   endpoint does not exist (404).
 
 Errors are short JSON objects ``{"error": ..., "field": ...}`` that name the problem
-and never a secret: 401 bad, missing or stale signature; 400 bad body; 413 body over
-``server.max_body_bytes``; 415 content type not JSON; 405 wrong method; 404 elsewhere.
+and never a secret, quoting at most a short excerpt of any input
+(``core.events.excerpt``): 401 bad, missing or stale signature; 400 bad body; 413 body
+over ``server.max_body_bytes``; 415 content type not JSON; 405 wrong method; 404
+elsewhere.
 Checks run cheapest first (size, content type, signature, body), so nothing is parsed
 or stored for a request that fails one.
 """
@@ -34,6 +36,7 @@ from typing import Any
 import bottle
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.events import excerpt
 from core.pipeline import error_body
 from core.runtime import Runtime
 
@@ -198,7 +201,7 @@ def make_app(runtime: Runtime) -> bottle.Bottle:
             content_type = environ.get("CONTENT_TYPE", "")
             media = content_type.split(";", 1)[0].strip().lower()
             if media not in _JSON_TYPES:
-                shown = media or "none"
+                shown = excerpt(media) if media else "none"
                 pipeline.count_reject(415)
                 return _json_error(415, f"Content-Type must be application/json, got {shown}")
             headers = {
@@ -253,16 +256,17 @@ def make_app(runtime: Runtime) -> bottle.Bottle:
                 return _json_error(401, "admin endpoints need Authorization: Bearer <admin.token>")
             rows = runtime.store.traces(callid)
             if not rows:
-                return _json_error(404, f"no callbacks recorded for call {callid}")
+                return _json_error(404, f"no callbacks recorded for call {excerpt(callid)}")
             bottle.response.content_type = "application/json"
             return json.dumps({"callid": callid, "callbacks": [trace_view(r) for r in rows]})
 
     def _error(err: bottle.HTTPError) -> str:
         bottle.response.content_type = "application/json"
         if err.status_code == 405:
-            return error_body(f"method {bottle.request.method} not allowed; callbacks are POSTed")
+            method = excerpt(bottle.request.method)
+            return error_body(f"method {method} not allowed; callbacks are POSTed")
         if err.status_code == 404:
-            return error_body(f"no such path: {bottle.request.path}")
+            return error_body(f"no such path: {excerpt(bottle.request.path)}")
         if err.exception is not None:
             log.error("unhandled error on %s", bottle.request.path, exc_info=err.exception)
         return error_body("internal error")

@@ -2,10 +2,19 @@
 
 ``parse_event(raw_bytes)`` turns a raw request body into an ``Ice``, ``Ace``, ``Pie``,
 ``Dice`` or ``Notify``. Unknown fields are kept (read-only, in ``extra``) and otherwise
-ignored; a known field of the wrong type, a missing ``event`` or ``callid``, an unknown
-event name, or a body that is not a JSON object raises ``EventError`` naming the field.
+ignored; a known field of the wrong type, a missing ``event`` or ``callid`` (optional
+for a Notify only: then ``callid`` is ``""``), an unknown event name, or a body that is
+not a JSON object raises ``EventError`` naming the field.
 
 Money amounts are parsed as ``Decimal``, never float.
+
+Parsing is bounded (``parse_json``): a body nesting deeper than ``MAX_DEPTH``, a
+number literal longer than ``MAX_NUMBER_CHARS`` or with a decimal exponent beyond
+``MAX_EXPONENT``, ``NaN``/``Infinity``, and a string (key or value, anywhere) holding a
+NUL character or a lone surrogate are refused, so no input costs more than linear time
+or reaches the store in a form it cannot encode. Every numeric field of an event has a
+range (``RANGES``, ``MONEY_MAX``, ``MONEY_PLACES``); a value outside it is refused
+naming the field. Messages quote at most ``EXCERPT`` characters of any input.
 """
 
 from __future__ import annotations
@@ -19,6 +28,26 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 EVENT_NAMES = ("ice", "ace", "pie", "dice", "notify")
+
+MAX_DEPTH = 32  # levels of nested objects/arrays; Sinch's events use 3
+MAX_NUMBER_CHARS = 40  # characters of one number literal, sign and exponent included
+MAX_EXPONENT = 400  # |decimal exponent| of a number anywhere (every finite double fits)
+EXCERPT = 40  # characters of input quoted in an error message
+
+# (low, high) of the integer fields, inclusive. Durations: a day (Sinch cuts a call at
+# its maxDuration, at most 14400 s; a DiCE may report a little more than a cap).
+DURATION = (0, 86_400)
+RANGES: dict[str, tuple[int, int]] = {
+    "version": (1, 100),
+    "duration": DURATION,
+    "amd.duration": DURATION,
+    "errorCode": (0, 999_999),
+}
+# Money (debit, userRate): 0 <= amount < MONEY_MAX, at most MONEY_PLACES decimals
+# (trailing zeros aside). Sinch prices and charges are never negative.
+MONEY_MAX = Decimal(10) ** 9
+MONEY_PLACES = 12
+_PLACES = Decimal(1).scaleb(-MONEY_PLACES)
 DECISION_EVENTS = ("ice", "ace", "pie")
 
 _DIGITS = re.compile(r"^\+?[0-9]{2,15}$")
@@ -30,6 +59,15 @@ class EventError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+def excerpt(text: str, limit: int = EXCERPT) -> str:
+    """``text`` cut to ``limit`` characters (marked with an ellipsis), for messages; a
+    NUL or a lone surrogate is shown as its escape, so the excerpt is always encodable."""
+    cut = text if len(text) <= limit else text[: limit - 1] + "\u2026"
+    if cut.isascii() and "\x00" not in cut:
+        return cut
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def normalize_number(value: str | None) -> str | None:
@@ -78,8 +116,20 @@ class _Reader:
     def text(self, name: str) -> str | None:
         return self._get(name, (str,), "a string")
 
+    def _out_of_range(self, name: str, value: Any, allowed: str) -> EventError:
+        where = self.prefix + name
+        return EventError(
+            where, f"field '{where}' is {excerpt(str(value))}, outside its range {allowed}"
+        )
+
     def integer(self, name: str) -> int | None:
+        """An integer field, within its ``RANGES`` entry (by dotted name)."""
         value = self._get(name, (int, Decimal), "an integer")
+        if value is None:
+            return None
+        low, high = RANGES[self.prefix + name]
+        if not low <= value <= high:  # before int(): a Decimal may be 1E+400
+            raise self._out_of_range(name, value, f"{low}..{high}")
         if isinstance(value, Decimal):
             if value != value.to_integral_value():
                 raise EventError(
@@ -88,9 +138,17 @@ class _Reader:
             value = int(value)
         return value
 
-    def number(self, name: str) -> Decimal | None:
+    def money(self, name: str) -> Decimal | None:
+        """A money amount: 0 <= amount < MONEY_MAX, at most MONEY_PLACES decimals."""
         value = self._get(name, (int, Decimal), "a number")
-        return None if value is None else Decimal(value)
+        if value is None:
+            return None
+        amount = Decimal(value)
+        if not 0 <= amount < MONEY_MAX or amount != amount.quantize(_PLACES):
+            raise self._out_of_range(
+                name, value, f"0 <= amount < {MONEY_MAX:.0f} with at most {MONEY_PLACES} decimals"
+            )
+        return amount
 
     def obj(self, name: str) -> _Reader | None:
         value = self._get(name, (dict,), "an object")
@@ -115,7 +173,7 @@ class Money:
     def read(cls, r: _Reader | None) -> Money | None:
         if r is None:
             return None
-        amount = r.number("amount")
+        amount = r.money("amount")
         return cls(
             currency_id=r.text("currencyId"), amount=amount if amount is not None else Decimal(0)
         )
@@ -273,12 +331,12 @@ class Notify(Event):
     user: str | None = None
 
 
-def _common(r: _Reader) -> dict[str, Any]:
+def _common(r: _Reader, *, callid_required: bool = True) -> dict[str, Any]:
     callid = r.text("callid")
-    if not callid:
+    if not callid and callid_required:
         raise EventError("callid", "missing field 'callid'")
     return dict(
-        callid=callid,
+        callid=callid or "",
         version=r.integer("version"),
         timestamp=r.text("timestamp"),
         custom=r.text("custom"),
@@ -327,8 +385,10 @@ def _dice(r: _Reader) -> Dice:
 
 
 def _notify(r: _Reader) -> Notify:
+    # callid is optional: a conference notification may carry conferenceId instead
+    # (SINCH.md 2.6); then callid is "", and the body digest tells deliveries apart
     return Notify(
-        **_common(r),
+        **_common(r, callid_required=False),
         type=r.text("type"),
         destination=r.text("destination"),
         amd=Amd.read(r.obj("amd")),
@@ -342,18 +402,157 @@ def _notify(r: _Reader) -> Notify:
 _PARSERS = {"ice": _ice, "ace": _ace, "pie": _pie, "dice": _dice, "notify": _notify}
 
 
-_DECODER = json.JSONDecoder(parse_float=Decimal)  # built once: json.loads(**kw) builds one a call
+class _Refused(ValueError):
+    """A number literal or constant refused while decoding (``parse_json``)."""
+
+    def __init__(self, literal: str, why: str) -> None:
+        super().__init__(literal)
+        self.literal, self.why = literal, why
+
+
+def _check_number(literal: str) -> str | None:
+    """Why a number literal is refused, or None."""
+    if len(literal) > MAX_NUMBER_CHARS:
+        return f"has more than {MAX_NUMBER_CHARS} characters"
+    if "e" in literal or "E" in literal:
+        try:
+            exponent: int | None = Decimal(literal).adjusted()
+        except ArithmeticError:  # beyond even Decimal's exponent range
+            exponent = None
+        if exponent is None or not -MAX_EXPONENT <= exponent <= MAX_EXPONENT:
+            return f"is out of range (exponent beyond \u00b1{MAX_EXPONENT})"
+    return None
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal) > MAX_NUMBER_CHARS:  # int() of a long digit string is quadratic
+        raise _Refused(literal, f"has more than {MAX_NUMBER_CHARS} characters")
+    return int(literal)
+
+
+def _parse_float(literal: str) -> Decimal:
+    # a 40-character literal still says 1e99999999999999999999999999999999999: Decimal
+    # keeps it in linear time, but int() or arithmetic on it later would not be bounded
+    why = _check_number(literal)
+    if why is not None:
+        raise _Refused(literal, why)
+    return Decimal(literal)
+
+
+def _parse_constant(literal: str) -> Any:
+    raise _Refused(literal, "is not JSON (NaN and Infinity are not numbers in JSON)")
+
+
+class _Literal(str):
+    """A number or constant kept as written (to locate a refused one)."""
+
+
+# built once: json.loads(**kw) builds one a call
+_DECODER = json.JSONDecoder(
+    parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant
+)
+_LENIENT = json.JSONDecoder(parse_float=_Literal, parse_int=_Literal, parse_constant=_Literal)
+
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
+_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")  # NUL, or half a surrogate pair
+
+
+def _too_deep(text: str) -> bool:
+    """Whether the JSON ``text`` nests objects/arrays deeper than ``MAX_DEPTH`` (cheap
+    when it has few brackets; otherwise linear, strings skipped)."""
+    if text.count("{") + text.count("[") <= MAX_DEPTH:
+        return False
+    depth = 0
+    for match in _STRING_OR_BRACKET.finditer(text):
+        bracket = match.group()
+        if bracket in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif bracket in ("]", "}"):
+            depth -= 1
+    return False
+
+
+def _path(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    key = excerpt(key)
+    return f"{parent}.{key}" if parent else key
+
+
+def _find(value: Any, bad: Any, where: str = "") -> tuple[str, Any] | None:
+    """The first (path, leaf) of decoded JSON for which ``bad(leaf)`` is true; object
+    keys are leaves too (a bad key is reported at its own path)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            here = _path(where, k)
+            if bad(k):
+                return here, k
+            found = _find(v, bad, here)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _find(v, bad, _path(where, i))
+            if found is not None:
+                return found
+        return None
+    return (where, value) if bad(value) else None
+
+
+def _bad_text(value: Any) -> bool:
+    if not isinstance(value, str) or value.isascii() and "\x00" not in value:
+        return False
+    if "\x00" in value:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def parse_json(body: bytes) -> Any:
+    """Decode a request body, within the limits of this module's docstring."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise EventError("body", "body is not UTF-8") from None
+    if _too_deep(text):
+        raise EventError("body", f"body nests objects/arrays deeper than {MAX_DEPTH} levels")
     try:
-        return _DECODER.decode(text)
-    except ValueError as exc:
-        raise EventError("body", f"body is not valid JSON ({exc.args[0].split(':')[0]})") from None
+        data = _DECODER.decode(text)
+    except _Refused as exc:
+        where = _locate(text, exc.literal)
+        shown = excerpt(exc.literal)
+        label = f"field '{where}'" if where else "body"
+        raise EventError(where or "body", f"{label}: {shown} {exc.why}") from None
+    except (ValueError, ArithmeticError) as exc:
+        reason = excerpt(str(exc.args[0] if exc.args else exc).split(":")[0], 80)
+        raise EventError("body", f"body is not valid JSON ({reason})") from None
+    if _SUSPECT_ESCAPE.search(text):  # only an escape can make a NUL or a lone surrogate
+        found = _find(data, _bad_text)
+        if found is not None:
+            where = found[0] or "body"
+            problem = "a NUL character" if "\x00" in found[1] else "a lone surrogate"
+            raise EventError(where, f"field '{where}' contains {problem}")
+    return data
+
+
+def _locate(text: str, literal: str) -> str:
+    """The path of the first refused number or constant in ``text`` ("" at the top)."""
+    try:
+        data = _LENIENT.decode(text)
+    except ValueError:  # pragma: no cover - the strict pass got as far as the literal
+        return ""
+    found = _find(
+        data,
+        lambda v: isinstance(v, _Literal)
+        and (v[:1].isalpha() or v.startswith("-I") or _check_number(v) is not None),
+    )
+    return found[0] if found else ""
 
 
 def parse_event(body: bytes | Mapping[str, Any]) -> Event:
@@ -369,7 +568,8 @@ def parse_event(body: bytes | Mapping[str, Any]) -> Event:
     parser = _PARSERS.get(name.lower())
     if parser is None:
         raise EventError(
-            "event", f"unknown event {name!r} (expected one of {', '.join(EVENT_NAMES)})"
+            "event",
+            f"unknown event {excerpt(name)!r} (expected one of {', '.join(EVENT_NAMES)})",
         )
     r = _Reader(data)
     r.seen.add("event")

@@ -175,6 +175,9 @@ def switchboard_notify(event: Notify, ctx: CallContext) -> None:
     sent, and at least once, exactly as ``switchboard_dice``: the body is recorded first,
     and a hook that raises or overruns is run again later (``ctx.attempt``). Return
     nothing; errors never change the answer.
+
+    ``event.callid`` (and ``ctx.callid``) is ``""`` for a notification that carries
+    none: a conference's carries ``event.conference_id`` instead.
     """
 
 

@@ -34,7 +34,7 @@ from typing import Any
 from core.breaker import Breaker
 from core.config import Settings
 from core.decisions import Decision, Outcome, merge
-from core.events import DECISION_EVENTS, Event, EventError, freeze, parse_event
+from core.events import DECISION_EVENTS, Event, EventError, excerpt, freeze, parse_event
 from core.metrics import FALLBACK_RULES, Metrics
 from core.plugins import Impl, Plugins
 from core.signing import SignatureError, Verifier
@@ -89,9 +89,10 @@ class Response:
 
 
 def error_body(message: str, field_name: str | None = None) -> str:
-    out = {"error": message}
+    """``{"error": ..., "field": ...}``, each bounded whatever the input quoted in it."""
+    out = {"error": excerpt(message, 300)}
     if field_name:
-        out["field"] = field_name
+        out["field"] = excerpt(field_name, 120)
     return json.dumps(out)
 
 
