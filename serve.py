@@ -212,14 +212,24 @@ def _draining(server: Any, switch: Switch, elapsed: float) -> bool:
     return False
 
 
-def _stamping_channel() -> type:
-    """waitress's connection class, whose requests carry the moment they were read in
-    full (``core.app.RECEIVED_HEADER``, overwriting any the client sent): a callback that
-    waited in waitress's queue for a free thread has that much less of its budget left."""
+def _channel_class() -> type:
+    """waitress's connection class, with two changes:
+
+    * each request carries the moment it was read in full (``core.app.RECEIVED_HEADER``,
+      overwriting any the client sent): a callback that waited in waitress's queue for a
+      free thread has that much less of its budget left;
+    * the errors waitress answers itself, before the app runs (413, 400, 431, 501), keep
+      their status but get the app's short JSON body ``{"error": ...}`` instead of a
+      text quoting the offending input whole.
+
+    Both go through waitress's channel internals (``parser_class``,
+    ``error_task_class``), stable since waitress 1.x; pyproject pins waitress < 4."""
     from waitress.channel import HTTPChannel
     from waitress.parser import HTTPRequestParser
+    from waitress.task import ErrorTask
 
     from core.app import RECEIVED_HEADER
+    from core.pipeline import error_body
 
     class StampedParser(HTTPRequestParser):
         def received(self, data: bytes) -> int:
@@ -228,8 +238,19 @@ def _stamping_channel() -> type:
                 self.headers[RECEIVED_HEADER] = repr(time.monotonic())
             return consumed
 
+    class JsonErrorTask(ErrorTask):
+        def execute(self) -> None:
+            error = self.request.error
+            body = error_body(f"{error.reason}: {error.body}").encode()
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
     class Channel(HTTPChannel):
         parser_class = StampedParser
+        error_task_class = JsonErrorTask
 
     return Channel
 
@@ -259,7 +280,7 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
         ident="switchboard",
         clear_untrusted_proxy_headers=True,
     )
-    server.channel_class = _stamping_channel()  # connections accepted from now on stamp their requests
+    server.channel_class = _channel_class()  # for the connections accepted from now on
     url = f"http://{host}:{server.effective_port}{server_cfg['callback_path']}"
     enabled = ", ".join(runtime.plugins.order) or "none"
     print(f"switchboard listening on {url} (plugins: {enabled})", flush=True)

@@ -17,7 +17,6 @@ import pytest
 from core.events import MAX_DEPTH
 from core.store import open_store
 from plugins.credit import Credit
-from serve import MAX_HEADER_BYTES
 from tests.helpers import (
     KEY,
     PATH,
@@ -353,8 +352,8 @@ def _raw_http(url: str, request: bytes, *pieces: bytes) -> tuple[int, bytes]:
 
 @pytest.mark.usefixtures("backend")
 def test_real_server_http_level_errors_keep_their_status_and_are_short(serve, tmp_path):
-    """Refused by waitress before the app runs: the status is waitress's, the body its
-    plain text (see the README's Security section), bounded by the header limit."""
+    """Refused by waitress before the app runs: the status is waitress's, the body the
+    app's short JSON shape (see the README's Security section)."""
     text, url = _config(tmp_path, "http", max_body=65536)
     server = serve(text)
     store = open_store(url, tmp_path, pool_size=1)
@@ -387,13 +386,14 @@ def test_real_server_http_level_errors_keep_their_status_and_are_short(serve, tm
         for status, request, *pieces in cases:
             got, answer = _raw_http(server.url, request, *pieces)
             assert got == status, (status, answer[:200])
-            assert len(answer) <= MAX_HEADER_BYTES + 200
+            assert len(answer) <= 400, answer[:500]
+            assert list(json.loads(answer)) == ["error"], answer
         assert table_counts(store) == before
         # 100 kB of headers used to be quoted back whole in waitress's 400
         got, answer = _raw_http(
             server.url,
             b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + b"z" * 100_000 + b"\r\n\r\n",
         )
-        assert got in (400, 431) and len(answer) <= MAX_HEADER_BYTES + 200
+        assert got in (400, 431) and len(answer) <= 400 and "error" in json.loads(answer)
     finally:
         store.close()
