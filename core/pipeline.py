@@ -507,10 +507,13 @@ class Pipeline:
     def _wait_for_claim(self, event: Event, sub: str, body: str, until: float) -> Claim:
         """A callback claimed by another worker: wait until it is done, or until its
         lease runs out (that worker died) and this one takes it over."""
+        until -= self.budget * MERGE_RESERVE  # time for the last look to answer in
         while True:
-            time.sleep(POLL_INTERVAL * 5)
+            time.sleep(max(0.0, min(POLL_INTERVAL * 5, until - time.monotonic())))
+            if time.monotonic() >= until:
+                return Claim("busy")
             claim = self.store.claim(event.callid, event.name, sub, lease=self.lease, body=body)
-            if claim.status != "busy" or time.monotonic() >= until:
+            if claim.status != "busy":
                 return claim
 
     def _work(

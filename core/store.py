@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
 import sqlite3
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -75,6 +77,7 @@ class Waiting:
     done: tuple[str, ...]
     lease_until: float
     last_error: str | None
+    owner: str | None = None  # the server process that claimed it last
 
 
 CORE_MIGRATIONS = (
@@ -105,6 +108,7 @@ CORE_MIGRATIONS = (
             "ALTER TABLE callbacks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
             "ALTER TABLE callbacks ADD COLUMN progress TEXT",
             "ALTER TABLE callbacks ADD COLUMN last_error TEXT",
+            "ALTER TABLE callbacks ADD COLUMN owner TEXT",
             "CREATE INDEX callbacks_due ON callbacks (state, lease_until)",
         ),
         "the received body of each DiCE and Notify, and the retries of their plugins' work",
@@ -175,6 +179,15 @@ class Store:
 
     backend = "?"
     errors: tuple[type[BaseException], ...] = (StoreError,)  # what a failing store raises
+    instance = ""  # this server process, as claims name their owner (see ``alive``)
+
+    def alive(self, owner: str) -> bool:
+        """Whether the server process that made a claim (``owner``) still runs; True
+        when this process cannot tell. A claim of a dead one is taken over at once."""
+        return True
+
+    def keepalive(self) -> None:
+        """Called now and then (the retry worker): keep what ``alive`` relies on."""
 
     @staticmethod
     @contextmanager
@@ -375,9 +388,9 @@ class Store:
         """
         now = time.time() if now is None else now
         if self.write(  # the common case, a first delivery: one statement
-            "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body) "
-            "VALUES (?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT (callid, event, sub) DO NOTHING",
-            (callid, event, sub, now, now + lease, body),
+            "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body, owner) "
+            "VALUES (?, ?, ?, 'pending', ?, ?, ?, ?) ON CONFLICT (callid, event, sub) DO NOTHING",
+            (callid, event, sub, now, now + lease, body, self.instance),
             # a claim without a body, lost in a power cut: a redelivery is processed again
             durable=body is not None,
         ):
@@ -385,25 +398,40 @@ class Store:
         with self.transaction() as tx:
             tx.lock(f"callback:{callid}:{event}:{sub}")
             row = tx.one(
-                "SELECT state, answer, lease_until, attempts, progress, body FROM callbacks "
+                "SELECT state, answer, lease_until, attempts, progress, body, owner FROM callbacks "
                 "WHERE callid = ? AND event = ? AND sub = ?",
                 (callid, event, sub),
             )
             if row is None:
                 tx.execute(
-                    "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body) "
-                    "VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-                    (callid, event, sub, now, now + lease, body),
+                    "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body, owner) "
+                    "VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
+                    (callid, event, sub, now, now + lease, body, self.instance),
                 )
                 return Claim("new")
-            state, answer, lease_until, attempts, progress, stored = row
+            state, answer, lease_until, attempts, progress, stored, owner = row
             if state == "done":
                 return Claim("done", answer)
-            if lease_until < now or (state in ("retry", "parked") and body is not None):
+            if (
+                lease_until < now
+                or (state in ("retry", "parked") and body is not None)
+                or (state == "pending" and owner and owner != self.instance and not self.alive(owner))
+            ):
                 taken = tx.execute(  # unless a retry worker took it since it was read
-                    "UPDATE callbacks SET state = 'pending', lease_until = ?, attempts = ?, body = ? "
-                    "WHERE callid = ? AND event = ? AND sub = ? AND state = ? AND lease_until = ?",
-                    (now + lease, attempts + 1, stored or body, callid, event, sub, state, lease_until),
+                    "UPDATE callbacks SET state = 'pending', lease_until = ?, attempts = ?, body = ?, "
+                    "owner = ? WHERE callid = ? AND event = ? AND sub = ? AND state = ? "
+                    "AND lease_until = ?",
+                    (
+                        now + lease,
+                        attempts + 1,
+                        stored or body,
+                        self.instance,
+                        callid,
+                        event,
+                        sub,
+                        state,
+                        lease_until,
+                    ),
                 ).rowcount
                 if taken:
                     return Claim("new", attempts=attempts + 1, done=_names(progress))
@@ -464,7 +492,19 @@ class Store:
     def due(self, now: float | None = None, limit: int = 20) -> list[Waiting]:
         """Received DiCE and Notify callbacks whose retry is due, or whose worker died."""
         now = time.time() if now is None else now
-        return self._waiting("state IN ('pending', 'retry') AND lease_until < ?", [now], limit)
+        due = self._waiting("state IN ('pending', 'retry') AND lease_until < ?", [now], limit)
+        if len(due) < limit:  # and the claims of server processes that died (kill -9)
+            owners = self.query(
+                "SELECT DISTINCT owner FROM callbacks WHERE state = 'pending' AND lease_until >= ? "
+                "AND event IN ('dice', 'notify') AND owner IS NOT NULL AND owner <> ?",
+                (now, self.instance),
+            )
+            for (owner,) in owners:
+                if not self.alive(owner):
+                    due += self._waiting(
+                        "state = 'pending' AND owner = ?", [owner], limit - len(due)
+                    )
+        return due
 
     def waiting(self, callid: str | None = None) -> list[Waiting]:
         """Every received DiCE and Notify not yet fully processed: being processed
@@ -477,26 +517,40 @@ class Store:
 
     def _waiting(self, where: str, params: list[Any], limit: int | None) -> list[Waiting]:
         sql = (
-            "SELECT callid, event, sub, body, state, attempts, progress, lease_until, last_error "
-            f"FROM callbacks WHERE {where} AND event IN ('dice', 'notify') ORDER BY lease_until"
+            "SELECT callid, event, sub, body, state, attempts, progress, lease_until, last_error, "
+            f"owner FROM callbacks WHERE {where} AND event IN ('dice', 'notify') ORDER BY lease_until"
         )
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [
-            Waiting(c, e, s, b, st, a, _names(p), lu, le)
-            for c, e, s, b, st, a, p, lu, le in self.query(sql, params)
+            Waiting(c, e, s, b, st, a, _names(p), lu, le, o)
+            for c, e, s, b, st, a, p, lu, le, o in self.query(sql, params)
         ]
 
     def take(self, item: Waiting, lease: float, now: float | None = None) -> Claim | None:
         """Claim a waiting callback for a retry: one waiting for its retry or parked (now,
-        even before its time), or one whose worker's lease ran out; not if another worker
-        claimed it since it was read. Returns the claim, or None."""
+        even before its time), or one whose worker's lease ran out or whose server process
+        died; not if another worker claimed it since it was read. Returns the claim, or
+        None."""
         now = time.time() if now is None else now
+        dead = item.state == "pending" and item.lease_until >= now and item.owner is not None
+        if dead and (item.owner == self.instance or self.alive(item.owner or "")):
+            return None
         if self.write(
-            "UPDATE callbacks SET state = 'pending', lease_until = ?, attempts = attempts + 1 "
-            "WHERE callid = ? AND event = ? AND sub = ? AND state = ? AND lease_until = ? "
-            "AND (state IN ('retry', 'parked') OR lease_until < ?)",
-            (now + lease, item.callid, item.event, item.sub, item.state, item.lease_until, now),
+            "UPDATE callbacks SET state = 'pending', lease_until = ?, attempts = attempts + 1, "
+            "owner = ? WHERE callid = ? AND event = ? AND sub = ? AND state = ? AND lease_until = ? "
+            "AND (state IN ('retry', 'parked') OR lease_until < ? OR owner = ?)",
+            (
+                now + lease,
+                self.instance,
+                item.callid,
+                item.event,
+                item.sub,
+                item.state,
+                item.lease_until,
+                now,
+                item.owner if dead else None,
+            ),
             durable=False,
         ):
             return Claim("new", attempts=item.attempts + 1, done=item.done)
@@ -607,6 +661,17 @@ class GroupFlush:
             os.close(fd)
 
 
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot; /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else None  # field 22 of proc(5)
+
+
 class SqliteStore(Store):
     """SQLite: one file, WAL, two connections per process (one for writes and the reads
     inside a transaction, one for other reads), each used by one thread at a time; every
@@ -615,6 +680,14 @@ class SqliteStore(Store):
 
     backend = "sqlite"
     errors = (StoreError, sqlite3.Error, OSError)
+
+    def alive(self, owner: str) -> bool:
+        # the processes sharing a SQLite file run on one machine: ask its process table
+        host, _, rest = owner.partition("|")
+        pid, _, started = rest.partition("|")
+        if host != socket.gethostname() or not pid.isdigit() or started == "?":
+            return True  # not this machine's, or not known: cannot tell
+        return _process_start(int(pid)) == started
 
     def __init__(self, path: str, *, busy_timeout: float = 10.0, synchronous: str = "full") -> None:
         if synchronous not in ("full", "normal"):
@@ -632,6 +705,7 @@ class SqliteStore(Store):
         if self._synchronous == "FULL":  # durable commits by group flush, see GroupFlush
             self._flush = GroupFlush(path + "-wal")
         self._busy_timeout = busy_timeout
+        self.instance = f"{socket.gethostname()}|{os.getpid()}|{_process_start(os.getpid()) or '?'}"
         # One connection for the process's writes, used by one thread at a time.
         # Writers are serialised anyway (here rather than in SQLite's busy handler,
         # which sleeps in steps of up to 100 ms), and a single connection keeps its page
@@ -855,11 +929,19 @@ class PostgresStore(Store):
         self.url = url
         self._timeout = timeout
         self._bound_at: dict[int, float] = {}  # id(connection) -> when _bound last set it
+        # This process holds a session advisory lock named after it on a connection of
+        # its own for as long as it runs: PostgreSQL drops it when the process dies (the
+        # connection goes with it), so another process can tell (``alive``).
+        self.instance = f"pg|{uuid.uuid4().hex}"
+        self._owner_lock = threading.Lock()
+        self._owner: Any = None
         try:
             self._pool = ConnectionPool(
                 url, min_size=1, max_size=pool_size, timeout=timeout, open=True, name="switchboard"
             )
             self._pool.wait(timeout=timeout)
+            with self._owner_lock:
+                self._owner_conn()
         except Exception as exc:  # the message may name the host, never a password
             raise StoreError(
                 f"cannot connect to PostgreSQL at {redact_url(url)}: {type(exc).__name__}"
@@ -927,6 +1009,41 @@ class PostgresStore(Store):
     def _fault(self, exc: BaseException) -> str | None:
         return type(exc).__name__  # PoolTimeout, DiskFull, ...: never the URL's password
 
+    def _owner_conn(self) -> Any:
+        """The connection holding this process's lock (see ``instance``), (re)made."""
+        import psycopg
+
+        if self._owner is None or self._owner.closed or self._owner.broken:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
+            conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (self.instance,))
+            self._owner = conn
+        return self._owner
+
+    def alive(self, owner: str) -> bool:
+        if not owner.startswith("pg|"):
+            return True
+        with self._owner_lock:
+            try:
+                conn = self._owner_conn()
+                got = conn.execute(
+                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (owner,)
+                ).fetchone()[0]
+                if got:
+                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (owner,))
+            except Exception:  # noqa: BLE001 - cannot tell: assume it runs
+                return True
+        return not got
+
+    def keepalive(self) -> None:
+        with self._owner_lock:
+            try:
+                self._owner_conn().execute("SELECT 1")
+            except Exception:  # noqa: BLE001 - dropped (a restart): made again next time
+                if self._owner is not None:
+                    self._owner.close()
+                self._owner = None
+                raise
+
     def probe_write(self, timeout: float) -> None:
         # the pool's own timeout (10 s) is for callbacks; a probe gives up sooner
         with self._watching_writes(), self._pool.connection(timeout=timeout) as conn:
@@ -944,6 +1061,10 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self._pool.close()
+        with self._owner_lock:
+            if self._owner is not None:
+                self._owner.close()
+                self._owner = None
 
 
 @functools.lru_cache(maxsize=512)

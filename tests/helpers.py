@@ -74,9 +74,12 @@ def runtime(given: Mapping[str, object] | None = None, **sections: Any) -> Runti
     """
     given = dict(given or {})
     sections["plugins"] = {"enabled": list(given), **sections.get("plugins", {})}
-    return Runtime.build(
-        settings(**sections), given=given, load_entrypoints=False, store=new_store()
-    )
+    store = new_store()
+    try:
+        return Runtime.build(settings(**sections), given=given, load_entrypoints=False, store=store)
+    except BaseException:
+        store.close()  # refused configurations must not leave connections behind
+        raise
 
 
 def webapp(rt: Runtime) -> webtest.TestApp:
