@@ -77,8 +77,17 @@ class Breaker:
                 return True
             return False
 
+    def untried(self, plugin: str) -> None:
+        """A call of ``plugin`` that never ran (no free worker, too many running): if it
+        was the half-open trial, the next call is."""
+        if plugin in self._half_open:
+            with self._lock:
+                if plugin in self._half_open:
+                    self._half_open[plugin] = float("-inf")
+
     def succeeded(self, plugin: str) -> None:
-        """A call of ``plugin`` returned in time: a half-open breaker closes."""
+        """A call of ``plugin`` came back in time (with an answer or an error: it does
+        not hang): a half-open breaker closes."""
         if plugin in self._half_open:
             with self._lock:
                 self._half_open.pop(plugin, None)

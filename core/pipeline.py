@@ -507,7 +507,7 @@ class Pipeline:
     def _wait_for_claim(self, event: Event, sub: str, body: str, until: float) -> Claim:
         """A callback claimed by another worker: wait until it is done, or until its
         lease runs out (that worker died) and this one takes it over."""
-        until -= self.budget * MERGE_RESERVE  # time for the last look to answer in
+        until -= self.budget / 2  # a takeover leaves its hooks half the budget at least
         while True:
             time.sleep(max(0.0, min(POLL_INTERVAL * 5, until - time.monotonic())))
             if time.monotonic() >= until:
@@ -728,16 +728,19 @@ class Pipeline:
                     if self.breaker.timed_out(run.impl.plugin, time.monotonic()):
                         self._breaker_opened(run.impl.plugin)
                 else:  # never started: not the plugin's fault, and it will not run now
+                    self.breaker.untried(run.impl.plugin)
                     entry.update(status="not-started", ms=_ms(time.monotonic() - run.started))
                     entry["error"] = f"no hook worker was free within {waited:.3f} s"
                 if run.started + run.timeout > cutoff:
                     over_budget = True
                 results.append(self._on_error(run, entry, decision))
             except Saturated as exc:
+                self.breaker.untried(run.impl.plugin)
                 entry.update(status="saturated", ms=_ms(time.monotonic() - run.started))
                 entry["error"] = str(exc)
                 results.append(self._on_error(run, entry, decision))
             except Exception as exc:  # noqa: BLE001 - a plugin's error is its own
+                self.breaker.succeeded(run.impl.plugin)  # it came back: it does not hang
                 entry.update(status="error", ms=_ms(time.monotonic() - run.started))
                 entry["error"] = f"{type(exc).__name__}: {exc}"
                 results.append(self._on_error(run, entry, decision))

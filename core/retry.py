@@ -65,7 +65,6 @@ class Retrier:
         said = ""
         while not self._stop.is_set():
             try:
-                self.pipeline.store.keepalive()
                 busy = self.run_once()
                 said = ""
             except Exception as exc:  # noqa: BLE001 - a failing store: look again later

@@ -25,6 +25,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+OWNER_BEAT = 0.2  # seconds between a PostgreSQL store's checks of its own process lock
+OWNER_CONFIRM = 0.6  # seconds another process's lock must stay free before it is dead
+OWNER_TIMEOUT_MS = 1000  # statement timeout of the lock connection
 REBOUND_AFTER = 0.05  # seconds: PostgreSQL statements later than this get their timeout again
 BUSY_STEP = 0.05  # seconds SQLite waits for another process's lock before _begin looks again
 CACHE_KIB = 2048  # SQLite page cache of the connection a process writes with
@@ -185,9 +188,6 @@ class Store:
         """Whether the server process that made a claim (``owner``) still runs; True
         when this process cannot tell. A claim of a dead one is taken over at once."""
         return True
-
-    def keepalive(self) -> None:
-        """Called now and then (the retry worker): keep what ``alive`` relies on."""
 
     @staticmethod
     @contextmanager
@@ -502,7 +502,9 @@ class Store:
             for (owner,) in owners:
                 if not self.alive(owner):
                     due += self._waiting(
-                        "state = 'pending' AND owner = ?", [owner], limit - len(due)
+                        "state = 'pending' AND owner = ? AND lease_until >= ?",
+                        [owner, now],
+                        limit - len(due),
                     )
         return due
 
@@ -589,6 +591,15 @@ def _names(progress: str | None) -> tuple[str, ...]:
     return tuple(n for n in (progress or "").split(",") if n)
 
 
+def _flush_failed(exc: OSError) -> StoreError:
+    # after a failed fsync the kernel may have dropped the pages: a later fsync can
+    # succeed without them, so nothing can be promised any more
+    return StoreError(
+        f"a flush of the SQLite write-ahead log failed ({exc.strerror or exc}); "
+        "what was not yet on disk may be lost: restart the server"
+    )
+
+
 class GroupFlush:
     """Durability for commits made with ``synchronous=NORMAL``, one fsync at a time.
 
@@ -627,12 +638,7 @@ class GroupFlush:
                 try:
                     self._fsync()
                 except OSError as exc:
-                    # after a failed fsync the kernel may have dropped the pages: a later
-                    # fsync can succeed without them, so nothing can be promised any more
-                    self.failed = StoreError(
-                        f"a flush of the SQLite write-ahead log failed ({exc.strerror or exc}); "
-                        "what was not yet on disk may be lost: restart the server"
-                    )
+                    self.failed = _flush_failed(exc)
                     raise self.failed from None
                 finally:
                     self._cond.acquire()
@@ -646,7 +652,11 @@ class GroupFlush:
             raise self.failed
         with self._cond:
             target = self._committed
-        self._fsync()
+        try:
+            self._fsync()
+        except OSError as exc:
+            self.failed = _flush_failed(exc)
+            raise self.failed from None
         with self._cond:
             self._flushed = max(self._flushed, target)
 
@@ -662,14 +672,28 @@ class GroupFlush:
 
 
 def _process_start(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks after boot; /proc), or None."""
+    """When process ``pid`` started (clock ticks after boot; /proc): "" when there is no
+    such process, None when this process cannot tell."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             stat = f.read()
-    except OSError:
+    except FileNotFoundError:
+        return ""
+    except OSError:  # hidepid, no /proc
         return None
     fields = stat.rsplit(")", 1)[-1].split()
     return fields[19] if len(fields) > 19 else None  # field 22 of proc(5)
+
+
+def _process_table() -> str:
+    """Which process table this process sees: the machine's boot and its PID namespace,
+    so that two containers sharing a hostname never judge each other's processes."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        return f"{socket.gethostname()}/{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return f"{socket.gethostname()}/?"
 
 
 class SqliteStore(Store):
@@ -683,11 +707,12 @@ class SqliteStore(Store):
 
     def alive(self, owner: str) -> bool:
         # the processes sharing a SQLite file run on one machine: ask its process table
-        host, _, rest = owner.partition("|")
+        table, _, rest = owner.partition("|")
         pid, _, started = rest.partition("|")
-        if host != socket.gethostname() or not pid.isdigit() or started == "?":
-            return True  # not this machine's, or not known: cannot tell
-        return _process_start(int(pid)) == started
+        if table != _process_table() or table.endswith("/?") or not pid.isdigit():
+            return True  # another process table, or not known: cannot tell
+        now = _process_start(int(pid))
+        return now is None or now == started
 
     def __init__(self, path: str, *, busy_timeout: float = 10.0, synchronous: str = "full") -> None:
         if synchronous not in ("full", "normal"):
@@ -705,7 +730,7 @@ class SqliteStore(Store):
         if self._synchronous == "FULL":  # durable commits by group flush, see GroupFlush
             self._flush = GroupFlush(path + "-wal")
         self._busy_timeout = busy_timeout
-        self.instance = f"{socket.gethostname()}|{os.getpid()}|{_process_start(os.getpid()) or '?'}"
+        self.instance = f"{_process_table()}|{os.getpid()}|{_process_start(os.getpid()) or '?'}"
         # One connection for the process's writes, used by one thread at a time.
         # Writers are serialised anyway (here rather than in SQLite's busy handler,
         # which sleeps in steps of up to 100 ms), and a single connection keeps its page
@@ -790,7 +815,7 @@ class SqliteStore(Store):
             try:
                 return conn.execute(sql, params)
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= end:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= end:
                     raise
                 # the file's lock was held for a whole step: look again
 
@@ -935,6 +960,8 @@ class PostgresStore(Store):
         self.instance = f"pg|{uuid.uuid4().hex}"
         self._owner_lock = threading.Lock()
         self._owner: Any = None
+        self._suspects: dict[str, float] = {}  # owner -> when its lock was first seen free
+        self._closing = threading.Event()
         try:
             self._pool = ConnectionPool(
                 url, min_size=1, max_size=pool_size, timeout=timeout, open=True, name="switchboard"
@@ -943,9 +970,13 @@ class PostgresStore(Store):
             with self._owner_lock:
                 self._owner_conn()
         except Exception as exc:  # the message may name the host, never a password
+            pool = getattr(self, "_pool", None)
+            if pool is not None:
+                pool.close()
             raise StoreError(
                 f"cannot connect to PostgreSQL at {redact_url(url)}: {type(exc).__name__}"
             ) from None
+        threading.Thread(target=self._beat, name="switchboard-store-owner", daemon=True).start()
 
     def lock(self, conn: Any, key: str) -> None:
         self.run(conn, "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
@@ -1010,39 +1041,70 @@ class PostgresStore(Store):
         return type(exc).__name__  # PoolTimeout, DiskFull, ...: never the URL's password
 
     def _owner_conn(self) -> Any:
-        """The connection holding this process's lock (see ``instance``), (re)made."""
+        """The connection holding this process's lock (see ``instance``), (re)made; the
+        caller holds ``_owner_lock``. Raises when the lock cannot be had now."""
         import psycopg
 
         if self._owner is None or self._owner.closed or self._owner.broken:
+            if self._owner is not None:
+                self._owner.close()
+                self._owner = None
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=2)
-            conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (self.instance,))
+            try:
+                conn.execute(f"SET statement_timeout = {OWNER_TIMEOUT_MS}")
+                got = conn.execute(
+                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (self.instance,)
+                ).fetchone()
+                if not got or not got[0]:  # the old session is not gone yet: later
+                    raise StoreError("this process's lock is still held by its old session")
+            except BaseException:
+                conn.close()
+                raise
             self._owner = conn
         return self._owner
 
     def alive(self, owner: str) -> bool:
+        """A process is dead when its lock has been free on looks ``OWNER_CONFIRM``
+        seconds apart: a live process whose connection dropped (a restart) takes its
+        lock again within ``OWNER_BEAT`` (its own thread), before then."""
         if not owner.startswith("pg|"):
             return True
-        with self._owner_lock:
-            try:
-                conn = self._owner_conn()
-                got = conn.execute(
-                    "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (owner,)
-                ).fetchone()[0]
-                if got:
-                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (owner,))
-            except Exception:  # noqa: BLE001 - cannot tell: assume it runs
-                return True
-        return not got
+        left = _remaining()
+        if not self._owner_lock.acquire(timeout=OWNER_CONFIRM if left is None else left):
+            return True  # cannot tell in time: assume it runs
+        try:
+            conn = self._owner_conn()
+            row = conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (owner,)
+            ).fetchone()
+            free = bool(row and row[0])
+            if free:
+                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (owner,))
+        except Exception:  # noqa: BLE001 - cannot tell: assume it runs
+            return True
+        finally:
+            self._owner_lock.release()
+        now = time.monotonic()
+        if not free:
+            self._suspects.pop(owner, None)
+            return True
+        first = self._suspects.setdefault(owner, now)
+        return now - first < OWNER_CONFIRM
 
-    def keepalive(self) -> None:
-        with self._owner_lock:
+    def _beat(self) -> None:
+        """This process's own thread: keep its lock, making the connection again when it
+        dropped."""
+        while not self._closing.wait(OWNER_BEAT):
+            if not self._owner_lock.acquire(timeout=OWNER_BEAT):
+                continue
             try:
                 self._owner_conn().execute("SELECT 1")
-            except Exception:  # noqa: BLE001 - dropped (a restart): made again next time
+            except Exception:  # noqa: BLE001 - dropped (a restart): made again next beat
                 if self._owner is not None:
                     self._owner.close()
                 self._owner = None
-                raise
+            finally:
+                self._owner_lock.release()
 
     def probe_write(self, timeout: float) -> None:
         # the pool's own timeout (10 s) is for callbacks; a probe gives up sooner
@@ -1060,6 +1122,7 @@ class PostgresStore(Store):
         ]
 
     def close(self) -> None:
+        self._closing.set()
         self._pool.close()
         with self._owner_lock:
             if self._owner is not None:

@@ -533,6 +533,6 @@ def test_slow_hooks_fan_out_and_still_merge(make):
     r = post(app, ice("seq-2"))
     elapsed = time.monotonic() - start
     assert r.json["action"]["maxDuration"] == 100  # every decision merged, none cut
-    assert elapsed < 0.5, elapsed  # in parallel after the first was slow, not 0.9 s in a row
+    assert elapsed < 0.75, elapsed  # in parallel after the first was slow, not 0.9 s in a row
     statuses = [p["status"] for p in json.loads(rt.store.traces("seq-2")[0]["trace"])["plugins"]]
     assert statuses == ["decided"] * 4

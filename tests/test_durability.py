@@ -137,12 +137,34 @@ def test_the_claim_of_a_server_process_that_died_is_taken_over_at_once(make, bac
     if redelivered:
         began = time.monotonic()
         assert post(app, dice("z1")).status_int == 200
-        assert time.monotonic() - began < 0.5 and steady.calls == [2]
+        assert time.monotonic() - began < 1.0 and steady.calls == [2]
         [row] = rt.store.traces("z1")
         assert row["state"] == "done" and json.loads(row["trace"])["duplicate"] is False
     else:
         assert wait_for(lambda: steady.calls == [2], 5)
         assert wait_for(lambda: rt.store.waiting("z1") == [])
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_process_whose_lock_connection_dropped_is_not_taken_for_dead(make, backend):
+    """PostgreSQL: a server's lock connection is cut (a restart, an idle-session kill);
+    the server takes its lock again within a beat, before anyone judges it dead."""
+    import psycopg
+
+    steady = Failing(0)
+    rt, _ = make({"steady": steady})
+    other, die = _store_of_a_dead_process(rt)
+    try:
+        with psycopg.connect(rt.store.url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (other._owner.info.backend_pid,))
+        checks = []
+        for _ in range(8):  # 1.2 s of looks, twice the time that would confirm a death
+            checks.append(rt.store.alive(other.instance))
+            time.sleep(0.15)
+        assert all(checks), checks
+    finally:
+        die()
+    assert wait_for(lambda: not rt.store.alive(other.instance), 3)  # and once it is gone
 
 
 def test_a_live_server_process_keeps_its_claim(make, backend):
