@@ -1,0 +1,123 @@
+"""Switchboard's public API: everything a plugin needs, from one place.
+
+    from core import hookimpl, Decision, CallContext, Ice, Dice, ConnectPstn, Say, Key
+
+Plugins, built-in or third-party, import only these names; the modules behind them
+(``core.events``, ``core.svaml``, ``core.decisions``, ...) may move. The hook contract
+itself, with every hook's signature and meaning, is ``core.hookspecs``, rendered in
+docs/plugins.md.
+"""
+
+from core.config import Key, between, non_negative, positive
+from core.decisions import Decision
+from core.events import (
+    Ace,
+    Amd,
+    CallHeader,
+    Destination,
+    Dice,
+    Event,
+    Ice,
+    MenuResult,
+    Money,
+    Notify,
+    Pie,
+)
+from core.hookspecs import hookimpl
+from core.pipeline import CallContext
+from core.plugins import PluginError
+from core.store import Migration, Store, StoreError, StoreTimeout, Tx
+from core.svaml import (
+    MAX_DURATION,
+    Action,
+    AmdOptions,
+    Answer,
+    ConferenceDtmfOptions,
+    ConnectConf,
+    ConnectMxp,
+    ConnectPstn,
+    ConnectSip,
+    ConnectStream,
+    Continue,
+    Endpoint,
+    Hangup,
+    Header,
+    Instruction,
+    Menu,
+    MenuOption,
+    Park,
+    PlayFiles,
+    RecordingOptions,
+    RunMenu,
+    Say,
+    SendDtmf,
+    SetCookie,
+    StartRecording,
+    StopRecording,
+    StreamingOptions,
+    Svaml,
+    SvamlError,
+    TranscriptionOptions,
+)
+
+__all__ = [
+    # the contract
+    "hookimpl",
+    "CallContext",
+    "Decision",
+    "PluginError",
+    # events
+    "Event",
+    "Ice",
+    "Ace",
+    "Pie",
+    "Dice",
+    "Notify",
+    "Amd",
+    "CallHeader",
+    "Destination",
+    "MenuResult",
+    "Money",
+    # SVAML: actions, instructions and their parts
+    "Svaml",
+    "SvamlError",
+    "Action",
+    "Instruction",
+    "Hangup",
+    "Continue",
+    "ConnectPstn",
+    "ConnectMxp",
+    "ConnectConf",
+    "ConnectSip",
+    "ConnectStream",
+    "RunMenu",
+    "Park",
+    "PlayFiles",
+    "Say",
+    "SendDtmf",
+    "SetCookie",
+    "Answer",
+    "StartRecording",
+    "StopRecording",
+    "Endpoint",
+    "Header",
+    "AmdOptions",
+    "ConferenceDtmfOptions",
+    "StreamingOptions",
+    "Menu",
+    "MenuOption",
+    "RecordingOptions",
+    "TranscriptionOptions",
+    "MAX_DURATION",
+    # settings
+    "Key",
+    "between",
+    "non_negative",
+    "positive",
+    # the store
+    "Store",
+    "Tx",
+    "Migration",
+    "StoreError",
+    "StoreTimeout",
+]

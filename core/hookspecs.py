@@ -32,16 +32,16 @@ the event hooks. Consequences for plugin authors:
   it into a deny, ``"abstain"`` into no opinion. The error is recorded in the trace.
 * Inputs are immutable: events are frozen dataclasses, the plugin's config is a
   read-only mapping. Plugins never build raw SVAML JSON; they return ``Decision``
-  objects built from ``core.svaml`` types.
+  objects built from the SVAML types (``core.ConnectPstn``, ``core.Say``, ...).
 
 Every plugin gets two settings of its own from the core, in ``[plugins.<name>]``:
 ``on_error = "deny" | "abstain"`` and ``timeout`` (seconds, at most the event budget).
 
-The per-call context ``ctx`` (``core.pipeline.CallContext``) carries:
+The per-call context ``ctx`` (``core.CallContext``) carries:
 ``callid``, ``event`` (its name), ``plugin`` (this plugin's name), ``config`` (this
-plugin's validated settings), ``store`` (the shared ``core.store.Store``), ``deadline``
+plugin's validated settings), ``store`` (the shared ``core.Store``), ``deadline``
 (``time.monotonic()`` value by which the answer must be ready; the plugin's own waits
-for the store end there with ``core.store.StoreTimeout``), ``remaining()`` (seconds
+for the store end there with ``core.StoreTimeout``), ``remaining()`` (seconds
 left), ``log`` (a ``logging.Logger`` named ``switchboard.plugin.<name>``) and
 ``attempt`` (1, or 2 and up when a DiCE/Notify hook is run again after a failure).
 
@@ -211,7 +211,7 @@ def switchboard_config_keys() -> Mapping[str, Any]:  # type: ignore[empty-body]
 
     Called once per enabled plugin while the configuration is validated, before
     ``switchboard_configure``. Return a mapping of key name to
-    ``core.config.Key(type, default, help, secret=False, env=None)``. Unknown keys and
+    ``core.Key(type, default, help, secret=False, env=None)``. Unknown keys and
     wrong types in config.toml then stop the start with a message naming the key. A key
     declared with ``env="NAME"`` may also come from that environment variable; a
     ``secret=True`` key is redacted wherever settings are shown.
@@ -225,7 +225,7 @@ def switchboard_store_migrations() -> Sequence[Migration]:  # type: ignore[empty
     """Return the schema migrations this plugin needs, oldest first.
 
     Called once at start-up for every enabled plugin, before ``switchboard_startup``.
-    Each ``core.store.Migration(version, statements)`` is applied once, in a
+    Each ``core.Migration(version, statements)`` is applied once, in a
     transaction, and recorded per plugin; versions must increase. Use portable SQL
     (``?`` placeholders are translated per backend).
     """

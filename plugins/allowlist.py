@@ -27,11 +27,16 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from core.config import Key, between, non_negative
-from core.decisions import Decision
-from core.hookspecs import hookimpl
-from core.store import Migration
-from core.svaml import MAX_DURATION, ConnectPstn
+from core import (
+    MAX_DURATION,
+    ConnectPstn,
+    Decision,
+    Key,
+    Migration,
+    between,
+    hookimpl,
+    non_negative,
+)
 from plugins.numbers import Rules, parse_pattern, parse_patterns
 
 _E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")

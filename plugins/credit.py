@@ -28,11 +28,20 @@ from collections.abc import Mapping
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any
 
-from core.config import Key, between, non_negative, positive
-from core.decisions import Decision
-from core.hookspecs import hookimpl
-from core.store import Migration, Store, Tx
-from core.svaml import MAX_DURATION, Answer, Say
+from core import (
+    MAX_DURATION,
+    Answer,
+    Decision,
+    Key,
+    Migration,
+    Say,
+    Store,
+    Tx,
+    between,
+    hookimpl,
+    non_negative,
+    positive,
+)
 from plugins.numbers import longest_prefix, parse_pattern
 
 log = logging.getLogger("switchboard.plugin.credit")

@@ -35,9 +35,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from core.config import Key, positive
-from core.hookspecs import hookimpl
-from core.store import Migration, Store
+from core import Key, Migration, Store, hookimpl, positive
 
 log = logging.getLogger("switchboard.plugin.crm")
 

@@ -21,10 +21,7 @@ from datetime import UTC, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from core.config import Key
-from core.decisions import Decision
-from core.hookspecs import hookimpl
-from core.svaml import Answer
+from core import Answer, Decision, Key, hookimpl
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

@@ -7,10 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from core.decisions import Decision
-from core.hookspecs import hookimpl
-from core.plugins import PluginError
-from core.svaml import ConnectPstn
+from core import ConnectPstn, Decision, PluginError, hookimpl
 from core.testing import ice
 from switchboard_business_hours import BusinessHours
 
