@@ -24,7 +24,7 @@ from core.events import (
     Pie,
 )
 from core.hookspecs import hookimpl
-from core.pipeline import CallContext
+from core.context import CallContext
 from core.plugins import PluginError
 from core.store import Migration, Store, StoreError, StoreTimeout, Tx
 from core.svaml import (

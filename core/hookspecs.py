@@ -52,21 +52,17 @@ seconds: its ``on_error`` applies at once, and the trace says ``breaker-open``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pluggy
+from prometheus_client import CollectorRegistry
 
-if TYPE_CHECKING:
-    import argparse
-    from collections.abc import Mapping
-
-    from prometheus_client import CollectorRegistry
-
-    from core.config import Settings
-    from core.decisions import Decision
-    from core.events import Ace, Dice, Event, Ice, Notify, Pie
-    from core.pipeline import CallContext
-    from core.store import Migration, Store
+from core.config import Settings
+from core.context import CallContext
+from core.decisions import Decision
+from core.events import Ace, Dice, Event, Ice, Notify, Pie
+from core.store import Migration, Store
 
 PROJECT = "switchboard"
 
@@ -275,16 +271,13 @@ def switchboard_shutdown() -> None:
 
 
 @hookspec
-def switchboard_add_commands(subparsers: argparse._SubParsersAction) -> None:
+def switchboard_add_commands(subparsers: Any) -> None:
     """Add commands to ``serve.py``.
 
-    Called once per enabled plugin when the command line is built. Add parsers with
+    Called once per enabled plugin when the command line is built. ``subparsers`` is
+    what ``argparse.ArgumentParser.add_subparsers()`` returned. Add parsers with
     ``subparsers.add_parser(name, help=...)`` and set ``func`` with
     ``parser.set_defaults(func=run)``; ``run(args, runtime)`` receives the parsed
     arguments and a ``core.runtime.Runtime`` (settings, store, plugin manager) and
     returns an exit status (``0`` or ``None`` for success).
     """
-
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence

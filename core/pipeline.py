@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.breaker import Breaker
+from core.context import CallContext
 from core.config import Settings
 from core.decisions import Decision, Outcome, merge
 from core.events import DECISION_EVENTS, Event, EventError, excerpt, freeze, parse_event
@@ -50,27 +51,6 @@ MERGE_RESERVE = 0.05  # of the budget, kept for merging, storing and sending
 POLL_INTERVAL = 0.01
 LEASE_MARGIN = 2.0  # seconds a claim outlives the budget
 QUEUED_LIMIT = 0.5  # of the budget: a decision callback queued longer gets the fallback
-
-
-@dataclass(frozen=True)
-class CallContext:
-    """What a plugin gets with every event besides the event itself."""
-
-    callid: str
-    event: str
-    plugin: str
-    config: Mapping[str, Any]
-    store: Store
-    deadline: float
-    log: logging.Logger
-    attempt: int = 1  # DiCE/Notify: 2 and up when an earlier attempt failed (retries)
-
-    def remaining(self) -> float:
-        """Seconds left before the answer must be ready."""
-        return max(0.0, self.deadline - time.monotonic())
-
-    def __repr__(self) -> str:  # never the config: it may hold secrets
-        return f"CallContext(callid={self.callid!r}, event={self.event!r}, plugin={self.plugin!r})"
 
 
 @dataclass

@@ -29,8 +29,10 @@ from typing import Any
 
 from core import (
     MAX_DURATION,
+    CallContext,
     ConnectPstn,
     Decision,
+    Ice,
     Key,
     Migration,
     between,
@@ -200,12 +202,13 @@ class Allowlist:
             raise ValueError(f"did_default {config['did_default']} is itself one of the DIDs")
 
     @hookimpl
-    def switchboard_ice(self, event: Any, ctx: Any) -> Decision:
+    def switchboard_ice(self, event: Ice, ctx: CallContext) -> Decision:
         cfg = ctx.config
-        dest = event.to.e164 if event.to is not None else None
-        if dest is None:
+        to = event.to
+        dest = to.e164 if to is not None else None
+        if to is None or dest is None:
             return self._deny(cfg, "destination is not a phone number")
-        if (event.to.type or "").lower() == "did":  # one of our own numbers was dialled
+        if (to.type or "").lower() == "did":  # one of our own numbers was dialled
             target = self.did_forward.get(dest) or cfg["did_default"]
             if target is None:
                 return self._deny(

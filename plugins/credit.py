@@ -31,7 +31,11 @@ from typing import Any
 from core import (
     MAX_DURATION,
     Answer,
+    CallContext,
     Decision,
+    Dice,
+    Event,
+    Ice,
     Key,
     Migration,
     Say,
@@ -360,7 +364,7 @@ class Credit:
         return None if prefix is None else (self.rates[prefix], f"rate {prefix}")
 
     @hookimpl
-    def switchboard_ice(self, event: Any, ctx: Any) -> Decision:
+    def switchboard_ice(self, event: Ice, ctx: CallContext) -> Decision:
         cfg = ctx.config
         account = self.account_of(event)
         if account is None:
@@ -460,7 +464,9 @@ class Credit:
         )
 
     @hookimpl
-    def switchboard_after_answer(self, event: Any, answer: Any, trace: Any) -> None:
+    def switchboard_after_answer(
+        self, event: Event, answer: Mapping[str, Any] | None, trace: Mapping[str, Any]
+    ) -> None:
         """Fit the reservation to the answer that was sent.
 
         A call answered with hangup will not run: its reservation is released. A call
@@ -498,7 +504,7 @@ class Credit:
     # ------------------------------------------------------------------ DiCE: settle
 
     @hookimpl
-    def switchboard_dice(self, event: Any, ctx: Any) -> None:
+    def switchboard_dice(self, event: Dice, ctx: CallContext) -> None:
         cfg = ctx.config
         now = time.time()
         answered = (event.result or "").upper() == "ANSWERED" or (

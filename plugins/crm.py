@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from core import Key, Migration, Store, hookimpl, positive
+from core import CallContext, Dice, Key, Migration, Store, hookimpl, positive
 
 log = logging.getLogger("switchboard.plugin.crm")
 
@@ -176,7 +176,7 @@ class Crm:
     # ------------------------------------------------------------------ DiCE: record
 
     @hookimpl
-    def switchboard_dice(self, event: Any, ctx: Any) -> None:
+    def switchboard_dice(self, event: Dice, ctx: CallContext) -> None:
         started = answered = None
         ice_answer = ice_trace = None
         for row in ctx.store.traces(event.callid):

@@ -53,3 +53,24 @@ def test_the_guide_and_the_readme_show_the_public_api():
         assert "from core import " in text
         for module in ("config", "decisions", "hookspecs", "svaml", "store", "events"):
             assert f"from core.{module} import" not in text, (doc, module)
+
+
+def test_the_contract_depends_only_on_public_types():
+    """``core.hookspecs`` resolves its annotations (no cycle through the pipeline) and
+    imports nothing above the contract: not the pipeline, the app, the runtime."""
+    import typing
+
+    from core import hookspecs
+    from core.guide import specs
+
+    for name, spec in specs():
+        hints = typing.get_type_hints(spec)
+        assert "return" in hints, name
+    tree = ast.parse((REPO / "core" / "hookspecs.py").read_text())
+    imported = {
+        node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("core")
+    }
+    assert imported <= {"core.config", "core.context", "core.decisions", "core.events", "core.store"}
+    assert hookspecs.CallContext is core.CallContext

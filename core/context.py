@@ -1,0 +1,33 @@
+"""The per-call context a plugin's event hook gets besides the event: part of the plugin
+contract (``core.hookspecs``), public as ``core.CallContext``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from core.store import Store
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What a plugin gets with every event besides the event itself."""
+
+    callid: str
+    event: str
+    plugin: str
+    config: Mapping[str, Any]
+    store: Store
+    deadline: float
+    log: logging.Logger
+    attempt: int = 1  # DiCE/Notify: 2 and up when an earlier attempt failed (retries)
+
+    def remaining(self) -> float:
+        """Seconds left before the answer must be ready."""
+        return max(0.0, self.deadline - time.monotonic())
+
+    def __repr__(self) -> str:  # never the config: it may hold secrets
+        return f"CallContext(callid={self.callid!r}, event={self.event!r}, plugin={self.plugin!r})"
