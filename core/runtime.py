@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from core.config import Settings, with_plugins
+from core.config import ConfigError, Settings, with_plugins
 from core.metrics import Metrics
 from core.pipeline import Pipeline
 from core.plugins import PluginError, Plugins, declared_keys, make_plugins
@@ -21,6 +21,21 @@ from core.retry import Retrier, WaitingCollector
 from core.store import CORE_MIGRATIONS, Migration, Store, open_store
 
 log = logging.getLogger("switchboard")
+
+
+def _check_fallbacks(settings: Settings, plugins: Plugins) -> None:
+    """A fallback is sent without the merge's checks, so it must not suppress callbacks
+    while a plugin relies on the DiCE (the merge refuses that from plugins)."""
+    relying = [impl.plugin for impl in plugins.impls("switchboard_dice")]
+    if settings.policy["allow_suppress_callbacks"] or not relying:
+        return
+    for event, svaml in settings.fallback.items():
+        if getattr(svaml.action, "suppress_callbacks", None) is True:
+            raise ConfigError(
+                f"policy.fallback.{event}: suppressCallbacks would leave calls unsettled and "
+                f"unrecorded ({', '.join(relying)} rely on the DiCE); set "
+                "policy.allow_suppress_callbacks = true to allow it"
+            )
 
 
 class Runtime:
@@ -59,6 +74,7 @@ class Runtime:
         if plugins is None:
             plugins = make_plugins(settings.enabled, load_entrypoints=load_entrypoints, given=given)
         settings = with_plugins(settings, declared_keys(plugins))
+        _check_fallbacks(settings, plugins)
         configure_errors: list[str] = []
         for impl in plugins.impls("switchboard_configure"):
             try:

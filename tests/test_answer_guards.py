@@ -520,3 +520,24 @@ def test_real_server_sends_suppressed_callbacks_when_allowed(serve, tmp_path):
         "suppressCallbacks": True,
     }
     assert server.stop() == 0
+
+
+def test_a_fallback_that_suppresses_callbacks_is_refused_at_start():
+    """The fallback is sent without the merge's checks: a configured one that suppresses
+    callbacks while credit or crm rely on the DiCE stops the start, naming the key."""
+    from core.config import ConfigError
+    from plugins.crm import Crm
+    from tests.helpers import runtime
+
+    fallback = {
+        "ice": {
+            "action": {"name": "connectPstn", "number": "+15612600684", "suppressCallbacks": True}
+        }
+    }
+    with pytest.raises(ConfigError) as err:
+        runtime({"crm": Crm()}, policy={"fallback": fallback})
+    assert "policy.fallback.ice: suppressCallbacks" in str(err.value) and "crm" in str(err.value)
+    allowed = runtime(
+        {"crm": Crm()}, policy={"fallback": fallback, "allow_suppress_callbacks": True}
+    )
+    allowed.close()
