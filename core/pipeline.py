@@ -173,11 +173,8 @@ class Pipeline:
             else:
                 log.exception("internal error on %s for call %s", event.name, event.callid)
             if event.name in DECISION_EVENTS:  # an answer Sinch can obey beats an error
-                svaml = self.fallback[event.name]
-                trace = self._new_trace(event)
                 rule = "store-unavailable" if store_down else "internal-error"
-                trace.update(rule=rule, answer=svaml.to_dict())
-                return self._respond(event, svaml.to_json(), trace, started)
+                return self._fallback(event, self._new_trace(event), started, rule=rule)
             # a DiCE or Notify that is not safely stored is never answered 200
             self.count_reject(503)
             return Response(503, error_body("the callback could not be stored; send it again"))
@@ -204,10 +201,8 @@ class Pipeline:
         trace = self._new_trace(event)
         queued = time.monotonic() - started
         if queued > self.budget * QUEUED_LIMIT:  # too late to ask the plugins: answer now
-            svaml = self.fallback[event.name]
-            trace.update(rule="budget", answer=svaml.to_dict())
             trace["notes"].append(f"waited {queued:.3f} s for a server thread")
-            return self._respond(event, svaml.to_json(), trace, started)
+            return self._fallback(event, trace, started, rule="budget")
         with self.store.until(cutoff):  # a store that cannot answer in time: the fallback
             claim = self.store.claim(event.callid, event.name, sub, lease=self.lease)
         if claim.status == "done":
@@ -216,9 +211,9 @@ class Pipeline:
             stored = self._wait_for_answer(event, sub, cutoff)
             if stored is not None:
                 return self._duplicate(event, stored, trace, started)
-            svaml = self.fallback[event.name]
-            trace.update(rule="duplicate-in-flight", duplicate=True, answer=svaml.to_dict())
-            return self._respond(event, svaml.to_json(), trace, started)
+            return self._fallback(
+                event, trace, started, rule="duplicate-in-flight", duplicate=True
+            )
 
         try:
             results = self._run_hooks(event, deadline, trace, decision=True)
@@ -242,6 +237,15 @@ class Pipeline:
                 log.warning("could not release the claim of %s %s", event.name, event.callid)
             raise
         return self._respond(event, body, trace, started)
+
+    def _fallback(
+        self, event: Event, trace: dict[str, Any], started: float, **why: Any
+    ) -> Response:
+        """Answer a decision callback with the configured fallback; ``why`` goes into the
+        trace (``rule``, ``duplicate``)."""
+        svaml = self.fallback[event.name]
+        trace.update(why, answer=svaml.to_dict())
+        return self._respond(event, svaml.to_json(), trace, started)
 
     def _merge(
         self, event: Event, results: list[tuple[str, Decision | None]], trace: dict[str, Any]
@@ -292,21 +296,19 @@ class Pipeline:
         body cannot be stored, the answer is 503 and Sinch's redelivery is processed."""
         deadline = started + self.budget
         trace = self._new_trace(event)
+        text = body.decode()  # parse_event checked it is UTF-8
         with self.store.deferred_flush() as mine:
             with self.store.until(deadline):
-                claim = self.store.claim(
-                    event.callid, event.name, sub, lease=self.lease, body=body.decode()
-                )
+                claim = self.store.claim(event.callid, event.name, sub, lease=self.lease, body=text)
                 if claim.status == "busy":  # processed elsewhere now: wait, or take it over
-                    claim = self._wait_for_claim(event, sub, body.decode(), deadline)
+                    claim = self._wait_for_claim(event, sub, text, deadline)
             if claim.status == "new":
                 self._work(event, sub, trace, claim, deadline)
             else:
                 trace.update(rule="duplicate", duplicate=True)
-        with self.store.until(deadline + self.budget):
-            self.store.flush(mine.seq)
-            if trace["duplicate"]:  # what another worker stored must be on disk too
-                self.store.sync()
+        self.store.flush(mine.seq)
+        if trace["duplicate"]:  # what another worker stored must be on disk too
+            self.store.sync()
         return self._respond(event, "", trace, started)
 
     def _wait_for_claim(self, event: Event, sub: str, body: str, until: float) -> Claim:
@@ -510,16 +512,11 @@ class Pipeline:
             else:
                 left = self.breaker.left(impl.plugin, now)
                 error = f"circuit breaker open for {left:.1f} s more after repeated timeouts"
-            trace["plugins"].append(
-                {"plugin": impl.plugin, "status": why, "ms": 0.0, "on_error": on_error, "error": error}
-            )
+            skipped: dict[str, Any] = {"plugin": impl.plugin, "status": why, "ms": 0.0}
+            skipped["error"] = error
+            trace["plugins"].append(skipped)
             self.metrics.child(self.metrics.plugin_errors, impl.plugin, event.name, why).inc()
-            if decision and on_error == "deny":
-                results.append(
-                    (impl.plugin, Decision(deny=True, reason=f"plugin {why} (on_error=deny)"))
-                )
-            else:
-                results.append((impl.plugin, None))
+            results.append(self._on_error(impl.plugin, on_error, skipped, decision))
         for run in runs:
             entry: dict[str, Any] = {"plugin": run.impl.plugin}
             wait_until = min(run.started + run.timeout, cutoff)
@@ -538,24 +535,24 @@ class Pipeline:
                     entry["error"] = f"no hook worker was free within {waited:.3f} s"
                 if run.started + run.timeout > cutoff:
                     over_budget = True
-                results.append(self._on_error(run, entry, decision))
+                results.append(self._on_error(run.impl.plugin, run.on_error, entry, decision))
             except Saturated as exc:
                 self.breaker.untried(run.impl.plugin)
                 entry.update(status="saturated", ms=_ms(time.monotonic() - run.started))
                 entry["error"] = str(exc)
-                results.append(self._on_error(run, entry, decision))
+                results.append(self._on_error(run.impl.plugin, run.on_error, entry, decision))
             except Exception as exc:  # noqa: BLE001 - a plugin's error is its own
                 self.breaker.succeeded(run.impl.plugin)  # it came back: it does not hang
                 entry.update(status="error", ms=_ms(time.monotonic() - run.started))
                 entry["error"] = f"{type(exc).__name__}: {exc}"
-                results.append(self._on_error(run, entry, decision))
+                results.append(self._on_error(run.impl.plugin, run.on_error, entry, decision))
             else:
                 entry["ms"] = _ms(elapsed)
                 self.breaker.succeeded(run.impl.plugin)
                 if decision and value is not None and not isinstance(value, Decision):
                     entry["status"] = "error"
                     entry["error"] = f"returned {type(value).__name__}, expected Decision or None"
-                    results.append(self._on_error(run, entry, decision))
+                    results.append(self._on_error(run.impl.plugin, run.on_error, entry, decision))
                 elif decision and value is not None:
                     entry.update(status="decided", decision=value.describe())
                     results.append((run.impl.plugin, value))
@@ -620,14 +617,13 @@ class Pipeline:
         return runs
 
     def _on_error(
-        self, run: PluginRun, entry: dict[str, Any], decision: bool
+        self, plugin: str, on_error: str, entry: dict[str, Any], decision: bool
     ) -> tuple[str, Decision | None]:
-        entry["on_error"] = run.on_error
-        if decision and run.on_error == "deny":
-            return run.impl.plugin, Decision(
-                deny=True, reason=f"plugin {entry['status']} (on_error=deny)"
-            )
-        return run.impl.plugin, None
+        """What a plugin that failed (``entry["status"]``) counts as: its ``on_error``."""
+        entry["on_error"] = on_error
+        if decision and on_error == "deny":
+            return plugin, Decision(deny=True, reason=f"plugin {entry['status']} (on_error=deny)")
+        return plugin, None
 
     # ------------------------------------------------------------------ recording
 

@@ -3,8 +3,9 @@ when it failed, or when the worker processing it died.
 
 Every DiCE and Notify is recorded with its body before it is answered (see
 ``Pipeline._observe``). Work that failed is given a time for its next attempt, with a
-backoff that doubles up to ``policy.retry_max_backoff``; a claim whose worker died (a
-crash, ``kill -9``) runs out after ``policy.budget`` plus a margin. This worker finds
+backoff that doubles up to ``policy.retry_max_backoff``; a claim whose server process
+died (a crash, ``kill -9``) is found by ``Store.due`` as soon as the store can tell
+(``Store.alive``), or once its lease runs out. This worker finds
 both, claims each exclusively (several server processes may share the store) and runs
 the plugins that have not succeeded yet, until they do or the work is parked after
 ``policy.retry_attempts`` for an operator (``serve.py inbox``).

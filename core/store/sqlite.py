@@ -15,7 +15,7 @@ from typing import Any
 
 from core.store.base import Deferred, Store, StoreError, StoreTimeout, Tx, deadline_left
 
-BUSY_STEP = 0.05  # seconds SQLite waits for another process's lock before _begin looks again
+BUSY_STEP = 0.05  # seconds SQLite waits for another process's lock before _retry_busy looks again
 CACHE_KIB = 2048  # SQLite page cache of the connection a process writes with
 READ_CACHE_KIB = 512  # and of the one it reads with outside transactions
 MIN_FREE_BYTES = 1 << 20  # a SQLite store's filesystem with less free is full for readiness
@@ -194,21 +194,13 @@ class SqliteStore(Store):
     def _pragma(self, conn: sqlite3.Connection, pragma: str) -> None:
         # Switching a new file to WAL needs a moment alone with it, and SQLite reports
         # "database is locked" at once instead of waiting: processes started together
-        # on a fresh store retry here, within the busy timeout.
-        deadline = time.monotonic() + self._busy_timeout
-        while True:
-            try:
-                conn.execute(f"PRAGMA {pragma}")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+        # on a fresh store retry, as writers do.
+        self._retry_busy(conn, f"PRAGMA {pragma}")
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             self._db = self._connect(
-                f"busy_timeout = {int(BUSY_STEP * 1000)}",  # see _begin
+                f"busy_timeout = {int(BUSY_STEP * 1000)}",  # see _retry_busy
                 "journal_mode=WAL",
                 "synchronous=NORMAL",  # "full" is made by GroupFlush
                 "foreign_keys=ON",
@@ -234,11 +226,14 @@ class SqliteStore(Store):
         finally:
             self._lock.release()
 
-    def _begin(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Run the statement that takes the file's write lock (``BEGIN IMMEDIATE``, or an
-        autocommit write). Another process holding it makes SQLite wait up to
-        ``BUSY_STEP`` and say "database is locked"; this tries again until the thread's
-        deadline (``Store.until``), or the store's busy timeout without one."""
+    def _retry_busy(
+        self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()
+    ) -> Any:
+        """Run a statement that takes the file's write lock (``BEGIN IMMEDIATE``, an
+        autocommit write, the switch to WAL). Another process holding it makes SQLite
+        wait up to ``BUSY_STEP`` (or not at all) and say "database is locked"; this tries
+        again until the thread's deadline (``Store.until``), or the store's busy timeout
+        without one."""
         left = deadline_left()
         end = time.monotonic() + (self._busy_timeout if left is None else left)
         while True:
@@ -247,13 +242,13 @@ class SqliteStore(Store):
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= end:
                     raise
-                # the file's lock was held for a whole step: look again
+                time.sleep(0.01)  # the lock was held: look again
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         with self._locked(), self._watching_writes():
             conn = self._conn()
-            self._begin(conn, "BEGIN IMMEDIATE")
+            self._retry_busy(conn, "BEGIN IMMEDIATE")
             self._in_tx.depth = getattr(self._in_tx, "depth", 0) + 1
             try:
                 yield Tx(conn, self)
@@ -276,7 +271,7 @@ class SqliteStore(Store):
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         with self._locked(), self._watching_writes():
-            changed: int = self._begin(self._conn(), sql, params).rowcount  # autocommit
+            changed: int = self._retry_busy(self._conn(), sql, params).rowcount  # autocommit
             seq = self._flush.committed() if self._flush and durable else 0
         if seq:
             self._durable(seq)
