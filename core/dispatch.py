@@ -1,38 +1,39 @@
-"""Running a callback's plugin hooks: each timed and isolated, against a deadline.
+"""Running one callback's plugin hooks against a deadline: the hook scheduler.
 
-The hooks of one callback run one after another in a single worker while each is quick
-(one thread hand-off per callback); as soon as one takes longer than ``FAN_OUT_AFTER``
-(or its own timeout), the ones after it start at once in workers of their own, so a
-slow or hung plugin delays the others by that much at most. A plugin never runs on more
-than ``Running.limit`` workers at once, and a hook the pipeline stopped waiting for
-before it started is not run. ``core.pipeline`` reads the results and merges them.
+What it does, in three sentences:
+
+1. A callback's hooks are handed to one worker, which runs them one after another in
+   precedence order; if they have not all finished ``FAN_OUT_AFTER`` (20 ms) later, every
+   hook not yet started is handed a worker of its own too, and whichever worker reaches
+   a hook first runs it, so a slow or hung hook delays the others by 20 ms at most.
+2. The caller waits for each hook until its own timeout has passed since it started (or
+   since the dispatch, while it has not started), or until the cutoff, whichever is
+   sooner; a hook not started by then is never run, and one still running is abandoned:
+   its result is ignored and its worker flushes its store commits itself.
+3. A plugin never runs on more than ``limit`` workers at once (``Running``): a hook that
+   would exceed it is not run and reports ``saturated``.
+
+The pipeline (``core.pipeline``) turns each ``Call``'s outcome into the trace, the
+breaker and the merge; this module knows nothing of decisions.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 from core.context import CallContext
 from core.events import Event
-from core.plugins import Impl
-from core.store import Deferred, Store
+from core.store import Store
 
-FAN_OUT_AFTER = 0.02  # seconds a hook may run before the ones after it start in parallel
-
-
-class Saturated(Exception):
-    """A plugin had ``Running.limit`` hooks running already: this one was not started."""
+FAN_OUT_AFTER = 0.02  # seconds before the hooks not yet started get a worker each
 
 
 class Running:
-    """Per plugin, how many of its hooks are running now, each holding a hook worker. At
-    ``limit`` another is not started (its ``on_error`` applies at once), so a plugin
-    that hangs, even on a burst of calls, cannot take every worker from the others."""
+    """Per plugin, how many of its hooks are running now, each holding a worker."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -58,163 +59,114 @@ class Running:
         return self._count.get(plugin, 0) >= self.limit
 
 
-class Handoff:
-    """What a hook's worker hands the pipeline besides its result: the store commits the
-    hook made without waiting for the disk (``Store.deferred_flush``). The pipeline
-    flushes those of every hook it collected, once, before it answers; for a hook it
-    stopped waiting for (timeout, budget), the worker flushes them itself. A hook the
-    pipeline stopped waiting for before it started is not run at all."""
+# a Call's states; the first of ``run`` (a worker) and ``give_up`` (the caller) to move
+# it out of WAITING decides whether it runs
+WAITING, RUNNING, DONE, DROPPED = "waiting", "running", "done", "dropped"
 
-    def __init__(self, plugin: str, running: Running) -> None:
-        self.plugin, self.running = plugin, running
-        self.lock = threading.Lock()
-        self.seq = 0
-        self.started = False
-        self.finished = False
+
+class Call:
+    """One hook invocation. Its outcome, once ``done`` is set, is one of:
+
+    * ``status == "done"``: the hook returned ``value`` (or raised ``error``) after
+      ``elapsed`` seconds;
+    * ``status == "saturated"``: not run, the plugin had ``limit`` hooks running;
+    * after ``give_up``: ``"timeout"`` (it had started) or ``"not-started"``.
+    """
+
+    def __init__(
+        self,
+        hook: Callable[..., Any],
+        plugin: str,
+        event: Event,
+        ctx: CallContext,
+        timeout: float,
+        running: Running,
+    ) -> None:
+        self.hook, self.plugin, self.event, self.ctx = hook, plugin, event, ctx
+        self.timeout, self.running = timeout, running
+        self.state = WAITING
+        self.status = ""
+        self.started = 0.0  # time.monotonic() when it started running
+        self.elapsed = 0.0
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.seq = 0  # the store commits it deferred (``Store.deferred_flush``)
         self.abandoned = False
-
-    def begin(self) -> bool:
-        """The worker, before calling the hook: False when it is no longer wanted;
-        ``Saturated`` when the plugin has as many hooks running as it may."""
-        with self.lock:
-            if self.abandoned:
-                return False
-            if not self.running.enter(self.plugin):
-                raise Saturated(
-                    f"{self.running.limit} of its calls were running already: not started"
-                )
-            self.started = True
-            return True
-
-    def hook_done(self, store: Store, seq: int) -> None:
-        """The worker, after the hook returned or raised."""
-        self.running.leave(self.plugin)
-        with self.lock:
-            self.seq, self.finished = seq, True
-            abandoned = self.abandoned
-        if abandoned:
-            store.flush(seq)
-
-    def abandon(self) -> bool:
-        """The pipeline stops waiting for this hook; returns whether it had started."""
-        with self.lock:
-            if not self.finished:
-                self.abandoned = True
-            return self.started
-
-    def collect(self) -> int:
-        """The pipeline, done waiting: what to flush before answering (0: nothing)."""
-        with self.lock:
-            if self.finished:
-                return self.seq
-            self.abandoned = True
-            return 0
-
-
-class Sequence:
-    """Runs hooks one after another in one worker. ``watch`` waits for them all, or
-    stops the sequence after the hook running once that one is slow."""
-
-    def __init__(self, event: Event, calls: list[tuple[Impl, CallContext, Handoff]]) -> None:
-        self.event = event
-        self.calls = calls
-        self.cond = threading.Condition()
-        self.started: dict[int, float] = {}
-        self.outcomes: dict[int, tuple[bool, Any]] = {}  # index -> (ok, (value, elapsed) | exc)
-        self.limit = len(calls) - 1
-        self.finished = threading.Lock()  # held until every hook of the sequence is done
-        self.finished.acquire()
+        self.done = threading.Event()
+        self._lock = threading.Lock()
 
     def run(self) -> None:
-        for i, (impl, ctx, handoff) in enumerate(self.calls):
-            with self.cond:
-                if i > self.limit:
-                    return
-                self.started[i] = time.monotonic()
-            try:
-                outcome: tuple[bool, Any] = (True, timed(impl, self.event, ctx, handoff))
-            except Exception as exc:  # noqa: BLE001 - reported to the waiter
-                outcome = (False, exc)
-            with self.cond:
-                self.outcomes[i] = outcome
-                if i == self.limit:
-                    self.cond.notify_all()
-                    if i == len(self.calls) - 1:
-                        self.finished.release()
+        """Run the hook, unless another worker took it, the caller gave up on it, or
+        the plugin is saturated."""
+        with self._lock:
+            if self.state != WAITING:
+                return
+            if not self.running.enter(self.plugin):
+                self.state, self.status = DONE, "saturated"
+                self.done.set()
+                return
+            self.state, self.started = RUNNING, time.monotonic()
+        store: Store = self.ctx.store
+        pending = None
+        try:  # the plugin's store waits end at the callback's deadline too
+            with store.deferred_flush() as pending, store.until(self.ctx.deadline):
+                self.value = self.hook(event=self.event, ctx=self.ctx)
+        except Exception as exc:  # noqa: BLE001 - the plugin's error is its outcome
+            self.error = exc
+        finally:
+            self.elapsed = time.monotonic() - self.started
+            self.running.leave(self.plugin)
+            with self._lock:
+                self.seq = pending.seq if pending is not None else 0
+                self.state = DONE
+                if not self.abandoned:
+                    self.status = "done"
+            self.done.set()
+            if self.abandoned:  # nobody will flush what it committed: flush it here
+                store.flush(self.seq)
 
-    def started_at(self, i: int) -> float | None:
-        with self.cond:
-            return self.started.get(i)
+    def give_up(self) -> None:
+        """The caller stops waiting: a hook not started never runs, a running one is
+        abandoned."""
+        with self._lock:
+            if self.state == WAITING:
+                self.state, self.status = DROPPED, "not-started"
+            elif self.state == RUNNING:
+                self.abandoned, self.status = True, "timeout"
+            else:
+                return
+        self.done.set()
 
-    def wait(self, i: int, until: float) -> bool:
-        """Wait (at most until ``until``) for hook ``i``; True when it is done."""
-        with self.cond:
-            while i not in self.outcomes:
-                left = until - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(left)
-            return True
-
-    def watch(self, submitted: float, timeouts: list[float], cutoff: float) -> int:
-        """Wait for the whole sequence, or until the hook running has taken longer than
-        ``FAN_OUT_AFTER`` (or its timeout), or the cutoff; then stop the sequence after
-        the hook running. Returns the last index the sequence runs."""
-        # the common case, quick hooks: one wait in C, no polling of the condition
-        quick = min(FAN_OUT_AFTER, *timeouts)
-        if self.finished.acquire(
-            timeout=max(0.0, min(submitted + quick, cutoff) - time.monotonic())
-        ):
-            return self.limit
-        with self.cond:
-            while len(self.outcomes) < len(self.calls):
-                running = max(self.started, default=0)
-                began = self.started.get(running, submitted)
-                if running in self.outcomes:  # between two hooks: look again shortly
-                    began = time.monotonic()
-                give_up = min(began + min(FAN_OUT_AFTER, timeouts[running]), cutoff)
-                left = give_up - time.monotonic()
-                if left <= 0:
-                    self.limit = running
-                    return running
-                self.cond.wait(left)
-            return self.limit
+    def wait_until(self, dispatched: float, cutoff: float) -> float:
+        """When the caller stops waiting for this hook."""
+        return min((self.started or dispatched) + self.timeout, cutoff)
 
 
-class SeqResult:
-    """A hook of a ``Sequence`` seen as a future: ``result(timeout)``."""
+def dispatch(executor: Executor, calls: Sequence[Call], cutoff: float) -> float:
+    """Run ``calls`` as the module docstring says and wait for each; on return every
+    call has its outcome (``Call.status``). Returns the time of the dispatch."""
+    if not calls:
+        return time.monotonic()
+    dispatched = time.monotonic()
+    executor.submit(_in_order, calls)
+    fan_out_at = dispatched + FAN_OUT_AFTER
+    for call in calls:
+        while not call.done.is_set():
+            now = time.monotonic()
+            until = call.wait_until(dispatched, cutoff)
+            if now >= until:
+                call.give_up()
+                break
+            if fan_out_at and now >= fan_out_at:
+                fan_out_at = 0.0
+                for other in calls:
+                    if other.state == WAITING:
+                        executor.submit(other.run)
+                continue
+            call.done.wait(min(until, fan_out_at or until) - now)
+    return dispatched
 
-    def __init__(self, seq: Sequence, i: int) -> None:
-        self.seq, self.i = seq, i
 
-    def result(self, timeout: float | None = None) -> Any:
-        done = self.seq.outcomes.get(self.i)  # set once, read without the lock
-        if done is None and not self.seq.wait(self.i, time.monotonic() + (timeout or 0.0)):
-            raise FutureTimeout()
-        ok, value = done or self.seq.outcomes[self.i]
-        if not ok:
-            raise value
-        return value
-
-
-@dataclass
-class PluginRun:
-    impl: Impl
-    future: Future[Any] | SeqResult
-    timeout: float
-    on_error: str
-    started: float
-    handoff: Handoff
-
-
-def timed(impl: Impl, event: Event, ctx: CallContext, handoff: Handoff) -> tuple[Any, float]:
-    start = time.monotonic()
-    if not handoff.begin():  # the pipeline gave up on it before a worker was free
-        return None, 0.0
-    pending = Deferred()
-    try:  # the plugin's store waits end at the callback's deadline too
-        with ctx.store.deferred_flush() as pending, ctx.store.until(ctx.deadline):
-            value = impl(event=event, ctx=ctx)
-    finally:
-        handoff.hook_done(ctx.store, pending.seq)
-    return value, time.monotonic() - start
+def _in_order(calls: Sequence[Call]) -> None:
+    for call in calls:
+        call.run()

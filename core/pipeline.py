@@ -25,30 +25,22 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from core.breaker import Breaker
-from core.dispatch import (
-    Handoff,
-    PluginRun,
-    Running,
-    Saturated,
-    SeqResult,
-    Sequence,
-    timed,
-)
+from core.dispatch import Call, Running, dispatch
 from core.context import CallContext
 from core.config import Settings
 from core.decisions import Decision, Outcome, merge
-from core.events import DECISION_EVENTS, Event, EventError, excerpt, freeze, parse_event
+from core.events import DECISION_EVENTS, Event, EventError, excerpt, parse_event
 from core.metrics import FALLBACK_RULES, Metrics
 from core.plugins import Impl, Plugins
 from core.signing import SignatureError, Verifier
 from core.store import Claim, Store, Waiting
 from core.svaml import Svaml, SvamlError, dumps
+from core.trace import PluginResult, Trace, frozen
 
 log = logging.getLogger("switchboard.callback")
 
@@ -67,12 +59,7 @@ class Response:
 
     status: int
     body: str = ""
-    trace: dict[str, Any] = field(default_factory=dict)
     after: Callable[[], None] | None = None
-
-    @property
-    def content_type(self) -> str:
-        return "application/json" if self.body else "text/plain"
 
 
 def error_body(message: str, field_name: str | None = None) -> str:
@@ -225,10 +212,11 @@ class Pipeline:
             else:
                 outcome = self._merge(event, results, trace)
                 svaml = outcome.svaml
-            trace["answer"] = answer = svaml.to_dict()
+            answer = svaml.to_dict()
             body = dumps(answer)
+            sealed = self._seal(trace, started, answer)
             with self.store.until(deadline):
-                self._finish(event, sub, body, trace, started, claim.attempts)
+                self._finish(event, sub, body, sealed, claim.attempts)
         except Exception:
             try:
                 with self.store.until(deadline):
@@ -236,7 +224,7 @@ class Pipeline:
             except Exception:  # noqa: BLE001 - its lease runs out instead
                 log.warning("could not release the claim of %s %s", event.name, event.callid)
             raise
-        return self._respond(event, body, trace, started)
+        return self._respond(event, body, sealed, started)
 
     def _fallback(
         self, event: Event, trace: dict[str, Any], started: float, **why: Any
@@ -244,8 +232,9 @@ class Pipeline:
         """Answer a decision callback with the configured fallback; ``why`` goes into the
         trace (``rule``, ``duplicate``)."""
         svaml = self.fallback[event.name]
-        trace.update(why, answer=svaml.to_dict())
-        return self._respond(event, svaml.to_json(), trace, started)
+        trace.update(why)
+        sealed = self._seal(trace, started, svaml.to_dict())
+        return self._respond(event, svaml.to_json(), sealed, started)
 
     def _merge(
         self, event: Event, results: list[tuple[str, Decision | None]], trace: dict[str, Any]
@@ -273,19 +262,18 @@ class Pipeline:
     def _wait_for_answer(self, event: Event, sub: str, until: float) -> str | None:
         with self.store.until(until):
             while time.monotonic() < until:
-                claim = self.store.answer_of(event.callid, event.name, sub)
-                if claim.status == "done":
-                    return claim.answer
+                answer = self.store.answer_of(event.callid, event.name, sub)
+                if answer is not None:
+                    return answer
                 time.sleep(POLL_INTERVAL)
         return None
 
     def _duplicate(
         self, event: Event, answer: str | None, trace: dict[str, Any], started: float
     ) -> Response:
-        trace.update(
-            rule="duplicate", duplicate=True, answer=json.loads(answer) if answer else None
-        )
-        return self._respond(event, answer or "", trace, started)
+        trace.update(rule="duplicate", duplicate=True)
+        sealed = self._seal(trace, started, json.loads(answer) if answer else None)
+        return self._respond(event, answer or "", sealed, started)
 
     # ------------------------------------------------------------------ observers
 
@@ -303,13 +291,14 @@ class Pipeline:
                 if claim.status == "busy":  # processed elsewhere now: wait, or take it over
                     claim = self._wait_for_claim(event, sub, text, deadline)
             if claim.status == "new":
-                self._work(event, sub, trace, claim, deadline)
+                _, sealed = self._work(event, sub, trace, claim, deadline, started)
             else:
                 trace.update(rule="duplicate", duplicate=True)
+                sealed = self._seal(trace, started)
         self.store.flush(mine.seq)
-        if trace["duplicate"]:  # what another worker stored must be on disk too
+        if sealed.duplicate:  # what another worker stored must be on disk too
             self.store.sync()
-        return self._respond(event, "", trace, started)
+        return self._respond(event, "", sealed, started)
 
     def _wait_for_claim(self, event: Event, sub: str, body: str, until: float) -> Claim:
         """A callback claimed by another worker: wait until it is done, or until its
@@ -324,10 +313,17 @@ class Pipeline:
                 return claim
 
     def _work(
-        self, event: Event, sub: str, trace: dict[str, Any], claim: Claim, deadline: float
-    ) -> str:
+        self,
+        event: Event,
+        sub: str,
+        trace: dict[str, Any],
+        claim: Claim,
+        deadline: float,
+        started: float,
+    ) -> tuple[str, Trace]:
         """Run the plugins' DiCE/Notify work that has not succeeded yet; record the
-        callback done, or waiting for a retry, or parked. Returns which. If the core
+        callback done, or waiting for a retry, or parked. Returns which, and the trace
+        recorded. If the core
         itself fails meanwhile (a flush to disk), the work waits for a retry, and the
         error is raised: whether it is on disk is not known."""
         skip = set(claim.done)
@@ -343,11 +339,11 @@ class Pipeline:
             )
         except Exception as exc:
             problem = {"plugin": "(core)", "error": f"{type(exc).__name__}: {exc}"}
-            self._record(event, sub, trace, claim, [problem], skip, deadline)
+            self._record(event, sub, trace, claim, [problem], skip, deadline, started)
             raise
         failed = [p for p in trace["plugins"] if p.get("error")]
         done = skip | {p["plugin"] for p in trace["plugins"] if not p.get("error")}
-        return self._record(event, sub, trace, claim, failed, done, deadline)
+        return self._record(event, sub, trace, claim, failed, done, deadline, started)
 
     def _record(
         self,
@@ -358,15 +354,17 @@ class Pipeline:
         failed: list[dict[str, Any]],
         done: set[str],
         deadline: float,
-    ) -> str:
+        started: float,
+    ) -> tuple[str, Trace]:
         """Record how the work of ``claim`` went: done, waiting for a retry (with the
         backoff), or parked after ``policy.retry_attempts``."""
         try:  # before the claim's lease ends, so no other worker has taken it yet
             with self.store.until(deadline + LEASE_MARGIN / 2):
                 if not failed:
                     trace["rule"] = "observed"
-                    self._finish(event, sub, None, trace, time.monotonic(), claim.attempts)
-                    return "done"
+                    sealed = self._seal(trace, started)
+                    self._finish(event, sub, None, sealed, claim.attempts)
+                    return "done", sealed
                 policy = self.settings.policy
                 park = claim.attempts >= policy["retry_attempts"]
                 delay = min(
@@ -380,6 +378,7 @@ class Pipeline:
                     if park
                     else f"retry in {delay:g} s: {error}"
                 )
+                sealed = self._seal(trace, started)
                 self.store.postpone(
                     event.callid,
                     event.name,
@@ -389,7 +388,7 @@ class Pipeline:
                     error=error,
                     retry_at=time.time() + delay,
                     park=park,
-                    trace=json.dumps(trace, default=str),
+                    trace=sealed.to_json(),
                 )
                 (log.error if park else log.warning)(
                     "%s for call %s %s: %s",
@@ -398,7 +397,7 @@ class Pipeline:
                     f"parked after {claim.attempts} attempts" if park else f"retried in {delay:g} s",
                     error,
                 )
-                return "parked" if park else "retry"
+                return ("parked" if park else "retry"), sealed
         except Exception as exc:  # noqa: BLE001 - the claim's lease runs out: retried then
             log.error(
                 "could not record the outcome of %s for call %s (%s); retried when its lease ends",
@@ -407,7 +406,7 @@ class Pipeline:
                 exc,
             )
             trace["notes"].append("outcome not recorded; retried when the claim's lease ends")
-            return "retry"
+            return "retry", self._seal(trace, started)
 
     def retry(self, item: Waiting) -> str:
         """Run the plugins' work on a received DiCE or Notify again (for the retry
@@ -439,7 +438,7 @@ class Pipeline:
             return "parked"
         trace = self._new_trace(event)
         with self.store.deferred_flush() as mine:
-            outcome = self._work(event, item.sub, trace, claim, deadline)
+            outcome, _ = self._work(event, item.sub, trace, claim, deadline, started)
         self.store.flush(mine.seq)
         self.metrics.child(self.metrics.retries, event.name, outcome).inc()
         return outcome
@@ -456,21 +455,17 @@ class Pipeline:
         skip: set[str] | frozenset[str] = frozenset(),
         attempt: int = 1,
     ) -> list[tuple[str, Decision | None]] | None:
-        """Run every plugin's hook for ``event``, each timed and isolated.
-
-        The hooks start one after another in a single worker task (one thread hand-off
-        for the lot, instead of one each); as soon as one of them takes longer than
-        ``core.dispatch.FAN_OUT_AFTER`` (or its own timeout), the ones after it are started at once in
-        workers of their own, so a slow or hung plugin delays the others by that much
-        at most. Returns ``(plugin, decision)`` in precedence order, or ``None`` when a
-        plugin without its own timeout was still running as the budget ran out.
+        """Run every plugin's hook for ``event``, each timed and isolated, as
+        ``core.dispatch`` schedules them. Returns ``(plugin, decision)`` in precedence
+        order, or ``None`` when a plugin without its own timeout was still running as
+        the budget ran out.
 
         Plugins in ``skip`` are not run (their work on this callback succeeded before).
         A plugin whose circuit breaker is open is not run either: its ``on_error``
         applies at once (see ``core.breaker``).
         """
         impls = self.plugins.impls(f"switchboard_{event.name}")
-        calls: list[tuple[Impl, CallContext, float, str]] = []
+        calls: list[tuple[Call, str]] = []
         shunned: list[tuple[Impl, str, str]] = []
         now = time.monotonic()
         for impl in impls:
@@ -497,10 +492,10 @@ class Pipeline:
             )
             own = config.get("timeout")
             timeout = own if own is not None else self.budget * DEFAULT_TIMEOUT_SHARE
-            calls.append((impl, ctx, timeout, on_error))
+            calls.append((Call(impl, impl.plugin, event, ctx, timeout, self._running), on_error))
 
         cutoff = deadline - self.budget * MERGE_RESERVE
-        runs = self._start(event, calls, cutoff)
+        dispatched = dispatch(self.executor, [call for call, _ in calls], cutoff)
         results: list[tuple[str, Decision | None]] = []
         over_budget = False
         for impl, on_error, why in shunned:
@@ -517,65 +512,63 @@ class Pipeline:
             trace["plugins"].append(skipped)
             self.metrics.child(self.metrics.plugin_errors, impl.plugin, event.name, why).inc()
             results.append(self._on_error(impl.plugin, on_error, skipped, decision))
-        for run in runs:
-            entry: dict[str, Any] = {"plugin": run.impl.plugin}
-            wait_until = min(run.started + run.timeout, cutoff)
-            try:
-                value, elapsed = run.future.result(timeout=max(0.0, wait_until - time.monotonic()))
-            except FutureTimeout:
-                waited = wait_until - run.started
-                if run.handoff.abandon():
-                    entry.update(status="timeout", ms=_ms(time.monotonic() - run.started))
-                    entry["error"] = f"still running after {waited:.3f} s"
-                    if self.breaker.timed_out(run.impl.plugin, time.monotonic()):
-                        self._breaker_opened(run.impl.plugin)
-                else:  # never started: not the plugin's fault, and it will not run now
-                    self.breaker.untried(run.impl.plugin)
-                    entry.update(status="not-started", ms=_ms(time.monotonic() - run.started))
-                    entry["error"] = f"no hook worker was free within {waited:.3f} s"
-                if run.started + run.timeout > cutoff:
+        flush = 0
+        for call, on_error in calls:
+            plugin = call.plugin
+            entry: dict[str, Any] = {"plugin": plugin}
+            if call.status == "timeout":
+                waited = call.wait_until(dispatched, cutoff) - call.started
+                entry.update(status="timeout", ms=_ms(time.monotonic() - call.started))
+                entry["error"] = f"still running after {waited:.3f} s"
+                if self.breaker.timed_out(plugin, time.monotonic()):
+                    self._breaker_opened(plugin)
+                if call.started + call.timeout > cutoff:
                     over_budget = True
-                results.append(self._on_error(run.impl.plugin, run.on_error, entry, decision))
-            except Saturated as exc:
-                self.breaker.untried(run.impl.plugin)
-                entry.update(status="saturated", ms=_ms(time.monotonic() - run.started))
-                entry["error"] = str(exc)
-                results.append(self._on_error(run.impl.plugin, run.on_error, entry, decision))
-            except Exception as exc:  # noqa: BLE001 - a plugin's error is its own
-                self.breaker.succeeded(run.impl.plugin)  # it came back: it does not hang
-                entry.update(status="error", ms=_ms(time.monotonic() - run.started))
-                entry["error"] = f"{type(exc).__name__}: {exc}"
-                results.append(self._on_error(run.impl.plugin, run.on_error, entry, decision))
+            elif call.status == "not-started":  # not the plugin's fault; it will not run now
+                self.breaker.untried(plugin)
+                waited = call.wait_until(dispatched, cutoff) - dispatched
+                entry.update(status="not-started", ms=_ms(time.monotonic() - dispatched))
+                entry["error"] = f"no hook worker was free within {waited:.3f} s"
+                if dispatched + call.timeout > cutoff:
+                    over_budget = True
+            elif call.status == "saturated":
+                self.breaker.untried(plugin)
+                entry.update(status="saturated", ms=0.0)
+                entry["error"] = (
+                    f"{self._running.limit} of its calls were running already: not started"
+                )
+            elif call.error is not None:
+                self.breaker.succeeded(plugin)  # it came back: it does not hang
+                entry.update(status="error", ms=_ms(call.elapsed))
+                entry["error"] = f"{type(call.error).__name__}: {call.error}"
             else:
-                entry["ms"] = _ms(elapsed)
-                self.breaker.succeeded(run.impl.plugin)
+                flush = max(flush, call.seq)
+                entry["ms"] = _ms(call.elapsed)
+                self.breaker.succeeded(plugin)
+                value = call.value
                 if decision and value is not None and not isinstance(value, Decision):
                     entry["status"] = "error"
                     entry["error"] = f"returned {type(value).__name__}, expected Decision or None"
-                    results.append(self._on_error(run.impl.plugin, run.on_error, entry, decision))
                 elif decision and value is not None:
                     entry.update(status="decided", decision=value.describe())
-                    results.append((run.impl.plugin, value))
+                    results.append((plugin, value))
                 else:
                     entry["status"] = "abstained" if decision else "ok"
-                    results.append((run.impl.plugin, None))
-            self.metrics.child(self.metrics.plugin_latency, run.impl.plugin, event.name).observe(
+                    results.append((plugin, None))
+            if "error" in entry:
+                results.append(self._on_error(plugin, on_error, entry, decision))
+                self.metrics.child(
+                    self.metrics.plugin_errors, plugin, event.name, entry["status"]
+                ).inc()
+                self._plugin_logs.get(plugin, log).warning(
+                    "%s %s for call %s: %s", event.name, entry["status"], event.callid, entry["error"]
+                )
+            self.metrics.child(self.metrics.plugin_latency, plugin, event.name).observe(
                 entry["ms"] / 1000
             )
-            if entry.get("error"):
-                self.metrics.child(
-                    self.metrics.plugin_errors, run.impl.plugin, event.name, entry["status"]
-                ).inc()
-                self._plugin_logs.get(run.impl.plugin, log).warning(
-                    "%s %s for call %s: %s",
-                    event.name,
-                    entry["status"],
-                    event.callid,
-                    entry["error"],
-                )
             trace["plugins"].append(entry)
-        # the commits of every hook collected reach the disk once, before the answer
-        self.store.flush(max((run.handoff.collect() for run in runs), default=0))
+        # the commits of every hook that finished reach the disk once, before the answer
+        self.store.flush(flush)
         results.sort(key=lambda r: self._rank[r[0]])  # precedence order, shunned included
         if decision and over_budget:
             return None
@@ -591,31 +584,6 @@ class Pipeline:
             self.breaker.cooldown,
         )
 
-    def _start(
-        self, event: Event, calls: list[tuple[Impl, CallContext, float, str]], cutoff: float
-    ) -> list[PluginRun]:
-        """Start the hooks: in sequence in one worker, fanning out when one is slow."""
-        runs: list[PluginRun] = []
-        if not calls:
-            return runs
-        handoffs = [Handoff(impl.plugin, self._running) for impl, _, _, _ in calls]
-        seq = Sequence(
-            event,
-            [(impl, ctx, h) for (impl, ctx, _, _), h in zip(calls, handoffs, strict=True)],
-        )
-        submitted = time.monotonic()
-        self.executor.submit(seq.run)
-        last = seq.watch(submitted, [timeout for _, _, timeout, _ in calls], cutoff)
-        for j, (impl, ctx, timeout, on_error) in enumerate(calls):
-            handoff = handoffs[j]
-            if j <= last:
-                began = seq.started_at(j) or submitted
-                runs.append(PluginRun(impl, SeqResult(seq, j), timeout, on_error, began, handoff))
-            else:  # after a slow one: each in a worker of its own, now
-                future = self.executor.submit(timed, impl, event, ctx, handoff)
-                runs.append(PluginRun(impl, future, timeout, on_error, time.monotonic(), handoff))
-        return runs
-
     def _on_error(
         self, plugin: str, on_error: str, entry: dict[str, Any], decision: bool
     ) -> tuple[str, Decision | None]:
@@ -628,6 +596,8 @@ class Pipeline:
     # ------------------------------------------------------------------ recording
 
     def _new_trace(self, event: Event) -> dict[str, Any]:
+        """The trace being drafted while the callback is processed (``_seal`` turns it
+        into the ``core.trace.Trace`` recorded and shown)."""
         return {
             "callid": event.callid,
             "event": event.name,
@@ -636,32 +606,51 @@ class Pipeline:
             "duplicate": False,
             "plugins": [],
             "decided_by": [],
+            "capped_by": None,
             "conflicts": [],
             "notes": [],
-            "answer": None,
+            "attempt": None,
         }
 
-    def _finish(
-        self,
-        event: Event,
-        sub: str,
-        body: str | None,
-        trace: dict[str, Any],
-        started: float,
-        attempts: int,
-    ) -> None:
-        trace["elapsed_ms"] = _ms(time.monotonic() - started)
-        outcome = trace["answer"]["action"]["name"] if trace.get("answer") else trace["rule"]
-        self.store.finish(
-            event.callid, event.name, sub, body, json.dumps(trace, default=str), outcome, attempts
+    def _seal(
+        self, draft: dict[str, Any], started: float, answer: dict[str, Any] | None = None
+    ) -> Trace:
+        return Trace(
+            callid=draft["callid"],
+            event=draft["event"],
+            received_at=draft["received_at"],
+            rule=draft["rule"],
+            duplicate=draft["duplicate"],
+            plugins=tuple(
+                PluginResult(
+                    p["plugin"],
+                    p["status"],
+                    p.get("ms", 0.0),
+                    frozen(p["decision"]) if "decision" in p else None,
+                    p.get("error"),
+                    p.get("on_error"),
+                )
+                for p in draft["plugins"]
+            ),
+            decided_by=tuple(draft["decided_by"]),
+            capped_by=draft["capped_by"],
+            conflicts=frozen(draft["conflicts"]),
+            notes=tuple(draft["notes"]),
+            answer=frozen(answer) if answer is not None else None,
+            elapsed_ms=_ms(time.monotonic() - started),
+            attempt=draft["attempt"],
         )
 
-    def _respond(self, event: Event, body: str, trace: dict[str, Any], started: float) -> Response:
-        trace["elapsed_ms"] = _ms(time.monotonic() - started)
-        answer = trace.get("answer")
-        outcome = (
-            answer["action"]["name"] if answer else ("duplicate" if trace["duplicate"] else "ok")
-        )
+    def _finish(
+        self, event: Event, sub: str, body: str | None, trace: Trace, attempts: int
+    ) -> None:
+        outcome = trace.answer["action"]["name"] if trace.answer else (trace.rule or "")
+        self.store.finish(event.callid, event.name, sub, body, trace.to_json(), outcome, attempts)
+
+    def _respond(self, event: Event, body: str, trace: Trace, started: float) -> Response:
+        latency = time.monotonic() - started
+        answer = trace.answer
+        outcome = answer["action"]["name"] if answer else ("duplicate" if trace.duplicate else "ok")
         if log.isEnabledFor(logging.INFO):
             log.info(
                 json.dumps(
@@ -670,41 +659,41 @@ class Pipeline:
                         "event": event.name,
                         "status": 200,
                         "outcome": outcome,
-                        "rule": trace["rule"],
-                        "latency_ms": trace["elapsed_ms"],
+                        "rule": trace.rule,
+                        "latency_ms": _ms(latency),
                         "plugins": {
-                            p["plugin"]: f"{p['status']}:{p.get('ms', 0)}ms"
-                            + (f":{p['decision']['kind']}" if "decision" in p else "")
-                            for p in trace["plugins"]
+                            p.plugin: f"{p.status}:{p.ms}ms"
+                            + (f":{p.decision['kind']}" if p.decision is not None else "")
+                            for p in trace.plugins
                         },
-                        "conflicts": len(trace["conflicts"]),
+                        "conflicts": len(trace.conflicts),
                     },
                     separators=(",", ":"),
                 )
             )
-        self._count(event, trace, outcome)
+        self._count(event, trace, outcome, latency)
         after = None
         observers = self.plugins.impls("switchboard_after_answer")
         if observers:
             after = functools.partial(self._after_answer, observers, event, trace)
-        return Response(200, body, trace, after)
+        return Response(200, body, after)
 
-    def _count(self, event: Event, trace: dict[str, Any], outcome: str) -> None:
-        m, name, rule = self.metrics, event.name, trace["rule"]
+    def _count(self, event: Event, trace: Trace, outcome: str, latency: float) -> None:
+        m, name, rule = self.metrics, event.name, trace.rule
         m.child(m.callbacks, name, outcome).inc()
-        m.child(m.latency, name).observe(trace["elapsed_ms"] / 1000)
+        m.child(m.latency, name).observe(latency)
         if name not in DECISION_EVENTS or rule is None:
             return
         m.child(m.decisions, name, rule).inc()
         if rule in FALLBACK_RULES:
             m.child(m.fallbacks, name, rule).inc()
-        if trace["conflicts"]:
-            m.child(m.conflicts, name).inc(len(trace["conflicts"]))
+        if trace.conflicts:
+            m.child(m.conflicts, name).inc(len(trace.conflicts))
         if rule == "deny":
-            for plugin in trace["decided_by"]:
+            for plugin in trace.decided_by:
                 m.child(m.denials, name, plugin).inc()
-        if trace.get("capped_by"):
-            m.child(m.caps, name, trace["capped_by"]).inc()
+        if trace.capped_by:
+            m.child(m.caps, name, trace.capped_by).inc()
 
     def count_reject(self, status: int, reason: str | None = None) -> None:
         """Count a request refused before any plugin ran."""
@@ -736,20 +725,19 @@ class Pipeline:
         self.count_reject(status, reason)
         return Response(status, error_body(message, field_name))
 
-    def _after_answer(self, impls: tuple[Impl, ...], event: Event, trace: dict[str, Any]) -> None:
+    def _after_answer(self, impls: tuple[Impl, ...], event: Event, trace: Trace) -> None:
         """Run the after-answer observers (``Response.after``). The web layer calls this
         on the thread that served the request, once the answer is sent, so no thread
         hand-off is paid for the common, quick observer. A plugin whose observer once
         takes longer than ``SLOW_OBSERVER`` runs in the worker pool from then on, so a
         slow or hung observer holds a server thread at most once."""
-        frozen_trace = freeze(trace)  # JSON values only: a deep read-only copy
-        answer = frozen_trace["answer"]
+        answer = trace.answer
         for impl in impls:
             if impl.plugin in self._slow_observers:
-                self.in_background(functools.partial(_observer, impl, event, answer, frozen_trace))
+                self.in_background(functools.partial(_observer, impl, event, answer, trace))
                 continue
             began = time.monotonic()
-            _observer(impl, event, answer, frozen_trace)
+            _observer(impl, event, answer, trace)
             took = time.monotonic() - began
             if took > SLOW_OBSERVER:
                 self._slow_observers.add(impl.plugin)
