@@ -25,6 +25,8 @@ from core.events import (
 )
 from core.hookspecs import hookimpl
 from core.context import CallContext
+from core.metrics import StoreGauges
+from core.trace import PluginResult, Trace
 from core.plugins import PluginError
 from core.store import Migration, Store, StoreError, StoreTimeout, Tx
 from core.svaml import (
@@ -64,6 +66,9 @@ __all__ = [
     # the contract
     "hookimpl",
     "CallContext",
+    "Trace",
+    "PluginResult",
+    "StoreGauges",
     "Decision",
     "PluginError",
     # events

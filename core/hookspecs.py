@@ -63,6 +63,7 @@ from core.context import CallContext
 from core.decisions import Decision
 from core.events import Ace, Dice, Event, Ice, Notify, Pie
 from core.store import Migration, Store
+from core.trace import Trace
 
 PROJECT = "switchboard"
 
@@ -179,7 +180,7 @@ def switchboard_notify(event: Notify, ctx: CallContext) -> None:
 
 @hookspec
 def switchboard_after_answer(
-    event: Event, answer: Mapping[str, Any] | None, trace: Mapping[str, Any]
+    event: Event, answer: Mapping[str, Any] | None, trace: Trace
 ) -> None:
     """Observe every answered callback, after the answer is decided.
 
@@ -192,7 +193,8 @@ def switchboard_after_answer(
 
     :param event: the parsed event.
     :param answer: the SVAML sent (a read-only mapping), or ``None`` for DiCE/Notify.
-    :param trace: the read-only decision trace (plugins, times, errors, rule).
+    :param trace: the decision trace (``core.Trace``: the rule, each plugin's result
+        and time, conflicts, notes; the same as recorded), read-only.
 
     Return nothing; errors are logged.
     """

@@ -40,6 +40,8 @@ from core import (
     Migration,
     Say,
     Store,
+    StoreGauges,
+    Trace,
     Tx,
     between,
     hookimpl,
@@ -201,32 +203,6 @@ def fmt(minor: int, decimals: int) -> str:
     return f"{Decimal(minor).scaleb(-decimals):.{decimals}f}"
 
 
-class _ReservationCollector:
-    """Open reservations, read from the store at scrape time."""
-
-    def __init__(self, plugin: Credit) -> None:
-        self.plugin = plugin
-
-    def collect(self) -> Any:
-        from prometheus_client.core import GaugeMetricFamily
-
-        count = GaugeMetricFamily(
-            "switchboard_credit_reservations_open", "Calls holding a credit reservation"
-        )
-        amount = GaugeMetricFamily(
-            "switchboard_credit_reserved_minor_units",
-            "Credit held by open reservations (minor units)",
-        )
-        if self.plugin.store is not None:
-            n, total = self.plugin.store.query(
-                "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM credit_reservations WHERE status = 'open'"
-            )[0]
-            count.add_metric([], int(n))
-            amount.add_metric([], int(total))
-        yield count
-        yield amount
-
-
 class Credit:
     """One instance per server."""
 
@@ -320,7 +296,19 @@ class Credit:
     def switchboard_metrics(self, registry: Any) -> None:
         from prometheus_client import Counter
 
-        registry.register(_ReservationCollector(self))
+        if self.store is not None:
+            registry.register(
+                StoreGauges(
+                    self.store,
+                    "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM credit_reservations "
+                    "WHERE status = 'open'",
+                    ("switchboard_credit_reservations_open", "Calls holding a credit reservation"),
+                    (
+                        "switchboard_credit_reserved_minor_units",
+                        "Credit held by open reservations (minor units)",
+                    ),
+                )
+            )
         self._overruns = Counter(
             "switchboard_credit_overruns_total",
             "Calls whose DiCE reported more than they were granted (or a debit above the "
@@ -465,7 +453,7 @@ class Credit:
 
     @hookimpl
     def switchboard_after_answer(
-        self, event: Event, answer: Mapping[str, Any] | None, trace: Mapping[str, Any]
+        self, event: Event, answer: Mapping[str, Any] | None, trace: Trace
     ) -> None:
         """Fit the reservation to the answer that was sent.
 
@@ -473,7 +461,7 @@ class Credit:
         capped lower than what was reserved (another plugin's cap, the action's own
         maxDuration) keeps only what that shorter call can cost.
         """
-        if event.name != "ice" or answer is None or self.store is None or trace["duplicate"]:
+        if event.name != "ice" or answer is None or self.store is None or trace.duplicate:
             return  # a repeated delivery's answer says nothing new about the call
         reserved = self._reserved.pop(event.callid, None)
         action = answer["action"]

@@ -360,7 +360,7 @@ def test_after_answer_sees_the_answer_and_trace(make):
     class Watcher:
         @hookimpl
         def switchboard_after_answer(self, event, answer, trace):
-            got.append((event.name, answer, trace["rule"]))
+            got.append((event.name, answer, trace.rule))
 
     _, app = make({"watch": Watcher(), "router": Fixed(Decision.propose(PSTN))})
     post(app, ice("c13"))

@@ -72,5 +72,12 @@ def test_the_contract_depends_only_on_public_types():
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("core")
     }
-    assert imported <= {"core.config", "core.context", "core.decisions", "core.events", "core.store"}
+    assert imported <= {
+        "core.config",
+        "core.context",
+        "core.decisions",
+        "core.events",
+        "core.store",
+        "core.trace",
+    }
     assert hookspecs.CallContext is core.CallContext

@@ -1,0 +1,167 @@
+"""The decision trace: why a callback was answered as it was (a public, typed schema).
+
+One ``Trace`` per callback answered, built once by the pipeline when the answer is
+decided, stored once as JSON with the callback (``Store.traces``), and read by the trace
+view (``GET /admin/trace/<callid>``), ``serve.py trace``, the CRM record, the
+``switchboard_after_answer`` observers and the test kit. Its JSON form is::
+
+    {"callid": "...", "event": "ice",            # the callback
+     "received_at": "2026-11-29T08:00:00.123+00:00",
+     "rule": "proposal",                          # the merge rule that decided, or why not
+     "duplicate": false,                          # a redelivery answered from the store
+     "plugins": [                                 # one entry per plugin asked, in order
+        {"plugin": "allowlist", "status": "decided", "ms": 0.4,
+         "decision": {"kind": "propose", ...}},
+        {"plugin": "crm", "status": "timeout", "ms": 1500.0,
+         "error": "still running after 1.500 s", "on_error": "abstain"}],
+     "decided_by": ["allowlist"], "capped_by": "credit",
+     "conflicts": [...], "notes": ["..."],
+     "answer": {"action": {"name": "connectPstn", ...}},   # the SVAML sent (null for DiCE)
+     "elapsed_ms": 3.2,
+     "attempt": 2}                                # only on a DiCE/Notify retried
+
+A plugin entry's ``status`` is one of ``PLUGIN_STATUSES``; ``error`` and ``on_error`` are
+present when the plugin failed (and ``on_error`` says what it counted as), ``decision``
+when it decided.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+PLUGIN_STATUSES = (
+    "decided",  # returned a Decision (decision hooks)
+    "abstained",  # returned None (decision hooks)
+    "ok",  # finished (DiCE/Notify hooks)
+    "error",  # raised, or returned something that is not a Decision
+    "timeout",  # still running at its timeout or the budget: abandoned
+    "not-started",  # no hook worker was free before it was given up on
+    "saturated",  # the plugin had as many hooks running as it may: not run
+    "breaker-open",  # its circuit breaker was open: not run
+)
+
+
+def frozen(value: Any) -> Any:
+    """A read-only deep copy of a JSON value (mappings become ``MappingProxyType``,
+    lists tuples)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: frozen(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(frozen(v) for v in value)
+    return value
+
+
+def thawed(value: Any) -> Any:
+    """The JSON-serialisable form of a ``frozen`` value."""
+    if isinstance(value, Mapping):
+        return {k: thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thawed(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PluginResult:
+    """What one plugin did for the callback."""
+
+    plugin: str
+    status: str
+    ms: float = 0.0
+    decision: Mapping[str, Any] | None = None
+    error: str | None = None
+    on_error: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PluginResult:
+        return cls(
+            plugin=d["plugin"],
+            status=d["status"],
+            ms=d.get("ms", 0.0),
+            decision=frozen(d["decision"]) if d.get("decision") is not None else None,
+            error=d.get("error"),
+            on_error=d.get("on_error"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"plugin": self.plugin, "status": self.status, "ms": self.ms}
+        if self.decision is not None:
+            out["decision"] = thawed(self.decision)
+        if self.error is not None:
+            out["error"] = self.error
+        if self.on_error is not None:
+            out["on_error"] = self.on_error
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """Why one callback was answered as it was (see the module docstring)."""
+
+    callid: str
+    event: str
+    received_at: str
+    rule: str | None = None
+    duplicate: bool = False
+    plugins: tuple[PluginResult, ...] = ()
+    decided_by: tuple[str, ...] = ()
+    capped_by: str | None = None
+    conflicts: tuple[Mapping[str, Any], ...] = ()
+    notes: tuple[str, ...] = ()
+    answer: Mapping[str, Any] | None = None
+    elapsed_ms: float = 0.0
+    attempt: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Trace:
+        return cls(
+            callid=d.get("callid") or "",
+            event=d.get("event") or "",
+            received_at=d.get("received_at") or "",
+            rule=d.get("rule"),
+            duplicate=bool(d.get("duplicate")),
+            plugins=tuple(PluginResult.from_dict(p) for p in d.get("plugins") or ()),
+            decided_by=tuple(d.get("decided_by") or ()),
+            capped_by=d.get("capped_by"),
+            conflicts=frozen(list(d.get("conflicts") or ())),
+            notes=tuple(d.get("notes") or ()),
+            answer=frozen(d["answer"]) if d.get("answer") is not None else None,
+            elapsed_ms=d.get("elapsed_ms", 0.0),
+            attempt=d.get("attempt"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Trace:
+        return cls.from_dict(json.loads(text))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "callid": self.callid,
+            "event": self.event,
+            "received_at": self.received_at,
+            "rule": self.rule,
+            "duplicate": self.duplicate,
+            "plugins": [p.to_dict() for p in self.plugins],
+            "decided_by": list(self.decided_by),
+            "capped_by": self.capped_by,
+            "conflicts": thawed(self.conflicts),
+            "notes": list(self.notes),
+            "answer": thawed(self.answer),
+            "elapsed_ms": self.elapsed_ms,
+        }
+        if self.attempt is not None:
+            out["attempt"] = self.attempt
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+
+    def plugin(self, name: str) -> PluginResult:
+        """The entry of plugin ``name`` (``KeyError`` when it was not asked)."""
+        for entry in self.plugins:
+            if entry.plugin == name:
+                return entry
+        raise KeyError(name)
