@@ -7,9 +7,13 @@ the crm plugin its outbox depth and dead letters).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from core.store import Store
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 FALLBACK_RULES = frozenset(
@@ -124,3 +128,24 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+
+class StoreGauges:
+    """Gauges read from the store at scrape time: ``sql`` returns one row, one number per
+    gauge, in the order of ``gauges`` (``(name, help)`` pairs). While the store does not
+    answer, the gauges are left out rather than the page failing. Register one with
+    ``registry.register(StoreGauges(store, sql, ...))`` in ``switchboard_metrics``."""
+
+    def __init__(self, store: Store, sql: str, *gauges: tuple[str, str]) -> None:
+        self.store, self.sql, self.gauges = store, sql, gauges
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, text) for name, text in self.gauges]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            row = self.store.query(self.sql)[0]
+        except Exception:  # noqa: BLE001 - the store is down: no figure rather than no page
+            return
+        for (name, text), value in zip(self.gauges, row, strict=True):
+            yield GaugeMetricFamily(name, text, value=int(value or 0))

@@ -17,7 +17,9 @@ import logging
 import threading
 from typing import Any
 
+from core.metrics import StoreGauges
 from core.pipeline import Pipeline
+from core.store import Store
 
 log = logging.getLogger("switchboard.retry")
 
@@ -78,35 +80,20 @@ class Retrier:
                 self._stop.wait(self.interval)
 
 
-class WaitingCollector:
-    """``switchboard_callbacks_retrying`` and ``switchboard_callbacks_parked``: received
-    DiCE/Notify callbacks whose plugin work is waiting for a retry, or parked."""
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.store = pipeline.store
-
-    def collect(self) -> Any:
-        from prometheus_client.core import GaugeMetricFamily
-
-        retrying = GaugeMetricFamily(
+def waiting_gauges(store: Store) -> StoreGauges:
+    """``switchboard_callbacks_retrying`` and ``switchboard_callbacks_parked``."""
+    return StoreGauges(
+        store,
+        "SELECT COALESCE(SUM(CASE WHEN state = 'retry' THEN 1 ELSE 0 END), 0), "
+        "COALESCE(SUM(CASE WHEN state = 'parked' THEN 1 ELSE 0 END), 0) "
+        "FROM callbacks WHERE state IN ('retry', 'parked')",
+        (
             "switchboard_callbacks_retrying",
             "Received DiCE/Notify callbacks whose plugin work failed and waits for a retry",
-        )
-        parked = GaugeMetricFamily(
+        ),
+        (
             "switchboard_callbacks_parked",
             "Received DiCE/Notify callbacks whose plugin work was given up on after "
             "policy.retry_attempts (serve.py inbox)",
-        )
-        try:
-            counts = dict(
-                self.store.query(
-                    "SELECT state, COUNT(*) FROM callbacks WHERE state IN ('retry', 'parked') "
-                    "GROUP BY state"
-                )
-            )
-        except Exception:  # noqa: BLE001 - the store is down: no figure rather than no page
-            return
-        retrying.add_metric([], int(counts.get("retry", 0)))
-        parked.add_metric([], int(counts.get("parked", 0)))
-        yield retrying
-        yield parked
+        ),
+    )

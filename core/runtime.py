@@ -17,7 +17,7 @@ from core.config import ConfigError, Settings, with_plugins
 from core.metrics import Metrics
 from core.pipeline import Pipeline
 from core.plugins import PluginError, Plugins, declared_keys, make_plugins
-from core.retry import Retrier, WaitingCollector
+from core.retry import Retrier, waiting_gauges
 from core.store import CORE_MIGRATIONS, Migration, Store, open_store
 
 log = logging.getLogger("switchboard")
@@ -56,7 +56,7 @@ class Runtime:
         self.metrics = Metrics()
         self._inflight = 0
         self._inflight_lock = threading.Lock()
-        self._started = False
+        self._close_store_on_retire = True
 
     @classmethod
     def build(
@@ -105,11 +105,11 @@ class Runtime:
         return out
 
     def pending_migrations(self) -> dict[str, list[int]]:
-        return {
+        pending = {
             owner: [m.version for m in self.store.pending(owner, items)]
             for owner, items in self.migrations().items()
-            if self.store.pending(owner, items)
         }
+        return {owner: versions for owner, versions in pending.items() if versions}
 
     def start(self, *, serving: bool = True) -> Pipeline:
         """Apply migrations, run start-up hooks, and return the callback pipeline.
@@ -131,7 +131,7 @@ class Runtime:
             self.settings, self.plugins, self.store, clock=self.clock, metrics=self.metrics
         )
         if serving:
-            self.metrics.registry.register(WaitingCollector(self.pipeline))
+            self.metrics.registry.register(waiting_gauges(self.store))
             self.retrier = Retrier(self.pipeline)
             self.retrier.start()
         if self.settings.sinch["insecure"]:
@@ -161,7 +161,7 @@ class Runtime:
         self._close_store_on_retire = close_store
 
     def close_retired(self) -> None:
-        self.close(close_store=getattr(self, "_close_store_on_retire", True))
+        self.close(close_store=self._close_store_on_retire)
 
     def close(self, *, close_store: bool = True) -> None:
         """Stop plugins, the worker pool and (unless told not to) the store; idempotent."""

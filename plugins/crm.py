@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from core import CallContext, Dice, Key, Migration, Store, hookimpl, positive
+from core import CallContext, Dice, Key, Migration, Store, StoreGauges, hookimpl, positive
 
 log = logging.getLogger("switchboard.plugin.crm")
 
@@ -105,28 +105,6 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     )
 
 
-class _OutboxCollector:
-    """Outbox depth and dead letters, read from the store at scrape time."""
-
-    def __init__(self, plugin: Crm) -> None:
-        self.plugin = plugin
-
-    def collect(self) -> Any:
-        from prometheus_client.core import GaugeMetricFamily
-
-        outbox = GaugeMetricFamily(
-            "switchboard_crm_outbox_depth", "Call records waiting for CRM delivery"
-        )
-        dead = GaugeMetricFamily(
-            "switchboard_crm_dead_letters", "Call records that exhausted their attempts"
-        )
-        if self.plugin.store is not None:
-            outbox.add_metric([], self.plugin.store.query("SELECT COUNT(*) FROM crm_outbox")[0][0])
-            dead.add_metric([], self.plugin.store.query("SELECT COUNT(*) FROM crm_dead")[0][0])
-        yield outbox
-        yield dead
-
-
 class Crm:
     """One instance per server."""
 
@@ -163,7 +141,15 @@ class Crm:
 
     @hookimpl
     def switchboard_metrics(self, registry: Any) -> None:
-        registry.register(_OutboxCollector(self))
+        if self.store is not None:
+            registry.register(
+                StoreGauges(
+                    self.store,
+                    "SELECT (SELECT COUNT(*) FROM crm_outbox), (SELECT COUNT(*) FROM crm_dead)",
+                    ("switchboard_crm_outbox_depth", "Call records waiting for CRM delivery"),
+                    ("switchboard_crm_dead_letters", "Call records that exhausted their attempts"),
+                )
+            )
 
     @hookimpl
     def switchboard_shutdown(self) -> None:

@@ -44,8 +44,9 @@ def test_failed_migration_changes_nothing_and_names_its_owner(store):
 def test_claims(store):
     assert store.claim("c1", "ice", "", lease=30, now=1000).status == "new"
     assert store.claim("c1", "ice", "", lease=30, now=1001).status == "busy"
-    assert store.answer_of("c1", "ice", "").status == "busy"
+    assert store.answer_of("c1", "ice", "") is None
     store.finish("c1", "ice", "", '{"action":{"name":"hangup"}}', "{}", "hangup")
+    assert store.answer_of("c1", "ice", "") == '{"action":{"name":"hangup"}}'
     claim = store.claim("c1", "ice", "", lease=30, now=1002)
     assert (claim.status, claim.answer) == ("done", '{"action":{"name":"hangup"}}')
     assert store.claim("c1", "ace", "", lease=30).status == "new"  # another event of the call

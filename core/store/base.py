@@ -550,15 +550,14 @@ class Store:
                 (callid, event, sub),
             )
 
-    def answer_of(self, callid: str, event: str, sub: str) -> Claim:
+    def answer_of(self, callid: str, event: str, sub: str) -> str | None:
+        """The answer recorded for a callback once it is done; ``None`` until then."""
         rows = self.query(
-            "SELECT state, answer FROM callbacks WHERE callid = ? AND event = ? AND sub = ?",
+            "SELECT answer FROM callbacks WHERE callid = ? AND event = ? AND sub = ? "
+            "AND state = 'done'",
             (callid, event, sub),
         )
-        if not rows:
-            return Claim("missing")
-        state, answer = rows[0]
-        return Claim("done", answer) if state == "done" else Claim("busy")
+        return rows[0][0] if rows else None
 
     def traces(self, callid: str) -> list[dict[str, Any]]:
         """Every recorded callback of a call, oldest first."""
