@@ -46,22 +46,26 @@ PLUGIN_STATUSES = (
 
 
 def frozen(value: Any) -> Any:
-    """A read-only deep copy of a JSON value (mappings become ``MappingProxyType``,
-    lists tuples)."""
-    if isinstance(value, Mapping):
+    """A read-only deep copy of a JSON value (objects become ``MappingProxyType``,
+    arrays tuples)."""
+    kind = type(value)
+    if kind is dict or kind is MappingProxyType:
         return MappingProxyType({k: frozen(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(frozen(v) for v in value)
+    if kind is list or kind is tuple:
+        return tuple([frozen(v) for v in value])
     return value
 
 
-def thawed(value: Any) -> Any:
-    """The JSON-serialisable form of a ``frozen`` value."""
-    if isinstance(value, Mapping):
-        return {k: thawed(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [thawed(v) for v in value]
-    return value
+def _plain(value: Any) -> Any:
+    """For ``json.dumps``: a frozen object is written as the object it froze."""
+    if type(value) is MappingProxyType:
+        return dict(value)
+    return str(value)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON of a value that may hold ``frozen`` parts."""
+    return json.dumps(value, separators=(",", ":"), default=_plain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +93,7 @@ class PluginResult:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"plugin": self.plugin, "status": self.status, "ms": self.ms}
         if self.decision is not None:
-            out["decision"] = thawed(self.decision)
+            out["decision"] = self.decision
         if self.error is not None:
             out["error"] = self.error
         if self.on_error is not None:
@@ -138,6 +142,8 @@ class Trace:
         return cls.from_dict(json.loads(text))
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form (its parts may be frozen: write it with ``core.trace.dumps``, or
+        ``json.loads(trace.to_json())`` for plain objects)."""
         out: dict[str, Any] = {
             "callid": self.callid,
             "event": self.event,
@@ -145,11 +151,11 @@ class Trace:
             "rule": self.rule,
             "duplicate": self.duplicate,
             "plugins": [p.to_dict() for p in self.plugins],
-            "decided_by": list(self.decided_by),
+            "decided_by": self.decided_by,
             "capped_by": self.capped_by,
-            "conflicts": thawed(self.conflicts),
-            "notes": list(self.notes),
-            "answer": thawed(self.answer),
+            "conflicts": self.conflicts,
+            "notes": self.notes,
+            "answer": self.answer,
             "elapsed_ms": self.elapsed_ms,
         }
         if self.attempt is not None:
@@ -157,7 +163,7 @@ class Trace:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+        return dumps(self.to_dict())
 
     def plugin(self, name: str) -> PluginResult:
         """The entry of plugin ``name`` (``KeyError`` when it was not asked)."""
