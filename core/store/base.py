@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,23 @@ def deadline_left() -> float | None:
     return None if at is None else max(0.0, at - time.monotonic())
 
 
+class _Until:
+    """``Store.until``'s block (a class: it wraps every store call of a callback)."""
+
+    __slots__ = ("deadline", "outer")
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+    def __enter__(self) -> None:
+        outer = self.outer = getattr(_DEADLINE, "at", None)
+        deadline = self.deadline
+        _DEADLINE.at = deadline if outer is None or deadline is None else min(outer, deadline)
+
+    def __exit__(self, *exc: object) -> None:
+        _DEADLINE.at = self.outer
+
+
 @dataclass
 class Deferred:
     """Durable commits made inside ``Store.deferred_flush`` and not yet flushed."""
@@ -174,18 +191,12 @@ class Store:
         return True
 
     @staticmethod
-    @contextmanager
-    def until(deadline: float | None) -> Iterator[None]:
+    def until(deadline: float | None) -> _Until:
         """Within this block, on this thread, waits for the store (a connection, the
         write lock) end at ``deadline`` (``time.monotonic()``) with ``StoreTimeout``. The
         pipeline runs the store work of a callback, and its plugins' hooks, in one, so
         that a store that cannot answer costs a callback its budget at most."""
-        outer = getattr(_DEADLINE, "at", None)
-        _DEADLINE.at = deadline if outer is None or deadline is None else min(outer, deadline)
-        try:
-            yield
-        finally:
-            _DEADLINE.at = outer
+        return _Until(deadline)
 
     # ---- what a backend provides
 
@@ -208,14 +219,13 @@ class Store:
         a redelivered callback is processed again, such as the core's claims."""
         raise NotImplementedError
 
-    @contextmanager
-    def deferred_flush(self) -> Iterator[Deferred]:
+    def deferred_flush(self) -> AbstractContextManager[Deferred]:
         """Within this block, on this thread, durable commits return without waiting for
         the disk; the block's ``Deferred.seq`` says what ``flush`` must then wait for.
         The pipeline runs each hook in one and flushes once before it answers, so the
         commits of all a callback's plugins share one flush. Backends whose every commit
         is durable by itself (PostgreSQL) leave ``seq`` at 0."""
-        yield Deferred()
+        return nullcontext(Deferred())
 
     def flush(self, seq: int) -> None:
         """Return once the commits up to ``seq`` (from ``deferred_flush``) are on disk."""
@@ -253,11 +263,14 @@ class Store:
         try:
             yield
         except self._faults as exc:
-            reason = self._fault(exc)
-            if reason is not None:
-                self.last_write_error = reason
+            self._failed_write(exc)
             raise
         self.last_write_error = None
+
+    def _failed_write(self, exc: BaseException) -> None:
+        reason = self._fault(exc)
+        if reason is not None:
+            self.last_write_error = reason
 
     def write_fault(self) -> str | None:
         """Why the store cannot take writes now, as far as this process can tell without

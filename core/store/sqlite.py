@@ -213,18 +213,13 @@ class SqliteStore(Store):
             self._reader = self._connect("query_only=ON", f"cache_size=-{READ_CACHE_KIB}")
         return self._reader
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the write connection's lock, waiting at most until the thread's deadline."""
+    def _acquire(self) -> None:
+        """Take the write connection's lock, waiting at most until the thread's deadline."""
         left = deadline_left()
         if left is None:
             self._lock.acquire()
         elif not self._lock.acquire(timeout=left):
             raise StoreTimeout("the SQLite store was busy until the deadline")
-        try:
-            yield
-        finally:
-            self._lock.release()
 
     def _retry_busy(
         self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()
@@ -246,33 +241,58 @@ class SqliteStore(Store):
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self._locked(), self._watching_writes():
+        self._acquire()
+        try:
             conn = self._conn()
-            self._retry_busy(conn, "BEGIN IMMEDIATE")
+            try:
+                self._retry_busy(conn, "BEGIN IMMEDIATE")
+            except self._faults as exc:
+                self._failed_write(exc)
+                raise
             self._in_tx.depth = getattr(self._in_tx, "depth", 0) + 1
             try:
                 yield Tx(conn, self)
-            except BaseException:
+            except BaseException as exc:
+                if isinstance(exc, self._faults):
+                    self._failed_write(exc)
                 conn.execute("ROLLBACK")
                 raise
             finally:
                 self._in_tx.depth -= 1
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except self._faults as exc:
+                self._failed_write(exc)
+                raise
+            self.last_write_error = None
             seq = self._flush.committed() if self._flush else 0
+        finally:
+            self._lock.release()
         if seq:  # outside the lock: other writers go on while this one waits
             self._durable(seq)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if getattr(self._in_tx, "depth", 0):  # inside this thread's transaction: its view
-            with self._locked():
+            self._acquire()
+            try:
                 return self._conn().execute(sql, params).fetchall()
+            finally:
+                self._lock.release()
         with self._read_lock:
             return self._read_conn().execute(sql, params).fetchall()
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
-        with self._locked(), self._watching_writes():
-            changed: int = self._retry_busy(self._conn(), sql, params).rowcount  # autocommit
+        self._acquire()
+        try:
+            try:
+                changed: int = self._retry_busy(self._conn(), sql, params).rowcount  # autocommit
+            except self._faults as exc:
+                self._failed_write(exc)
+                raise
+            self.last_write_error = None
             seq = self._flush.committed() if self._flush and durable else 0
+        finally:
+            self._lock.release()
         if seq:
             self._durable(seq)
         return changed
@@ -284,17 +304,8 @@ class SqliteStore(Store):
         elif self._flush is not None:
             self._flush.wait(seq)
 
-    @contextmanager
-    def deferred_flush(self) -> Iterator[Deferred]:
-        outer = getattr(self._deferred, "current", None)
-        self._deferred.current = deferred = Deferred()
-        try:
-            yield deferred
-        finally:
-            self._deferred.current = outer
-            if outer is not None:  # an enclosing block flushes for this one
-                outer.seq = max(outer.seq, deferred.seq)
-                deferred.seq = 0
+    def deferred_flush(self) -> _DeferredBlock:
+        return _DeferredBlock(self._deferred)
 
     def flush(self, seq: int) -> None:
         if seq and self._flush is not None:
@@ -357,3 +368,24 @@ class SqliteStore(Store):
                     os.unlink(self._temp + suffix)
                 except FileNotFoundError:
                     pass
+
+
+class _DeferredBlock:
+    """``SqliteStore.deferred_flush``'s block (a class: every hook runs in one)."""
+
+    __slots__ = ("local", "outer", "deferred")
+
+    def __init__(self, local: threading.local) -> None:
+        self.local = local
+
+    def __enter__(self) -> Deferred:
+        self.outer = getattr(self.local, "current", None)
+        self.local.current = self.deferred = Deferred()
+        return self.deferred
+
+    def __exit__(self, *exc: object) -> None:
+        outer, deferred = self.outer, self.deferred
+        self.local.current = outer
+        if outer is not None:  # an enclosing block flushes for this one
+            outer.seq = max(outer.seq, deferred.seq)
+            deferred.seq = 0
