@@ -58,7 +58,7 @@ def test_entry_point_plugin_decides_end_to_end(site):
     make_dist(site, "switchboard-vip", "vip = tests.vip_plugin")
     from core import config as cfg
     from core.runtime import Runtime
-    from tests.helpers import new_store
+    from core.store import SqliteStore
 
     settings = cfg.parse(
         {
@@ -68,7 +68,7 @@ def test_entry_point_plugin_decides_end_to_end(site):
         None,
         env={},
     )
-    with Runtime.build(settings, store=new_store()) as rt:
+    with Runtime.build(settings, store=SqliteStore(":memory:")) as rt:
         app = webapp(rt)
         r = post(app, ice("vip-1", cli="12015555555"))
         assert r.json["action"] == {
