@@ -242,7 +242,7 @@ class Result:
 
     ``status`` is the HTTP status (200, or 400/401/413/415/503 with ``error`` saying
     why), ``body`` the response text, ``trace`` the decision trace the core recorded for
-    this event (``{}`` when there is none: errors, and DiCE/Notify record no merge).
+    this event (``{}`` for a refused callback; a DiCE's or Notify's has rule ``observed``).
     The properties below read them.
     """
 
@@ -306,9 +306,12 @@ class Harness:
     def send(
         self, event: Mapping[str, Any] | bytes, *, headers: Mapping[str, str] | None = None
     ) -> Result:
-        """Sign and POST one callback; wait for its after-answer observers."""
+        """POST one callback, signed as Sinch would unless ``headers`` are given (then
+        exactly those are sent); wait for its after-answer observers."""
         body = encode(event)
-        status, text = wsgi_post(self.app, CALLBACK_PATH, headers or signed(body), body)
+        status, text = wsgi_post(
+            self.app, CALLBACK_PATH, signed(body) if headers is None else headers, body
+        )
         assert self.runtime.pipeline is not None
         self.runtime.pipeline.wait_idle()
         trace: dict[str, Any] = {}

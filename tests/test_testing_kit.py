@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,8 @@ from core.events import Dice, Ice, Money, parse_event
 from core.svaml import ConnectPstn, Say
 from core.testing import Result, ace, dice, encode, ice, notify, pie, signed
 from tests.helpers import Fixed, Recorder
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_the_fixture_builds_exactly_the_given_plugins(switchboard):
@@ -158,3 +162,24 @@ def test_signed_headers_take_a_timestamp():
     assert headers["x-timestamp"] == "2024-06-06T17:20:14.1234567Z"
     assert signed(body)["x-timestamp"] != headers["x-timestamp"]
     assert encode(body) is body
+
+
+def _guide_block(starting: str) -> str:
+    """The ```python block of docs/plugins.md that starts with ``starting``."""
+    text = (REPO / "docs" / "plugins.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    [block] = [b for b in blocks if b.lstrip().startswith(starting)]
+    return block
+
+
+def test_the_guides_plugin_and_result_example_run_as_written(switchboard):
+    namespace: dict = {}
+    exec(_guide_block("# switchboard_vip.py"), namespace)  # noqa: S102
+    example = "from core.testing import ice\n" + _guide_block("def test_only_vips")
+    exec(example, namespace)  # noqa: S102
+    namespace["test_only_vips_get_through"](switchboard)
+
+
+def test_an_empty_header_set_is_sent_as_it_is(switchboard):
+    refused = switchboard().send(ice(), headers={})
+    assert refused.status != 200 and refused.error
