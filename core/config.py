@@ -12,14 +12,16 @@ is set; ``Settings.sources`` says where each value came from, for ``serve.py che
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any
+from types import MappingProxyType, UnionType
+from typing import Any, Union, get_args, get_origin
 
 from core.signing import Credential, decode_secret
 from core.store import redact_url
@@ -34,14 +36,17 @@ class ConfigError(ValueError):
 class Key:
     """One configuration key: its type, default and help.
 
-    ``type`` is one of str, int, float, bool, Decimal, list, dict. ``choices`` limits the
+    ``type`` is one of str, int, float, bool, Decimal, list, dict, or a list or table
+    whose elements are checked too: ``list[str]``, ``dict[str, Decimal]``,
+    ``list[dict[str, int]]`` (a table's keys are always strings). ``choices`` limits the
     values; ``check`` is a callable raising ValueError for values out of range.
     ``secret=True`` redacts the value when settings are shown; ``env`` names an
     environment variable that, when set (even to an empty string, which is then
     validated like any other value), wins over config.toml and the default.
+    ``default=None`` means unset; any other default must be a valid value.
     """
 
-    type: type
+    type: Any  # a type from the list above, or list[T] / dict[str, T]
     default: Any = None
     help: str = ""
     secret: bool = False
@@ -51,22 +56,79 @@ class Key:
     required: bool = False
 
 
-_TYPE_NAMES = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    Decimal: "a number",
-    bool: "true or false",
-    list: "a list",
-    dict: "a table",
+_SCALARS: dict[Any, tuple[str, str]] = {
+    str: ("a string", "strings"),
+    int: ("an integer", "integers"),
+    float: ("a number", "numbers"),
+    Decimal: ("a number", "numbers"),
+    bool: ("true or false", "true/false values"),
+    list: ("a list", "lists"),
+    dict: ("a table", "tables"),
 }
+KEY_TYPES = "str, int, float, bool, Decimal, list, dict, list[T] or dict[str, T]"
 
 
-def coerce(path: str, key: Key, value: Any) -> Any:
-    """Check ``value`` against ``key``; return it in the declared type."""
-    kind = key.type
+def _type_name(kind: Any, plural: bool = False) -> str:
+    """``kind`` as a message says it: ``a list of strings``."""
+    origin, args = get_origin(kind), get_args(kind)
+    if origin is list:
+        return f"{'lists' if plural else 'a list'} of {_type_name(args[0], True)}"
+    if origin is dict:
+        return f"{'tables' if plural else 'a table'} of {_type_name(args[1], True)}"
+    names = _SCALARS.get(kind)
+    if names is None:
+        return getattr(kind, "__name__", repr(kind))
+    return names[plural]
+
+
+def type_problem(kind: Any) -> str | None:
+    """Why ``kind`` cannot be a ``Key``'s type (config.toml cannot hold it, or its
+    values cannot be checked); ``None`` when it can."""
+    origin, args = get_origin(kind), get_args(kind)
+    if origin is None:
+        if not isinstance(kind, type):
+            return f"{kind!r} is not a type (use one of {KEY_TYPES})"
+        if kind not in _SCALARS:
+            return f"{kind.__name__} is not a type config.toml holds (use one of {KEY_TYPES})"
+        return None
+    if origin is list and len(args) == 1:
+        return type_problem(args[0])
+    if origin is dict and len(args) == 2:
+        if args[0] is not str:
+            return f"{kind!r}: the keys of a table are always strings (use dict[str, ...])"
+        return type_problem(args[1])
+    if origin in (Union, UnionType):
+        return f"{kind!r} cannot be checked (config.toml has no null: declare default=None)"
+    return f"{kind!r} cannot be checked (use one of {KEY_TYPES}; choices= for fixed values)"
+
+
+def _toml_key(name: str) -> str:
+    return name if _BARE_KEY.match(name) else json.dumps(name)
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _check_type(path: str, kind: Any, value: Any, secret: bool, note: str = "") -> Any:
+    """``value`` in the declared type, elements of lists and tables checked too."""
+    origin = get_origin(kind)
     ok: bool
-    if kind is bool:
+    if origin is list:
+        ok = isinstance(value, list)
+        if ok:
+            (element,) = get_args(kind)
+            return [
+                _check_type(f"{path}[{i}]", element, v, secret, note) for i, v in enumerate(value)
+            ]
+    elif origin is dict:
+        ok = isinstance(value, dict)
+        if ok:
+            element = get_args(kind)[1]
+            return {
+                k: _check_type(f"{path}.{_toml_key(k)}", element, v, secret, note)
+                for k, v in value.items()
+            }
+    elif kind is bool:
         ok = isinstance(value, bool)
     elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
@@ -77,8 +139,18 @@ def coerce(path: str, key: Key, value: Any) -> Any:
     else:
         ok = isinstance(value, kind)
     if not ok:
-        shown = "<redacted>" if key.secret else repr(value)
-        raise ConfigError(f"{path}: expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {shown}")
+        shown = "<redacted>" if secret else repr(value)
+        raise ConfigError(f"{path}{note}: expected {_type_name(kind)}, got {shown}")
+    return value
+
+
+def coerce(path: str, key: Key, value: Any, note: str = "") -> Any:
+    """Check ``value`` against ``key``; return it in the declared type.
+
+    Errors name ``path`` (and an element's index or key within it), then ``note``
+    (where the value came from, e.g. `` (from $VARIABLE)``)."""
+    value = _check_type(path, key.type, value, key.secret, note)
+    path += note
     if key.choices is not None and value not in key.choices:
         raise ConfigError(
             f"{path}: must be one of {', '.join(map(repr, key.choices))}, got {value!r}"
@@ -89,6 +161,77 @@ def coerce(path: str, key: Key, value: Any) -> Any:
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     return value
+
+
+MAPPING_METHODS = ("get", "items", "keys", "values")
+
+
+def declaration_problem(name: str, key: Any) -> str | None:
+    """What is wrong with a plugin's declaration of config key ``name``, or ``None``."""
+    if not isinstance(name, str) or not name.isidentifier():
+        return f"config key {name!r} is not a valid name"
+    if name in MAPPING_METHODS:
+        return (
+            f"config key {name!r} is named like a method of the config mapping "
+            f"(config.{name} would not read it); choose another name"
+        )
+    if not isinstance(key, Key):
+        return f"config key {name!r} must be declared with core.config.Key"
+    problem = type_problem(key.type)
+    if problem is not None:
+        return f"config key {name!r}: {problem}"
+    if key.default is not None:
+        try:
+            coerce("default", key, key.default)
+        except ConfigError as exc:
+            return f"config key {name!r}: {exc}"
+    return None
+
+
+class PluginConfig(Mapping[str, Any]):
+    """One plugin's validated ``[plugins.<name>]`` section, read-only: by key
+    (``config["max_duration"]``) or as an attribute (``config.max_duration``).
+
+    Its repr names the keys only, never the values (they may be secrets).
+    """
+
+    __slots__ = ("_plugin", "_values")
+
+    def __init__(self, plugin: str, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_plugin", plugin)
+        object.__setattr__(self, "_values", MappingProxyType(dict(values)))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") or attr in PluginConfig.__slots__:
+            raise AttributeError(attr)
+        try:
+            return self._values[attr]
+        except KeyError:
+            known = ", ".join(sorted(self._values)) or "none"
+            raise AttributeError(
+                f"plugins.{self._plugin} has no key {attr!r} (keys: {known})"
+            ) from None
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        raise AttributeError(f"plugins.{self._plugin} is read-only")
+
+    def __delattr__(self, attr: str) -> None:
+        raise AttributeError(f"plugins.{self._plugin} is read-only")
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *self._values})
+
+    def __repr__(self) -> str:
+        return f"PluginConfig({self._plugin!r}, keys={sorted(self._values)})"
 
 
 FROM_FILE = "file"
@@ -130,7 +273,7 @@ def read_section(
                     raise ConfigError(
                         f"{where}: environment variable {key.env} is not a valid value"
                     ) from None
-            out[name] = coerce(f"{where} (from ${key.env})", key, value)
+            out[name] = coerce(where, key, value, f" (from ${key.env})")
             source = f"${key.env}"
         elif name in data:
             out[name] = coerce(where, key, data[name])
@@ -545,7 +688,7 @@ def with_plugins(
             raise ConfigError(
                 f"plugins.{name}.timeout: must not exceed policy.budget ({settings.policy['budget']} s)"
             )
-        values[name] = MappingProxyType(section)
+        values[name] = PluginConfig(name, section)
         keys_by_plugin[name] = MappingProxyType(keys)
     return dataclasses.replace(
         settings,

@@ -10,6 +10,7 @@ pluggy's registration order.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata as md
 import inspect
 import logging
@@ -21,7 +22,7 @@ from typing import Any
 import pluggy
 
 from core import hookspecs
-from core.config import Key
+from core.config import Key, declaration_problem
 
 GROUP = "switchboard"
 DISTRIBUTION = "sinch-switchboard"
@@ -191,7 +192,83 @@ def _new_manager() -> pluggy.PluginManager:
     return pm
 
 
+PREFIX = "switchboard_"
+
+
+def _specs(pm: pluggy.PluginManager) -> dict[str, tuple[str, ...]]:
+    """Every hook the contract declares, with its argument names."""
+    return {
+        name: tuple(caller.spec.argnames)
+        for name, caller in vars(pm.hook).items()
+        if isinstance(caller, pluggy.HookCaller) and caller.spec is not None
+    }
+
+
+def _did_you_mean(word: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return f"did you mean {close[0]}?" if close else ""
+
+
+def _hook_mistakes(pm: pluggy.PluginManager, obj: object) -> list[str]:
+    """What is wrong with ``obj``'s hooks, in words for its author: a hook the contract
+    does not have (misspelt), a method named like a hook but not marked ``@hookimpl``,
+    an argument the hook does not pass."""
+    specs = _specs(pm)
+    problems = []
+    for attr in sorted(dir(obj)):
+        if attr.startswith("_"):
+            continue
+        opts = pm.parse_hookimpl_opts(obj, attr)
+        if opts is None:  # not marked @hookimpl
+            unmarked = inspect.getattr_static(obj, attr, None)
+            if isinstance(unmarked, staticmethod | classmethod):
+                unmarked = unmarked.__func__
+            if not inspect.isroutine(unmarked):
+                continue
+            hint = "" if attr in specs else _did_you_mean(attr, specs, cutoff=0.85)
+            if attr.startswith(PREFIX) or hint:
+                problems.append(
+                    f"{attr} is named like a hook but not marked @hookimpl "
+                    f"({hint + ' ' if hint else ''}add `from core import hookimpl` "
+                    "and decorate it, or rename it)"
+                )
+            continue
+        hook = opts.get("specname") or attr
+        if hook not in specs:
+            hint = _did_you_mean(hook, specs)
+            problems.append(f"{hook} is not a Switchboard hook{f' ({hint})' if hint else ''}")
+            continue
+        problems.extend(_signature_mistakes(hook, getattr(obj, attr), specs[hook]))
+    return problems
+
+
+def _signature_mistakes(hook: str, function: Any, spec_args: tuple[str, ...]) -> list[str]:
+    try:
+        params = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return []  # pluggy has the last word on what it cannot inspect
+    shown = f"{hook}({', '.join(str(p) for p in params)})"
+    takes = f"{hook} takes {', '.join(spec_args) or 'no arguments'}"
+    problems = []
+    for param in params:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            problems.append(
+                f"implements a hook wrongly: {shown}: {param} receives nothing (hooks are "
+                f"called by argument name; {takes})"
+            )
+        elif param.default is param.empty and param.name not in spec_args:
+            hint = _did_you_mean(param.name, spec_args)
+            problems.append(
+                f"implements a hook wrongly: {shown}: {param.name!r} is not an argument of "
+                f"the hook ({takes}{'; ' + hint if hint else ''})"
+            )
+    return problems
+
+
 def _register(pm: pluggy.PluginManager, name: str, obj: object, origin: str) -> None:
+    problems = _hook_mistakes(pm, obj)
+    if problems:
+        raise PluginError(f"plugin {name!r} from {origin}: {'; '.join(problems)}")
     try:
         pm.register(obj, name=name)
     except pluggy.PluginValidationError as exc:
@@ -291,13 +368,8 @@ def declared_keys(plugins: Plugins) -> dict[str, Mapping[str, Key]]:
                 f"plugin {name!r} from {origin}: switchboard_config_keys must return a mapping of Key"
             )
         for key, spec in keys.items():
-            if not isinstance(key, str) or not key.isidentifier():
-                raise PluginError(
-                    f"plugin {name!r} from {origin}: config key {key!r} is not a valid name"
-                )
-            if not isinstance(spec, Key):
-                raise PluginError(
-                    f"plugin {name!r} from {origin}: config key {key!r} must be declared with core.config.Key"
-                )
+            problem = declaration_problem(key, spec)
+            if problem is not None:
+                raise PluginError(f"plugin {name!r} from {origin}: {problem}")
         out[name] = keys
     return out

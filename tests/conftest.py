@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import signed
+from tests.helpers import Backend, runtime, signed, webapp
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,6 +83,7 @@ def serve(tmp_path):
                 env=full_env,
                 cwd=tmp_path,
             )
+        assert proc.stdout is not None  # stdout=PIPE
         line = proc.stdout.readline()
         if not line.startswith("switchboard listening on "):
             proc.kill()
@@ -102,15 +103,15 @@ def serve(tmp_path):
 
 
 @pytest.fixture
-def make():
+def make(request):
     """``make(plugins, **config_sections) -> (runtime, WebTest app)``: in-process apps
-    with exactly the given plugins and a scratch store; all closed after the test."""
-    from tests.helpers import runtime, webapp
-
+    with exactly the given plugins and a scratch store (on the test's ``backend`` when it
+    uses that fixture, else SQLite); all closed after the test."""
+    backend = request.getfixturevalue("backend") if "backend" in request.fixturenames else None
     made = []
 
     def _make(given=None, **sections):
-        rt = runtime(given, **sections)
+        rt = backend.runtime(given, **sections) if backend else runtime(given, **sections)
         made.append(rt)
         return rt, webapp(rt)
 
@@ -165,23 +166,23 @@ def _postgres_url() -> str:
     return url or DEFAULT_PG
 
 
+@pytest.fixture
+def postgres_url():
+    """The PostgreSQL server's URL; skips (or fails, when $SWITCHBOARD_TEST_POSTGRES is
+    set) as ``_postgres_url`` says."""
+    return _postgres_url()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request):
-    """Run the test once on SQLite and once on PostgreSQL (each store in its own schema)."""
-    from tests import helpers
-
+    """Run the test once on SQLite and once on PostgreSQL: a ``tests.helpers.Backend``
+    with ``.name``, ``.store()``, ``.url(tmp, name)`` and ``.runtime(plugins, **sections)``
+    (on PostgreSQL each store in its own schema, dropped after the test)."""
     if request.param == "sqlite":
-        yield "sqlite"
+        yield Backend("sqlite")
         return
-    import psycopg
-
-    base = _postgres_url()
-    helpers.BACKEND.update(name="postgres", url=base, schemas={})
+    chosen = Backend("postgres", _postgres_url())
     try:
-        yield "postgres"
+        yield chosen
     finally:
-        schemas = list(helpers.BACKEND["schemas"].values())
-        helpers.BACKEND.update(name="sqlite", url="", schemas={})
-        with psycopg.connect(base, autocommit=True) as conn:
-            for schema in schemas:
-                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        chosen.close()

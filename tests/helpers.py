@@ -1,13 +1,16 @@
-"""Shared test helpers: settings, runtimes, signed requests and test plugins."""
+"""Shared test helpers: settings, runtimes, store backends, signed requests, test plugins.
+
+Callback bodies come from the test kit the project ships (``core.testing``), so the
+suite builds events exactly as plugin authors' tests do.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
-import uuid
 import time
+import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,45 +21,81 @@ from core.app import make_app
 from core.decisions import Decision
 from core.hookspecs import hookimpl
 from core.runtime import Runtime
-from core.signing import Credential, format_timestamp, sign_headers
+from core.signing import Credential
 from core.store import SqliteStore, Store, open_store
+from core.testing import CALLBACK_PATH as PATH
+from core.testing import TEST_KEY as KEY
+from core.testing import TEST_SECRET as SECRET
+from core.testing import ace as ace  # the kit's builders, re-exported for the suite
+from core.testing import dice as dice
+from core.testing import encode
+from core.testing import ice as ice
+from core.testing import notify as notify
+from core.testing import pie as pie
+from core.testing import signed as signed_headers
 
 HERE = Path(__file__).parent
 VECTORS = json.loads((HERE / "conformance" / "sinch-vectors.json").read_text())
-KEY = "669E367E-6BBA-48AB-AF15-266871C28135"
-SECRET = "BeIukql3pTKJ8RGL5zo0DA=="
 CREDENTIAL = Credential(KEY, SECRET)
-PATH = "/sinch/callback"
-
-# The store backend the current test runs on; the ``backend`` fixture switches it.
-# On PostgreSQL every scratch store is a schema of its own, dropped after the test.
-BACKEND: dict[str, Any] = {"name": "sqlite", "url": "", "schemas": {}}
 
 
-def _pg_schema(name: str) -> str:
-    import psycopg
+class Backend:
+    """The store backend a test runs on; the ``backend`` fixture (tests/conftest.py)
+    gives each test its own, and closes it after the test.
 
-    schemas = BACKEND["schemas"]
-    if name not in schemas:
-        schema = f"sbtest_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(BACKEND["url"], autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {schema}")
-        schemas[name] = schema
-    sep = "&" if "?" in BACKEND["url"] else "?"
-    return f"{BACKEND['url']}{sep}options=-csearch_path%3D{schemas[name]}"
+    ``name`` is ``"sqlite"`` or ``"postgres"``. On PostgreSQL (``url`` names the
+    server) every store is a schema of its own, dropped by ``close()``.
+    """
 
+    def __init__(self, name: str = "sqlite", url: str = "") -> None:
+        if name not in ("sqlite", "postgres") or (name == "postgres") != bool(url):
+            raise ValueError(f"backend {name!r} with url {url!r}")
+        self.name = name
+        self._base = url
+        self._schemas: dict[str, str] = {}
 
-def new_store() -> Store:
-    """A scratch store on the current backend."""
-    if BACKEND["name"] == "postgres":
-        return open_store(_pg_schema(uuid.uuid4().hex), pool_size=8)
-    return SqliteStore(":memory:")
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
 
+    def _schema_url(self, name: str) -> str:
+        import psycopg
 
-def store_url(tmp: Path, name: str) -> str:
-    """``store.url`` for a server config on the current backend; the same name gives
-    the same store, so several servers can share one."""
-    return _pg_schema(name) if BACKEND["name"] == "postgres" else f"sqlite:///{tmp / name}.db"
+        if name not in self._schemas:
+            schema = f"sbtest_{uuid.uuid4().hex[:12]}"
+            with psycopg.connect(self._base, autocommit=True) as conn:
+                conn.execute(f"CREATE SCHEMA {schema}")
+            self._schemas[name] = schema
+        sep = "&" if "?" in self._base else "?"
+        return f"{self._base}{sep}options=-csearch_path%3D{self._schemas[name]}"
+
+    def store(self) -> Store:
+        """A scratch store of its own."""
+        if self.name == "postgres":
+            return open_store(self._schema_url(uuid.uuid4().hex), pool_size=8)
+        return SqliteStore(":memory:")
+
+    def url(self, tmp: Path, name: str) -> str:
+        """``store.url`` for a server config; the same name gives the same store, so
+        several servers can share one."""
+        if self.name == "postgres":
+            return self._schema_url(name)
+        return f"sqlite:///{tmp / name}.db"
+
+    def runtime(self, given: Mapping[str, object] | None = None, /, **sections: Any) -> Runtime:
+        """A runtime with exactly the ``given`` plugins (in that order) on a scratch
+        store of this backend; ``sections`` are config.toml tables, as for ``runtime``."""
+        return _build(self.store(), given, sections)
+
+    def close(self) -> None:
+        """Drop every PostgreSQL schema this backend made."""
+        schemas, self._schemas = list(self._schemas.values()), {}
+        if not schemas:
+            return
+        import psycopg
+
+        with psycopg.connect(self._base, autocommit=True) as conn:
+            for schema in schemas:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def settings(**sections: Any) -> config_mod.Settings:
@@ -67,14 +106,18 @@ def settings(**sections: Any) -> config_mod.Settings:
     return config_mod.parse(data, None, env={})
 
 
-def runtime(given: Mapping[str, object] | None = None, **sections: Any) -> Runtime:
-    """A runtime with exactly the ``given`` plugins (in that order) and a scratch store.
+def runtime(given: Mapping[str, object] | None = None, /, **sections: Any) -> Runtime:
+    """A runtime with exactly the ``given`` plugins (in that order) and a private
+    in-memory SQLite store. Tests that run on both backends use ``backend.runtime``.
 
     ``sections`` are config.toml tables; ``plugins={"name": {...}}`` configures plugins.
     """
+    return _build(SqliteStore(":memory:"), given, sections)
+
+
+def _build(store: Store, given: Mapping[str, object] | None, sections: dict[str, Any]) -> Runtime:
     given = dict(given or {})
     sections["plugins"] = {"enabled": list(given), **sections.get("plugins", {})}
-    store = new_store()
     try:
         return Runtime.build(settings(**sections), given=given, load_entrypoints=False, store=store)
     except BaseException:
@@ -86,98 +129,29 @@ def webapp(rt: Runtime) -> webtest.TestApp:
     return webtest.TestApp(make_app(rt))
 
 
-def body_of(event: dict[str, Any] | bytes) -> bytes:
-    return event if isinstance(event, bytes) else json.dumps(event, separators=(",", ":")).encode()
+body_of = encode
 
 
 def signed(
-    event: dict[str, Any] | bytes,
+    event: Mapping[str, Any] | bytes,
     *,
     path: str = PATH,
     credential: Credential = CREDENTIAL,
     timestamp: str | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    body = body_of(event)
-    ts = timestamp or format_timestamp(datetime.now(UTC))
-    return body, sign_headers(credential, "POST", path, body, timestamp=ts)
+    """The body and the headers Sinch would send (the kit's ``encode`` and ``signed``)."""
+    body = encode(event)
+    headers = signed_headers(
+        body, key=credential.key, secret=credential.secret, path=path, timestamp=timestamp
+    )
+    return body, headers
 
 
 def post(
-    app: webtest.TestApp, event: dict[str, Any] | bytes, *, status: int | str = 200, **kw: Any
+    app: webtest.TestApp, event: Mapping[str, Any] | bytes, *, status: int | str = 200, **kw: Any
 ) -> Any:
     body, headers = signed(event, **kw)
     return app.post(PATH, body, headers=headers, status=status)
-
-
-_counter = iter(range(1, 10**9))
-
-
-def ice(
-    callid: str | None = None, to: str = "+15612600684", cli: str = "12015555555", **extra: Any
-) -> dict[str, Any]:
-    return {
-        "event": "ice",
-        "callid": callid or f"call-{next(_counter)}",
-        "timestamp": "2024-06-06T17:20:14Z",
-        "version": 1,
-        "userRate": {"currencyId": "USD", "amount": 0.0},
-        "cli": cli,
-        "to": {"type": "number", "endpoint": to},
-        "domain": "pstn",
-        "applicationKey": KEY,
-        "originationType": "PSTN",
-        "rdnis": "",
-        **extra,
-    }
-
-
-def ace(callid: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "event": "ace",
-        "callid": callid,
-        "timestamp": "2024-06-06T17:20:20Z",
-        "version": 1,
-        **extra,
-    }
-
-
-def pie(callid: str, value: str = "1", **extra: Any) -> dict[str, Any]:
-    return {
-        "event": "pie",
-        "callid": callid,
-        "timestamp": "2024-06-06T17:20:30Z",
-        "version": 1,
-        "menuResult": {"type": "sequence", "value": value, "menuId": "main", "inputMethod": "dtmf"},
-        **extra,
-    }
-
-
-def dice(callid: str, duration: int = 42, **extra: Any) -> dict[str, Any]:
-    return {
-        "event": "dice",
-        "callid": callid,
-        "timestamp": "2024-06-06T17:21:14Z",
-        "version": 1,
-        "reason": "CALLERHANGUP",
-        "result": "ANSWERED",
-        "debit": {"currencyId": "USD", "amount": 0.0095},
-        "userRate": {"currencyId": "USD", "amount": 0.0095},
-        "to": {"type": "number", "endpoint": "15612600684"},
-        "duration": duration,
-        "from": "12015555555",
-        **extra,
-    }
-
-
-def notify(callid: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "event": "notify",
-        "callid": callid,
-        "version": 1,
-        "type": "recording_finished",
-        "destination": "azure://rec/x.mp3",
-        **extra,
-    }
 
 
 def table_counts(store: Store) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """The money invariants of issue 9, checked by reading the store directly.
 
 ``wait_for_invariants(url, acked, initial)`` polls the store of a server (SQLite file or
-PostgreSQL schema, as ``tests.helpers.store_url`` names it) until every invariant holds
+PostgreSQL schema, as ``backend.url`` names it) until every invariant holds
 for the calls whose DiCE was answered 200 (``acked``), or the timeout passes; then it
 fails with the offending call ids. It never writes to the store.
 

@@ -10,17 +10,17 @@ from core.config import ConfigError
 from core.plugins import PluginError
 from plugins.allowlist import HIGH_RISK, Allowlist
 
-from tests.helpers import ice, post, runtime, webapp
+from tests.helpers import ice, post, webapp
 
 pytestmark = pytest.mark.usefixtures("backend")
 
 
 @pytest.fixture
-def app_with():
+def app_with(backend):
     made = []
 
     def _make(**config):
-        rt = runtime({"allowlist": Allowlist()}, plugins={"allowlist": config})
+        rt = backend.runtime({"allowlist": Allowlist()}, plugins={"allowlist": config})
         made.append(rt)
         return rt, webapp(rt)
 
@@ -172,9 +172,9 @@ def test_velocity_counters_are_shared_through_the_store(app_with):
         ({"default": "maybe"}, "plugins.allowlist.default: must be one of"),
     ],
 )
-def test_bad_configuration_is_named(config, message):
+def test_bad_configuration_is_named(config, message, backend):
     with pytest.raises((PluginError, ConfigError)) as err:
-        runtime({"allowlist": Allowlist()}, plugins={"allowlist": config})
+        backend.runtime({"allowlist": Allowlist()}, plugins={"allowlist": config})
     assert message in str(err.value)
 
 

@@ -36,7 +36,7 @@ from plugins.allowlist import Allowlist
 from plugins.credit import Credit
 from plugins.crm import Crm
 from tests.conftest import run_cli
-from tests.helpers import KEY, SECRET, Fixed, Recorder, ice, pie, post, store_url
+from tests.helpers import KEY, SECRET, Fixed, Recorder, ice, pie, post
 from tests.test_plugins import make_dist
 
 pytestmark = pytest.mark.usefixtures("backend")
@@ -456,9 +456,9 @@ def server_trace(server, callid, site):
     return json.loads(done.stdout)["callbacks"][0]["trace"]
 
 
-def test_real_server_refuses_shapes_and_forwards(serve, tmp_path):
+def test_real_server_refuses_shapes_and_forwards(serve, tmp_path, backend):
     site = make_dist(tmp_path / "site", "switchboard-proposer", "proposer = tests.proposer_plugin")
-    url = store_url(tmp_path, "guards")
+    url = backend.url(tmp_path, "guards")
     server = serve(server_config(url, answers=ANSWERS), name="guards", pythonpath=str(site))
 
     def answer(event):
@@ -506,9 +506,9 @@ def test_real_server_refuses_shapes_and_forwards(serve, tmp_path):
     assert server.stop() == 0
 
 
-def test_real_server_sends_suppressed_callbacks_when_allowed(serve, tmp_path):
+def test_real_server_sends_suppressed_callbacks_when_allowed(serve, tmp_path, backend):
     site = make_dist(tmp_path / "site", "switchboard-proposer", "proposer = tests.proposer_plugin")
-    url = store_url(tmp_path, "allowed")
+    url = backend.url(tmp_path, "allowed")
     text = server_config(url, extra_policy="allow_suppress_callbacks = true", answers=ANSWERS)
     server = serve(text, name="allowed", pythonpath=str(site))
     status, _, body = server.post(ice("r-sup-ok", to="+15550000001"))
@@ -522,12 +522,11 @@ def test_real_server_sends_suppressed_callbacks_when_allowed(serve, tmp_path):
     assert server.stop() == 0
 
 
-def test_a_fallback_that_suppresses_callbacks_is_refused_at_start():
+def test_a_fallback_that_suppresses_callbacks_is_refused_at_start(backend):
     """The fallback is sent without the merge's checks: a configured one that suppresses
     callbacks while credit or crm rely on the DiCE stops the start, naming the key."""
     from core.config import ConfigError
     from plugins.crm import Crm
-    from tests.helpers import runtime
 
     fallback = {
         "ice": {
@@ -535,9 +534,9 @@ def test_a_fallback_that_suppresses_callbacks_is_refused_at_start():
         }
     }
     with pytest.raises(ConfigError) as err:
-        runtime({"crm": Crm()}, policy={"fallback": fallback})
+        backend.runtime({"crm": Crm()}, policy={"fallback": fallback})
     assert "policy.fallback.ice: suppressCallbacks" in str(err.value) and "crm" in str(err.value)
-    allowed = runtime(
+    allowed = backend.runtime(
         {"crm": Crm()}, policy={"fallback": fallback, "allow_suppress_callbacks": True}
     )
     allowed.close()

@@ -29,7 +29,6 @@ from tests.helpers import (
     notify,
     pie,
     post,
-    runtime,
     signed,
     table_counts,
     wait_for,
@@ -371,7 +370,7 @@ def test_after_answer_sees_the_answer_and_trace(make):
         answer["action"] = {}
 
 
-def test_after_answer_runs_once_the_answer_is_sent_on_a_real_server():
+def test_after_answer_runs_once_the_answer_is_sent_on_a_real_server(backend):
     """The observer blocks until the client holds its answer: were the answer sent
     after the observers, the client would wait the observer's full 5 s for it."""
     import http.client
@@ -386,7 +385,7 @@ def test_after_answer_runs_once_the_answer_is_sent_on_a_real_server():
         def switchboard_after_answer(self, event, answer, trace):
             observed.append(("waited", released.wait(5)))
 
-    rt = runtime({"block": Blocking(), "router": Fixed(Decision.propose(PSTN))})
+    rt = backend.runtime({"block": Blocking(), "router": Fixed(Decision.propose(PSTN))})
     server = waitress.create_server(make_app(rt), host="127.0.0.1", port=0, threads=2)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

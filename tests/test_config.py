@@ -188,3 +188,133 @@ def test_store_url_from_environment_and_redacted():
     assert s.describe()["store"]["url"] == "postgresql://app:***@db.internal:5432/calls"
     assert "hunter2" not in repr(s.describe())
     assert redact_url("postgresql://app@db/calls") == "postgresql://app@db/calls"
+
+
+# ------------------------------------------------- typed lists and tables, attribute reads
+
+TYPED = {
+    "allow": Key(list[str], [], "numbers"),
+    "rates": Key(dict[str, Decimal], {}, "per prefix"),
+    "limits": Key(list[dict[str, int]], [], "nested"),
+    "secrets": Key(list[str], [], "tokens", secret=True),
+    "max_duration": Key(int, 3600, "seconds"),
+}
+
+
+def _typed(table, env=None):
+    s = _parse({"plugins": {"enabled": ["allowlist"], "allowlist": table}})
+    return cfg.with_plugins(s, {"allowlist": TYPED}, env=env or {})
+
+
+def test_elements_of_typed_lists_and_tables_are_checked_and_converted():
+    done = _typed(
+        {"allow": ["+46701234567", "+44*"], "rates": {"+1": 0.02}, "limits": [{"a": 1}]}
+    )
+    config = done.plugins["allowlist"]
+    assert config["allow"] == ["+46701234567", "+44*"]
+    assert config["rates"] == {"+1": Decimal("0.02")} and isinstance(
+        config["rates"]["+1"], Decimal
+    )
+    assert config["limits"] == [{"a": 1}]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"allow": ["+1", "+2", 5]}, "plugins.allowlist.allow[2]: expected a string, got 5"),
+        ({"allow": "+1"}, "plugins.allowlist.allow: expected a list of strings, got '+1'"),
+        ({"rates": {"+1": "x"}}, 'plugins.allowlist.rates."+1": expected a number, got \'x\''),
+        ({"rates": {"us": True}}, "plugins.allowlist.rates.us: expected a number, got True"),
+        ({"rates": [1]}, "plugins.allowlist.rates: expected a table of numbers, got [1]"),
+        (
+            {"limits": [{"a": 1}, {"b": "2"}]},
+            "plugins.allowlist.limits[1].b: expected an integer, got '2'",
+        ),
+        (
+            {"limits": [{"a": 1}, 3]},
+            "plugins.allowlist.limits[1]: expected a table of integers, got 3",
+        ),
+        ({"secrets": ["ok", 7]}, "plugins.allowlist.secrets[1]: expected a string, got <redacted>"),
+    ],
+)
+def test_an_element_of_the_wrong_type_is_named_by_key_and_index(table, message):
+    with pytest.raises(ConfigError) as err:
+        _typed(table)
+    assert str(err.value) == message
+
+
+def test_typed_list_from_the_environment_is_checked_too():
+    keys = {"allow": Key(list[str], [], "numbers", env="P_ALLOW")}
+    s = _parse({"plugins": {"enabled": ["p"]}})
+    done = cfg.with_plugins(s, {"p": keys}, env={"P_ALLOW": '["+1", "+2"]'})
+    assert done.plugins["p"].allow == ["+1", "+2"]
+    with pytest.raises(ConfigError) as err:
+        cfg.with_plugins(s, {"p": keys}, env={"P_ALLOW": '["+1", 2]'})
+    assert str(err.value) == "plugins.p.allow[1] (from $P_ALLOW): expected a string, got 2"
+
+
+def test_plugin_config_reads_as_a_mapping_and_as_attributes():
+    config = _typed({"max_duration": 600, "allow": ["+1"]}).plugins["allowlist"]
+    assert config.max_duration == config["max_duration"] == 600
+    assert config.allow == ["+1"] and config.on_error is None and config.timeout is None
+    assert config == {
+        "allow": ["+1"],
+        "rates": {},
+        "limits": [],
+        "secrets": [],
+        "max_duration": 600,
+        "on_error": None,
+        "timeout": None,
+    }
+    assert dict(config) == dict(config.items()) and "allow" in config and len(config) == 7
+    assert config.get("nope", 1) == 1
+    assert "max_duration" in dir(config)
+    with pytest.raises(AttributeError) as err:
+        config.max_duraton  # noqa: B018
+    assert str(err.value) == (
+        "plugins.allowlist has no key 'max_duraton' "
+        "(keys: allow, limits, max_duration, on_error, rates, secrets, timeout)"
+    )
+    with pytest.raises(KeyError):
+        config["max_duraton"]
+    with pytest.raises(AttributeError, match="plugins.allowlist is read-only"):
+        config.max_duration = 1
+    with pytest.raises(TypeError):
+        config["max_duration"] = 1  # type: ignore[index]
+
+
+def test_plugin_config_repr_names_keys_never_values():
+    s = _parse({"plugins": {"enabled": ["p"]}})
+    done = cfg.with_plugins(
+        s, {"p": {"token": Key(str, None, secret=True, env="P_TOKEN")}}, env={"P_TOKEN": "hunter2"}
+    )
+    assert done.plugins["p"].token == "hunter2"
+    assert repr(done.plugins["p"]) == "PluginConfig('p', keys=['on_error', 'timeout', 'token'])"
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        (str, None),
+        (list[str], None),
+        (dict[str, list[Decimal]], None),
+        ("str", "'str' is not a type (use one of str, int, float, bool, Decimal, list, dict"),
+        (tuple, "tuple is not a type config.toml holds (use one of str, int"),
+        (list[tuple[int, int]], "tuple[int, int] cannot be checked (use one of str"),
+        (dict[int, str], "dict[int, str]: the keys of a table are always strings"),
+        (int | None, "int | None cannot be checked (config.toml has no null: declare default"),
+    ],
+)
+def test_key_types_that_config_toml_can_hold_and_that_can_be_checked(kind, problem):
+    found = cfg.type_problem(kind)
+    assert found == problem if problem is None else found.startswith(problem)
+
+
+def test_the_core_declares_its_own_keys_correctly():
+    tables = [cfg.SERVER_KEYS, cfg.SINCH_KEYS, cfg.CREDENTIAL_KEYS, cfg.POLICY_KEYS]
+    tables += [cfg.STORE_KEYS, cfg.ADMIN_KEYS, cfg.LOGGING_KEYS, cfg.PLUGIN_CORE_KEYS]
+    for keys in tables:
+        for key in keys.values():
+            assert cfg.type_problem(key.type) is None
+            if key.default is not None:
+                cfg.coerce("default", key, key.default)

@@ -15,7 +15,7 @@ from core.decisions import Decision
 from core.plugins import PluginError
 from plugins.credit import Credit, Tariff, fmt, parse_amount
 
-from tests.helpers import KEY, SECRET, Fixed, dice, ice, post, runtime, webapp
+from tests.helpers import KEY, SECRET, Fixed, dice, ice, post, webapp
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -30,12 +30,12 @@ BASE = {
 
 
 @pytest.fixture
-def credit_app():
+def credit_app(backend):
     made = []
 
     def _make(balance="10.00", extra_plugins=None, **config):
         plugin = Credit()
-        rt = runtime(
+        rt = backend.runtime(
             {"credit": plugin, **(extra_plugins or {})},
             plugins={"credit": {**BASE, **config}},
             policy={"ice_default": "connect"},
@@ -358,9 +358,9 @@ def test_sweeper_expires_reservations_without_dice(credit_app, caplog):
         ({"initial_accounts": {"a": "1.001"}}, "initial_accounts.a has more than 2 decimals"),
     ],
 )
-def test_bad_configuration_is_named(config, message):
+def test_bad_configuration_is_named(config, message, backend):
     with pytest.raises(PluginError) as err:
-        runtime({"credit": Credit()}, plugins={"credit": {**BASE, **config}})
+        backend.runtime({"credit": Credit()}, plugins={"credit": {**BASE, **config}})
     assert message in str(err.value)
 
 

@@ -16,7 +16,7 @@ from core.svaml import ConnectPstn
 from plugins.crm import Crm
 from tests.fake_crm import FakeCrm
 
-from tests.helpers import KEY, SECRET, Fixed, ace, dice, ice, post, runtime, wait_for, webapp
+from tests.helpers import KEY, SECRET, Fixed, ace, dice, ice, post, wait_for, webapp
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -26,12 +26,12 @@ FAST = {"backoff": 0.05, "max_backoff": 0.2, "poll_interval": 0.05, "delivery_ti
 
 
 @pytest.fixture
-def crm_app():
+def crm_app(backend):
     made = []
 
     def _make(**config):
         plugin = Crm()
-        rt = runtime(
+        rt = backend.runtime(
             {
                 "router": Fixed(
                     Decision.propose(ConnectPstn(number="+15612600684", max_duration=600))
@@ -59,7 +59,7 @@ def test_record_is_committed_before_the_dice_answer(crm_app):
     rt, app, _ = crm_app()
     post(app, ice("r1"))
     post(app, ace("r1"))
-    r = post(app, dice("r1", duration=33))
+    r = post(app, dice("r1", duration=33, timestamp="2024-06-06T17:21:14Z"))
     assert (r.status_int, r.body) == (200, b"")
     columns = (
         "caller",
@@ -163,9 +163,11 @@ def test_unreachable_crm_is_retried_with_backoff(crm_app):
     )
 
 
-def test_webhook_needs_a_secret():
+def test_webhook_needs_a_secret(backend):
     with pytest.raises(PluginError, match="webhook_url needs webhook_secret"):
-        runtime({"crm": Crm()}, plugins={"crm": {"webhook_url": "https://crm.example.com/x"}})
+        backend.runtime(
+            {"crm": Crm()}, plugins={"crm": {"webhook_url": "https://crm.example.com/x"}}
+        )
 
 
 # ---------------------------------------------------------------- CLI

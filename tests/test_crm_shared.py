@@ -14,7 +14,7 @@ from core.config import Key
 from core.store import CORE_MIGRATIONS, Store, open_store
 from plugins.crm import KEYS, MIGRATIONS, Crm
 from tests.fake_crm import FakeCrm
-from tests.helpers import KEY, SECRET, store_url, wait_for
+from tests.helpers import KEY, SECRET, wait_for
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -56,11 +56,11 @@ def _drainer(url: str, crm_url: str, **config: object) -> Crm:
     return plugin
 
 
-def test_two_drainers_on_one_store_deliver_each_record_once(tmp_path):
+def test_two_drainers_on_one_store_deliver_each_record_once(tmp_path, backend):
     """Two drainers, as two servers would run them, on one store and a backlog of 120
     with a slow CRM. With the whole batch leased at once for 2 x timeout + 5 s, the
     second drainer took over records the first had not reached yet."""
-    url = store_url(tmp_path, "outbox")
+    url = backend.url(tmp_path, "outbox")
     setup = open_store(url, tmp_path, pool_size=1)
     callids = _backlog(setup, BACKLOG)
     with FakeCrm(CRM_SECRET, delay=0.06) as crm:
@@ -91,10 +91,10 @@ def test_two_drainers_on_one_store_deliver_each_record_once(tmp_path):
             setup.close()
 
 
-def test_bookkeeping_needs_the_claim(tmp_path, monkeypatch):
+def test_bookkeeping_needs_the_claim(tmp_path, monkeypatch, backend):
     """A drainer whose lease ran out (it stalled) books nothing for a failed attempt;
     the record belongs to whoever claimed it since. A success still settles it."""
-    url = store_url(tmp_path, "claims")
+    url = backend.url(tmp_path, "claims")
     setup = open_store(url, tmp_path, pool_size=1)
     _backlog(setup, 2)
     a = _drainer(url, "http://127.0.0.1:9/x", max_attempts=2)
@@ -135,10 +135,10 @@ def test_bookkeeping_needs_the_claim(tmp_path, monkeypatch):
         setup.close()
 
 
-def test_two_servers_deliver_a_backlog_exactly_once(serve, tmp_path):
+def test_two_servers_deliver_a_backlog_exactly_once(serve, tmp_path, backend):
     """Two real servers start on one store holding 120 undelivered records, with a slow
     CRM: each record reaches the CRM once, and both servers did part of the work."""
-    url = store_url(tmp_path, "shared-outbox")
+    url = backend.url(tmp_path, "shared-outbox")
     setup = open_store(url, tmp_path, pool_size=1)
     try:
         callids = _backlog(setup, BACKLOG)

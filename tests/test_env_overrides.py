@@ -17,7 +17,7 @@ from core import config as cfg
 from core.config import ConfigError, Key
 from plugins.crm import KEYS as CRM_KEYS
 from tests.conftest import run_cli
-from tests.helpers import KEY, SECRET, ice, store_url
+from tests.helpers import KEY, SECRET, ice
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = {"sinch": {"keys": [{"key": KEY, "secret": SECRET}]}}
@@ -145,7 +145,7 @@ def test_check_names_the_source_of_each_value(tmp_path):
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 def test_check_redacts_a_store_password_from_the_environment(tmp_path, backend):
-    url = store_url(tmp_path, "redacted")
+    url = backend.url(tmp_path, "redacted")
     scheme, rest = url.split("://", 1)
     with_password = f"{scheme}://{rest.replace('@', ':hunter2@', 1)}"  # trust auth ignores it
     run = run_cli(_config(tmp_path), "check", env={"SWITCHBOARD_STORE_URL": with_password})
@@ -201,7 +201,7 @@ minimum_seconds = 30
 max_duration = 120
 initial_accounts = {{ shared = "0.30" }}
 """
-    env = {"SWITCHBOARD_STORE_URL": store_url(tmp_path, "one-truth")}
+    env = {"SWITCHBOARD_STORE_URL": backend.url(tmp_path, "one-truth")}
     a = serve(config, name="env-a", env=env)
     b = serve(config, name="env-b", env=env)
     status, _, body = a.post(ice("env-call-1"))

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import KEY, SECRET, dice, ice, store_url
+from tests.helpers import KEY, SECRET, dice, ice
 from tests.money import (
     SETTLE_TIMEOUT,
     StoreReader,
@@ -371,7 +371,7 @@ def test_kill9_mid_dice_load_then_redelivery_settles_every_call_once(backend, se
     redeliver every DiCE that did not get a 200: every call ends settled once and
     recorded once, at what its duration costs; duplicates of answered DiCEs change
     nothing."""
-    url = store_url(tmp_path, "money")
+    url = backend.url(tmp_path, "money")
     text = config(url)
     server = serve(text, name="money")
     calls = ids("kill", N_KILL)
@@ -423,11 +423,11 @@ def test_store_failing_under_dice_load_loses_no_acknowledged_dice(backend, serve
     DiCE answered 200 ends settled and recorded; the ones refused are redelivered until
     answered 200, and end the same."""
     appname = f"sbfault_{uuid.uuid4().hex[:8]}"
-    if backend == "sqlite":
+    if backend.name == "sqlite":
         mnt = request.getfixturevalue("tmpfs")
         url = f"sqlite:///{mnt / 'store.db'}"
     else:
-        url = store_url(tmp_path, "money")
+        url = backend.url(tmp_path, "money")
     server = serve(config(url), name="money", env={"PGAPPNAME": appname})
     calls = ids("fault", N_STORE_FAULT)
     ice_all([server], calls)
@@ -435,7 +435,7 @@ def test_store_failing_under_dice_load_loses_no_acknowledged_dice(backend, serve
 
     stop = threading.Event()
     injected = []
-    if backend == "sqlite":
+    if backend.name == "sqlite":
         disk = DiskFull(mnt, mnt / "store.db")
 
         def inject() -> None:
@@ -467,8 +467,11 @@ def test_store_failing_under_dice_load_loses_no_acknowledged_dice(backend, serve
     assert injected, "no fault was injected"
     refused = [c for c, s, _ in results if s != 200]
     statuses = sorted({s for _, s, _ in results}, key=str)
-    print(f"{backend}: {len(injected)} faults, first answers {statuses}, {len(refused)} not 200")
-    if backend == "sqlite":  # the fault must have been seen, or this tested nothing
+    print(
+        f"{backend.name}: {len(injected)} faults, first answers {statuses}, "
+        f"{len(refused)} not 200"
+    )
+    if backend.name == "sqlite":  # the fault must have been seen, or this tested nothing
         assert refused or "full" in server.log, "the full disk was never noticed"
     redeliver_until_acked([server], {c: dice(c, duration=durations[c]) for c in refused})
     wait_for_invariants(url, calls, INITIAL)
@@ -533,7 +536,7 @@ def test_duration_beyond_the_cap_is_charged_at_the_cap(backend, serve, tmp_path)
     """ICE answered maxDuration 600 with a reservation, then a DiCE reporting 3600 s:
     the charge is the cost of 600 s, never of 3600 s; the overrun is recorded on the
     settlement and counted."""
-    url = store_url(tmp_path, "money")
+    url = backend.url(tmp_path, "money")
     server = serve(config(url), name="money")
     ice_all([server], ["over-1"])
     wait_fitted(url, ["over-1"])
@@ -553,7 +556,7 @@ N_OVERRUN = 200
 def test_overruns_under_load_never_charge_past_the_grant(backend, serve, tmp_path):
     """Many calls, durations above and below the 600 s cap, DiCEs concurrent: each is
     charged the cost of min(duration, 600); the overrun metric counts the overruns."""
-    url = store_url(tmp_path, "money")
+    url = backend.url(tmp_path, "money")
     server = serve(config(url), name="money")
     calls = ids("load", N_OVERRUN)
     ice_all([server], calls)
@@ -577,7 +580,7 @@ def test_two_instances_given_the_same_dice_settle_each_call_once(backend, serve,
     """Two servers on one store (one PostgreSQL schema; one SQLite file shared by two
     processes); every DiCE is delivered to both at once: exactly one settlement and one
     call record each."""
-    url = store_url(tmp_path, "money")
+    url = backend.url(tmp_path, "money")
     text = config(url)
     a, b = serve(text, name="a"), serve(text, name="b")
     calls = ids("two", N_TWO)
@@ -596,7 +599,7 @@ def test_survivor_takes_over_the_dice_of_a_killed_instance(backend, serve, tmp_p
     not restarted. Sinch redelivers what it did not acknowledge to the survivor: every
     call ends settled and recorded (the killed one's claims are taken over after their
     lease, budget + 2 s)."""
-    url = store_url(tmp_path, "money")
+    url = backend.url(tmp_path, "money")
     text = config(url, budget=1.0)
     a, b = serve(text, name="a"), serve(text, name="b")
     calls = ids("survive", N_KILL)
@@ -636,7 +639,7 @@ def test_budget_holds_as_the_client_sees_it_with_a_hanging_plugin(backend, serve
     from tests.hang_plugin import hangs
 
     site = make_dist(tmp_path / "site", "switchboard-hang", "hang = tests.hang_plugin")
-    url = store_url(tmp_path, "money")
+    url = backend.url(tmp_path, "money")
     text = config(
         url,
         budget=HANG_BUDGET,
@@ -657,7 +660,7 @@ def test_budget_holds_as_the_client_sees_it_with_a_hanging_plugin(backend, serve
     took = sorted(t for _, _, _, t in results)
     q = statistics.quantiles(took, n=100)
     summary = (
-        f"{backend}: {len(took)} ICEs, {hanging} hanging, {HANG_CLIENTS} clients: "
+        f"{backend.name}: {len(took)} ICEs, {hanging} hanging, {HANG_CLIENTS} clients: "
         f"p50 {q[49]:.3f} s, p90 {q[89]:.3f} s, p99 {q[98]:.3f} s, max {took[-1]:.3f} s"
     )
     print(summary)
@@ -716,7 +719,7 @@ def test_stalled_store_ice_gets_the_fallback_in_time_and_dice_gets_503(backend, 
     """While the store cannot answer, an ICE gets the configured fallback within the
     budget (as the client sees it) and a DiCE gets 503, never 200; afterwards the
     DiCE's redelivery is answered 200 and the call settled."""
-    url = store_url(tmp_path, "money")
+    url = backend.url(tmp_path, "money")
     budget = 1.0
     server = serve(config(url, budget=budget), name="money")
     ice_all([server], ["stall-1"])
@@ -766,7 +769,7 @@ def test_failed_dice_work_is_retried_in_the_background(backend, serve, tmp_path)
     """A plugin's DiCE hook raises for a while (its store is down): the DiCE is still
     answered 200 (it is durable), and the work is retried with backoff until it
     succeeds, without any redelivery."""
-    url = store_url(tmp_path, "money")
+    url = backend.url(tmp_path, "money")
     server, flag = _flaky_server(serve, tmp_path, url, RETRY_POLICY)
     calls = ids("flaky", 10)
     ice_all([server], calls)
@@ -789,7 +792,7 @@ def test_dice_work_that_keeps_failing_is_parked_for_an_operator(backend, serve, 
     processes it and the gauge drops to zero."""
     from tests.conftest import run_cli
 
-    url = store_url(tmp_path, "money")
+    url = backend.url(tmp_path, "money")
     server, flag = _flaky_server(serve, tmp_path, url, PARK_POLICY)
     ice_all([server], ["parked-1"])
     flag.touch()

@@ -20,7 +20,7 @@ from plugins.crm import Crm
 from tests.conftest import run_cli
 from tests.fake_crm import FakeCrm
 
-from tests.helpers import KEY, SECRET, ace, dice, ice, post, runtime, store_url, wait_for, webapp
+from tests.helpers import KEY, SECRET, ace, dice, ice, post, wait_for, webapp
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -29,8 +29,8 @@ CRM_SECRET = "crm-flow-secret"
 
 
 @pytest.fixture
-def trio():
-    rt = runtime(
+def trio(backend):
+    rt = backend.runtime(
         {"allowlist": Allowlist(), "credit": Credit(), "crm": Crm()},
         plugins={
             "allowlist": {
@@ -104,10 +104,10 @@ def test_caller_without_credit_is_denied_and_recorded(trio):
 # ---------------------------------------------------------------- the example config
 
 
-def test_example_config_on_the_real_server(serve, tmp_path):
+def test_example_config_on_the_real_server(serve, tmp_path, backend):
     text = (REPO / "config.toml").read_text().replace("port = 8080", "port = 0")
     text = text.replace(
-        'url = "sqlite:///switchboard.db"', f'url = "{store_url(tmp_path, "switchboard")}"'
+        'url = "sqlite:///switchboard.db"', f'url = "{backend.url(tmp_path, "switchboard")}"'
     )
     server = serve(text, name="config")
     status, _, body = server.post(ice("ex-1"))
@@ -159,8 +159,8 @@ initial_accounts = {{ shared = "20.00" }}
 """
 
 
-def test_concurrent_calls_on_one_account_never_overspend(serve, tmp_path):
-    server = serve(LOAD_CONFIG.replace("@STORE@", store_url(tmp_path, "load")), name="load")
+def test_concurrent_calls_on_one_account_never_overspend(serve, tmp_path, backend):
+    server = serve(LOAD_CONFIG.replace("@STORE@", backend.url(tmp_path, "load")), name="load")
     tariff = Tariff(Decimal("0.60"), 1, 1, 0, 100)
     rng = random.Random(7)
     caps: dict[str, int] = {}
@@ -194,7 +194,7 @@ def test_concurrent_calls_on_one_account_never_overspend(serve, tmp_path):
     assert caps, "some calls must have been allowed"
     assert server.stop() == 0
 
-    store = open_store(store_url(tmp_path, "load"))
+    store = open_store(backend.url(tmp_path, "load"))
     try:
         balance = store.query("SELECT balance FROM credit_accounts WHERE account = 'shared'")[0][0]
         ledger = store.query(
@@ -224,7 +224,7 @@ def test_concurrent_calls_on_one_account_never_overspend(serve, tmp_path):
 # ---------------------------------------------------------------- crash with records in the outbox
 
 
-def test_killing_the_server_mid_outbox_loses_nothing(serve, tmp_path):
+def test_killing_the_server_mid_outbox_loses_nothing(serve, tmp_path, backend):
     with FakeCrm(CRM_SECRET, fail_first=10**6) as crm:
         config = f"""
 [server]
@@ -232,7 +232,7 @@ port = 0
 [sinch]
 keys = [{{ key = "{KEY}", secret = "{SECRET}" }}]
 [store]
-url = "{store_url(tmp_path, "crash")}"
+url = "{backend.url(tmp_path, "crash")}"
 [plugins]
 enabled = ["crm"]
 [plugins.crm]
@@ -263,7 +263,7 @@ max_attempts = 1000
 # ---------------------------------------------------------------- several instances, one store
 
 
-def test_two_instances_share_one_truth(serve, tmp_path):
+def test_two_instances_share_one_truth(serve, tmp_path, backend):
     with FakeCrm(CRM_SECRET) as crm:
         config = f"""
 [server]
@@ -272,7 +272,7 @@ threads = 8
 [sinch]
 keys = [{{ key = "{KEY}", secret = "{SECRET}" }}]
 [store]
-url = "{store_url(tmp_path, "shared")}"
+url = "{backend.url(tmp_path, "shared")}"
 [plugins]
 enabled = ["allowlist", "credit", "crm"]
 [plugins.allowlist]
@@ -333,7 +333,7 @@ backoff = 0.1
         assert a.stop() == 0 and b.stop() == 0
 
     assert sorted(crm.received) == sorted(c for c, _ in calls)  # one CRM delivery per call
-    store = open_store(store_url(tmp_path, "shared"))
+    store = open_store(backend.url(tmp_path, "shared"))
     try:
         assert store.query("SELECT COUNT(*) FROM crm_calls")[0][0] == len(calls)  # no lost record
         ledger = store.query("SELECT account, kind, amount, callid FROM credit_ledger")

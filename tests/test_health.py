@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _postgres_url
 from tests.helpers import KEY, SECRET, dice, ice, signed
 from tests.test_plugins import make_dist
 
@@ -274,10 +273,10 @@ class Proxy:
 
 
 @pytest.fixture
-def pg_behind_proxy():
+def pg_behind_proxy(postgres_url):
     import psycopg
 
-    base = _postgres_url()
+    base = postgres_url
     schema = f"sbtest_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")

@@ -18,6 +18,7 @@ from core.events import MAX_DEPTH
 from core.store import open_store
 from plugins.credit import Credit
 from tests.helpers import (
+    Backend,
     KEY,
     PATH,
     SECRET,
@@ -29,7 +30,6 @@ from tests.helpers import (
     pie,
     post,
     signed,
-    store_url,
     table_counts,
 )
 from tests.test_credit import BASE
@@ -225,8 +225,10 @@ def test_notify_without_callid_is_accepted_once(make):
 # ------------------------------------------------------------------ real server
 
 
-def _config(tmp_path: Path, name: str, max_body: int = BIG_BODY) -> tuple[str, str]:
-    url = store_url(tmp_path, name)
+def _config(
+    backend: Backend, tmp_path: Path, name: str, max_body: int = BIG_BODY
+) -> tuple[str, str]:
+    url = backend.url(tmp_path, name)
     text = (REPO / "config.toml").read_text()
     text = text.replace("port = 8080", "port = 0")
     text = text.replace("max_body_bytes = 65536", f"max_body_bytes = {max_body}")
@@ -235,8 +237,8 @@ def _config(tmp_path: Path, name: str, max_body: int = BIG_BODY) -> tuple[str, s
 
 
 @pytest.mark.usefixtures("backend")
-def test_real_server_refuses_hostile_bodies_and_stores_nothing(serve, tmp_path):
-    text, url = _config(tmp_path, "hostile")
+def test_real_server_refuses_hostile_bodies_and_stores_nothing(serve, tmp_path, backend):
+    text, url = _config(backend, tmp_path, "hostile")
     server = serve(text)
     store = open_store(url, tmp_path, pool_size=1)
     try:
@@ -275,7 +277,7 @@ def test_real_server_parses_costly_numbers_in_bounded_time(serve, tmp_path):
     """Bodies up to max_body_bytes full of numbers written to cost CPU: each is answered
     within a fraction of a second, and /healthz answers meanwhile."""
     limit = 65536
-    text, _ = _config(tmp_path, "numbers", max_body=limit)
+    text, _ = _config(Backend("sqlite"), tmp_path, "numbers", max_body=limit)
     server = serve(text)
     healthz = server.url.split("/sinch/")[0] + "/healthz"
 
@@ -351,10 +353,12 @@ def _raw_http(url: str, request: bytes, *pieces: bytes) -> tuple[int, bytes]:
 
 
 @pytest.mark.usefixtures("backend")
-def test_real_server_http_level_errors_keep_their_status_and_are_short(serve, tmp_path):
+def test_real_server_http_level_errors_keep_their_status_and_are_short(
+    serve, tmp_path, backend
+):
     """Refused by waitress before the app runs: the status is waitress's, the body the
     app's short JSON shape (see the README's Security section)."""
-    text, url = _config(tmp_path, "http", max_body=65536)
+    text, url = _config(backend, tmp_path, "http", max_body=65536)
     server = serve(text)
     store = open_store(url, tmp_path, pool_size=1)
     path = PATH.encode()

@@ -14,7 +14,7 @@ import pytest
 from core.store import CORE_MIGRATIONS, StoreError, open_store
 from plugins.credit import MIGRATIONS as CREDIT_MIGRATIONS
 from plugins.crm import MIGRATIONS as CRM_MIGRATIONS
-from tests.helpers import KEY, SECRET, store_url
+from tests.helpers import KEY, SECRET
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,8 +66,8 @@ def test_concurrent_migrations_on_a_fresh_database(tmp_path, backend):
     NOT EXISTS schema_migrations, and SQLite with "database is locked" from switching
     the new file to WAL."""
     owners = {"core": CORE_MIGRATIONS, "credit": CREDIT_MIGRATIONS, "crm": CRM_MIGRATIONS}
-    for round_ in range(12 if backend == "postgres" else 40):
-        url = store_url(tmp_path, f"migrate-{round_}")
+    for round_ in range(12 if backend.name == "postgres" else 40):
+        url = backend.url(tmp_path, f"migrate-{round_}")
         barrier = threading.Barrier(6)
         errors: list[BaseException] = []
         applied: list[dict[str, list[int]]] = []
@@ -97,11 +97,11 @@ def test_concurrent_migrations_on_a_fresh_database(tmp_path, backend):
 def test_instances_started_together_all_start(tmp_path, backend):
     """4 real `serve.py` processes started at the same moment on a fresh store, several
     rounds: every one starts (no raw UniqueViolation from a concurrent CREATE TABLE)."""
-    rounds = 8 if backend == "postgres" else 2
+    rounds = 8 if backend.name == "postgres" else 2
     for round_ in range(rounds):
         config = tmp_path / f"round{round_}" / "config.toml"
         config.parent.mkdir()
-        config.write_text(CONFIG.replace("@STORE@", store_url(tmp_path, f"fresh-{round_}")))
+        config.write_text(CONFIG.replace("@STORE@", backend.url(tmp_path, f"fresh-{round_}")))
         procs = [_start(config) for _ in range(4)]
         try:
             lines = [p.stdout.readline() for p in procs]
@@ -113,7 +113,7 @@ def test_instances_started_together_all_start(tmp_path, backend):
         for line, err in zip(lines, errs, strict=True):
             assert line.startswith("switchboard listening on "), f"round {round_}: {line!r}\n{err}"
             assert "Traceback" not in err
-        store = open_store(store_url(tmp_path, f"fresh-{round_}"), tmp_path, pool_size=1)
+        store = open_store(backend.url(tmp_path, f"fresh-{round_}"), tmp_path, pool_size=1)
         try:
             rows = store.query(
                 "SELECT owner, COUNT(*) FROM schema_migrations GROUP BY owner ORDER BY owner"
@@ -149,7 +149,7 @@ def _fails_in_one_line(config: Path) -> str:
 
 
 def test_a_failed_migration_is_one_line(tmp_path, backend):
-    url = store_url(tmp_path, "broken")
+    url = backend.url(tmp_path, "broken")
     store = open_store(url, tmp_path, pool_size=1)
     try:  # a table in the way of crm's first migration
         store.write("CREATE TABLE crm_calls (x INTEGER)")

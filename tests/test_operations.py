@@ -25,9 +25,7 @@ from tests.helpers import (
     dice,
     ice,
     post,
-    runtime,
     signed,
-    store_url,
     wait_for,
 )
 from tests.test_plugins import make_dist
@@ -144,11 +142,11 @@ def test_admin_trace_endpoint(make):
     app.get("/admin/trace/none", headers={"Authorization": f"Bearer {TOKEN}"}, status=404)
 
 
-def test_short_admin_token_is_refused():
+def test_short_admin_token_is_refused(backend):
     from core.config import ConfigError
 
     with pytest.raises(ConfigError, match="admin.token: use at least 16 characters"):
-        runtime(admin={"token": "short"})
+        backend.runtime(admin={"token": "short"})
 
 
 def test_hook_tracing_logs_calls_without_secrets(monkeypatch, caplog, make):
@@ -179,17 +177,17 @@ def test_hook_tracing_logs_calls_without_secrets(monkeypatch, caplog, make):
 # ---------------------------------------------------------------- through serve.py
 
 
-def _config(tmp_path, allow: str, extra: str = "") -> str:
+def _config(backend, tmp_path, allow: str, extra: str = "") -> str:
     text = (
         f'[server]\nport = 0\n[sinch]\nkeys = [{{ key = "{KEY}", secret = "{SECRET}" }}]\n'
-        f'[store]\nurl = "{store_url(tmp_path, "ops")}"\n[admin]\ntoken = "{TOKEN}"\n'
+        f'[store]\nurl = "{backend.url(tmp_path, "ops")}"\n[admin]\ntoken = "{TOKEN}"\n'
         f'[plugins]\nenabled = [{extra}"allowlist"]\n[plugins.allowlist]\nallow = ["{allow}"]\n'
     )
     return text + ("[plugins.slow]\ndelay = 1.0\n" if extra else "")
 
 
-def test_trace_command(serve, tmp_path):
-    server = serve(_config(tmp_path, "+15612600684"), name="ops")
+def test_trace_command(serve, tmp_path, backend):
+    server = serve(_config(backend, tmp_path, "+15612600684"), name="ops")
     server.post(ice("cli-1"))
     server.post(dice("cli-1"))
     server.stop()
@@ -205,10 +203,12 @@ def test_trace_command(serve, tmp_path):
     assert run_cli(server.config, "trace", "nope").returncode == 1
 
 
-def test_reload_on_sighup(serve, tmp_path):
+def test_reload_on_sighup(serve, tmp_path, backend):
     site = tmp_path / "site"
     make_dist(site, "switchboard-slow", "slow = tests.slow_plugin")
-    server = serve(_config(tmp_path, "+15612600684", '"slow", '), name="ops", pythonpath=str(site))
+    server = serve(
+        _config(backend, tmp_path, "+15612600684", '"slow", '), name="ops", pythonpath=str(site)
+    )
     assert json.loads(server.post(ice(to="+14155550000"))[2])["action"]["name"] == "hangup"
 
     result = {}
@@ -217,7 +217,7 @@ def test_reload_on_sighup(serve, tmp_path):
     )
     slow.start()
     time.sleep(0.3)  # the slow plugin is deciding on the old configuration
-    server.config.write_text(_config(tmp_path, "+14155550000"))
+    server.config.write_text(_config(backend, tmp_path, "+14155550000"))
     server.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: "reloaded" in server.log, timeout=10)
     assert json.loads(server.post(ice(to="+14155550000"))[2])["action"]["name"] == "connectPstn"
@@ -230,7 +230,7 @@ def test_reload_on_sighup(serve, tmp_path):
     }
 
     server.config.write_text(
-        _config(tmp_path, "+14155550000").replace('allow = ["+14155550000"]', "allow = 5")
+        _config(backend, tmp_path, "+14155550000").replace('allow = ["+14155550000"]', "allow = 5")
     )
     server.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: "reload refused" in server.log, timeout=10)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError
+from core.config import ConfigError, Key, positive
 from core.decisions import Decision
 from core.hookspecs import hookimpl
 from core.plugins import PluginError, make_plugins
@@ -56,7 +58,7 @@ def test_entry_point_plugin_decides_end_to_end(site):
     make_dist(site, "switchboard-vip", "vip = tests.vip_plugin")
     from core import config as cfg
     from core.runtime import Runtime
-    from tests.helpers import new_store
+    from core.store import SqliteStore
 
     settings = cfg.parse(
         {
@@ -66,7 +68,7 @@ def test_entry_point_plugin_decides_end_to_end(site):
         None,
         env={},
     )
-    with Runtime.build(settings, store=new_store()) as rt:
+    with Runtime.build(settings, store=SqliteStore(":memory:")) as rt:
         app = webapp(rt)
         r = post(app, ice("vip-1", cli="12015555555"))
         assert r.json["action"] == {
@@ -123,6 +125,238 @@ def test_misspelt_hook_fails_loudly():
     with pytest.raises(PluginError) as err:
         make_plugins(["typo"], load_entrypoints=False, given={"typo": Typo()})
     assert "plugin 'typo'" in str(err.value) and "switchboard_icee" in str(err.value)
+
+
+def _refusal(obj, name="p"):
+    with pytest.raises(PluginError) as err:
+        make_plugins([name], load_entrypoints=False, given={name: obj})
+    return str(err.value)
+
+
+ORIGIN = "plugin 'p' from object tests.test_plugins."
+
+
+@pytest.mark.parametrize(
+    ("method", "hint"),
+    [
+        ("switchboard_ice_", "switchboard_ice"),
+        ("switchbord_dice", "switchboard_dice"),
+        ("switchboard_configur", "switchboard_configure"),
+    ],
+)
+def test_a_misspelt_hook_is_named_with_the_hook_meant(method, hint):
+    def hook(self, event):
+        return None
+
+    plugin = type("Typo", (), {method: hookimpl(hook)})()
+    assert _refusal(plugin) == (
+        f"{ORIGIN}Typo: {method} is not a Switchboard hook (did you mean {hint}?)"
+    )
+
+
+def test_a_hook_that_resembles_nothing_gets_no_suggestion():
+    class Odd:
+        @hookimpl
+        def on_call(self, event):
+            return None
+
+    where = "test_a_hook_that_resembles_nothing_gets_no_suggestion.<locals>.Odd"
+    assert _refusal(Odd()) == f"{ORIGIN}{where}: on_call is not a Switchboard hook"
+
+
+@pytest.mark.parametrize(
+    ("method", "hint"),
+    [("switchboard_ice", ""), ("switchbord_dice", "did you mean switchboard_dice? ")],
+)
+def test_a_method_named_like_a_hook_but_not_marked_is_refused(method, hint):
+    plugin = type("Unmarked", (), {method: lambda self, event: None})()
+    assert _refusal(plugin) == (
+        f"{ORIGIN}Unmarked: {method} is named like a hook but not marked @hookimpl "
+        f"({hint}add `from core import hookimpl` and decorate it, or rename it)"
+    )
+
+
+def test_static_and_class_methods_named_like_hooks_are_checked_too():
+    class Statics:
+        @staticmethod
+        def switchboard_ice(event):
+            return None
+
+        @classmethod
+        def switchboard_dice(cls, event):
+            return None
+
+        switchboard_version = "1.0"  # not a method: not a hook either
+
+        def helper(self):
+            return None
+
+    message = _refusal(Statics())
+    assert "switchboard_dice is named like a hook but not marked @hookimpl" in message
+    assert "switchboard_ice is named like a hook but not marked @hookimpl" in message
+    assert "switchboard_version" not in message and "helper" not in message
+
+
+def test_a_module_plugin_is_checked_like_a_class(site):
+    (site / "switchboard_modtypo.py").write_text(
+        "from core import hookimpl\n\n@hookimpl\ndef switchboard_ace_(event):\n    return None\n"
+    )
+    make_dist(site, "switchboard-modtypo", "modtypo = switchboard_modtypo")
+    with pytest.raises(PluginError) as err:
+        make_plugins(["modtypo"])
+    assert str(err.value) == (
+        "plugin 'modtypo' from package switchboard-modtypo (switchboard_modtypo): "
+        "switchboard_ace_ is not a Switchboard hook (did you mean switchboard_ace?)"
+    )
+
+
+def test_an_argument_the_hook_does_not_pass_is_named_with_the_arguments_it_does():
+    class Wrong:
+        @hookimpl
+        def switchboard_startup(self, store, configuration, serving):
+            return None
+
+    assert _refusal(Wrong()).endswith(
+        "Wrong: implements a hook wrongly: switchboard_startup(store, configuration, serving): "
+        "'configuration' is not an argument of the hook "
+        "(switchboard_startup takes store, config, serving; did you mean config?)"
+    )
+
+
+def test_catch_all_arguments_are_refused_as_they_receive_nothing():
+    class Greedy:
+        @hookimpl
+        def switchboard_ice(self, event, *args, **kwargs):
+            return None
+
+    message = _refusal(Greedy())
+    assert (
+        "implements a hook wrongly: switchboard_ice(event, *args, **kwargs): *args receives "
+        "nothing (hooks are called by argument name; switchboard_ice takes event, ctx)"
+    ) in message
+    assert "**kwargs receives nothing" in message
+
+
+def test_every_mistake_of_a_plugin_is_named_at_once_and_good_hooks_pass():
+    class Several:
+        @hookimpl
+        def switchboard_ice(self, ctx):  # a subset of the arguments, in any order: fine
+            return None
+
+        @hookimpl(specname="switchboard_ace")
+        def on_answer(self, event):  # another name, with specname: fine
+            return None
+
+        @hookimpl
+        def switchboard_pie(self, event, ctx, extra=None):  # a defaulted extra: never passed
+            return None
+
+        @hookimpl
+        def switchboard_dise(self, event):
+            return None
+
+        def switchboard_notify(self, event):
+            return None
+
+    message = _refusal(Several())
+    assert message.endswith(
+        "Several: switchboard_dise is not a Switchboard hook (did you mean switchboard_dice?); "
+        "switchboard_notify is named like a hook but not marked @hookimpl "
+        "(add `from core import hookimpl` and decorate it, or rename it)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        ({"limit": int}, "config key 'limit' must be declared with core.config.Key"),
+        ({"no-dash": Key(int)}, "config key 'no-dash' is not a valid name"),
+        (
+            {"items": Key(list)},
+            "config key 'items' is named like a method of the config mapping "
+            "(config.items would not read it); choose another name",
+        ),
+        (
+            {"limit": Key("int")},
+            "config key 'limit': 'int' is not a type (use one of str, int, float, bool, "
+            "Decimal, list, dict, list[T] or dict[str, T])",
+        ),
+        (
+            {"when": Key(datetime)},
+            "config key 'when': datetime is not a type config.toml holds (use one of str, "
+            "int, float, bool, Decimal, list, dict, list[T] or dict[str, T])",
+        ),
+        (
+            {"pairs": Key(list[tuple[str, int]])},
+            "config key 'pairs': tuple[str, int] cannot be checked (use one of str, int, "
+            "float, bool, Decimal, list, dict, list[T] or dict[str, T]; choices= for fixed values)",
+        ),
+        (
+            {"rates": Key(dict[int, str])},
+            "config key 'rates': dict[int, str]: the keys of a table are always strings "
+            "(use dict[str, ...])",
+        ),
+        (
+            {"limit": Key(int | None)},
+            "config key 'limit': int | None cannot be checked (config.toml has no null: "
+            "declare default=None)",
+        ),
+        ({"limit": Key(int, "5")}, "config key 'limit': default: expected an integer, got '5'"),
+        (
+            {"allow": Key(list[str], ["+1", 5])},
+            "config key 'allow': default[1]: expected a string, got 5",
+        ),
+        (
+            {"mode": Key(str, "loud", choices=("quiet", "normal"))},
+            "config key 'mode': default: must be one of 'quiet', 'normal', got 'loud'",
+        ),
+        (
+            {"delay": Key(float, -1.0, check=positive)},
+            "config key 'delay': default: must be greater than 0",
+        ),
+    ],
+)
+def test_a_bad_config_key_declaration_is_named(keys, problem):
+    class Declares:
+        @hookimpl
+        def switchboard_config_keys(self):
+            return keys
+
+    with pytest.raises(PluginError) as err:
+        runtime({"p": Declares()})
+    where = "test_a_bad_config_key_declaration_is_named.<locals>.Declares"
+    assert str(err.value) == f"{ORIGIN}{where}: {problem}"
+
+
+def test_typed_keys_are_checked_element_by_element_and_read_as_attributes():
+    seen = []
+
+    class Typed:
+        @hookimpl
+        def switchboard_config_keys(self):
+            return {
+                "allow": Key(list[str], [], "numbers"),
+                "rates": Key(dict[str, Decimal], {}, "per prefix"),
+                "max_duration": Key(int, 3600, "seconds"),
+            }
+
+        @hookimpl
+        def switchboard_ice(self, event, ctx):
+            seen.append((ctx.config.allow, ctx.config.rates, ctx.config.max_duration))
+            seen.append(ctx.config["max_duration"])
+
+    with pytest.raises(ConfigError) as err:
+        runtime({"allowlist": Typed()}, plugins={"allowlist": {"allow": ["+1", "+2", 5]}})
+    assert str(err.value) == "plugins.allowlist.allow[2]: expected a string, got 5"
+    rt = runtime(
+        {"allowlist": Typed()},
+        plugins={"allowlist": {"allow": ["+1"], "rates": {"+1": Decimal("0.02")}}},
+    )
+    try:
+        post(webapp(rt), ice())
+    finally:
+        rt.close()
+    assert seen == [(["+1"], {"+1": Decimal("0.02")}, 3600), 3600]
 
 
 def test_wrappers_are_refused_on_event_hooks():

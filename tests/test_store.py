@@ -8,14 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from core.store import CORE_MIGRATIONS, Migration, PostgresStore, StoreError, redact_url
-from tests.helpers import new_store
 
 pytestmark = pytest.mark.usefixtures("backend")
 
 
 @pytest.fixture
-def store():
-    s = new_store()
+def store(backend):
+    s = backend.store()
     s.migrate("core", CORE_MIGRATIONS)
     yield s
     s.close()
