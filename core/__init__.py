@@ -8,7 +8,7 @@ itself, with every hook's signature and meaning, is ``core.hookspecs``, rendered
 docs/plugins.md.
 """
 
-from core.config import Key, between, non_negative, positive
+from core.config import Key, PluginConfig, between, non_negative, positive
 from core.decisions import Decision
 from core.events import (
     Ace,
@@ -66,6 +66,7 @@ __all__ = [
     # the contract
     "hookimpl",
     "CallContext",
+    "PluginConfig",
     "Trace",
     "PluginResult",
     "StoreGauges",

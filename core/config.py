@@ -498,7 +498,7 @@ class Settings:
     admin: Mapping[str, Any]
     enabled: tuple[str, ...]
     plugin_tables: Mapping[str, Any]
-    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    plugins: Mapping[str, PluginConfig] = field(default_factory=dict)
     plugin_keys: Mapping[str, Mapping[str, Key]] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
     """Where each value came from: ``"store.url"`` -> ``"file"``, ``"default"`` or the
@@ -671,7 +671,7 @@ def with_plugins(
         raise ConfigError(
             f"plugins.{stray[0]}: configured but not enabled (add it to plugins.enabled or remove the table)"
         )
-    values: dict[str, Mapping[str, Any]] = {}
+    values: dict[str, PluginConfig] = {}
     keys_by_plugin: dict[str, Mapping[str, Key]] = {}
     sources = {k: v for k, v in settings.sources.items() if not k.startswith("plugins.")}
     for name in settings.enabled:

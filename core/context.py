@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from core.config import PluginConfig
 from core.store import Store
 
 
@@ -19,7 +18,7 @@ class CallContext:
     callid: str
     event: str
     plugin: str
-    config: Mapping[str, Any]
+    config: PluginConfig
     store: Store
     deadline: float
     log: logging.Logger

@@ -209,8 +209,11 @@ def switchboard_config_keys() -> Mapping[str, Any]:  # type: ignore[empty-body]
 
     Called once per enabled plugin while the configuration is validated, before
     ``switchboard_configure``. Return a mapping of key name to
-    ``core.Key(type, default, help, secret=False, env=None)``. Unknown keys and
-    wrong types in config.toml then stop the start with a message naming the key. A key
+    ``core.Key(type, default, help, secret=False, env=None)``; ``type`` may be
+    ``list[str]`` or ``dict[str, int]`` (every element is checked) as well as a plain
+    type. Unknown keys and wrong types in config.toml then stop the start with a message
+    naming the key (and the element). The plugin reads its settings as ``ctx.config``
+    (``core.PluginConfig``): ``ctx.config["timeout"]`` or ``ctx.config.timeout``. A key
     declared with ``env="NAME"`` may also come from that environment variable; a
     ``secret=True`` key is redacted wherever settings are shown.
 

@@ -32,7 +32,7 @@ from typing import Any
 from core.breaker import Breaker
 from core.dispatch import Call, Running, dispatch
 from core.context import CallContext
-from core.config import Settings
+from core.config import PluginConfig, Settings
 from core.decisions import Decision, Outcome, merge
 from core.events import DECISION_EVENTS, Event, EventError, excerpt, parse_event
 from core.metrics import FALLBACK_RULES, Metrics
@@ -471,7 +471,7 @@ class Pipeline:
         for impl in impls:
             if impl.plugin in skip:
                 continue
-            config = self.settings.plugins.get(impl.plugin, {})
+            config = self.settings.plugins.get(impl.plugin) or PluginConfig(impl.plugin, {})
             on_error = config.get("on_error") or ("deny" if decision else "abstain")
             if self._running.full(impl.plugin):
                 shunned.append((impl, on_error, "saturated"))

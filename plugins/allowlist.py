@@ -114,13 +114,13 @@ KEYS = {
     "default": Key(
         str, "deny", "verdict for a destination no rule matches", choices=("deny", "allow")
     ),
-    "allow": Key(list, [], "destination numbers or prefixes ('+44*') that may be called"),
-    "deny": Key(list, [], "destination numbers or prefixes that may not be called"),
+    "allow": Key(list[str], [], "destination numbers or prefixes ('+44*') that may be called"),
+    "deny": Key(list[str], [], "destination numbers or prefixes that may not be called"),
     "callers_default": Key(
         str, "allow", "verdict for a caller no caller rule matches", choices=("deny", "allow")
     ),
-    "allow_callers": Key(list, [], "caller numbers or prefixes that may call"),
-    "deny_callers": Key(list, [], "caller numbers or prefixes that may not call"),
+    "allow_callers": Key(list[str], [], "caller numbers or prefixes that may call"),
+    "deny_callers": Key(list[str], [], "caller numbers or prefixes that may not call"),
     "builtin_deny": Key(bool, True, "deny the built-in high-risk ranges (premium-rate, IRSF)"),
     "max_duration": Key(
         int,

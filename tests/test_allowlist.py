@@ -166,7 +166,7 @@ def test_velocity_counters_are_shared_through_the_store(app_with):
     ("config", "message"),
     [
         ({"allow": ["15612600684x"]}, "allow: '15612600684x' is not a number pattern"),
-        ({"deny": [5]}, "deny: 5 is not a string"),
+        ({"deny": [5]}, "plugins.allowlist.deny[0]: expected a string, got 5"),
         ({"cli": "anonymous"}, "cli"),
         ({"max_duration": 20000}, "plugins.allowlist.max_duration: must be between 1 and 14400"),
         ({"default": "maybe"}, "plugins.allowlist.default: must be one of"),

@@ -49,7 +49,7 @@ class BusinessHours:
             "timezone": Key(str, "UTC", "IANA time zone of the opening hours"),
             "open": Key(str, "09:00", "opening time, HH:MM"),
             "close": Key(str, "17:00", "closing time, HH:MM"),
-            "days": Key(list, ["mon", "tue", "wed", "thu", "fri"], "open days"),
+            "days": Key(list[str], ["mon", "tue", "wed", "thu", "fri"], "open days"),
             "closed_prompt": Key(
                 str, "We are closed. Please call again during opening hours.", "said when closed"
             ),
