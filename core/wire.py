@@ -58,3 +58,8 @@ def missing(message: str) -> str | None:
     prefix = "Object missing required field `"
     return message[len(prefix) : -1] if message.startswith(prefix) else None
 
+
+def unknown(message: str) -> str | None:
+    """The field a msgspec "unknown field" error names, or None."""
+    prefix = "Object contains unknown field `"
+    return message[len(prefix) : -1] if message.startswith(prefix) else None
