@@ -30,7 +30,6 @@ call would go unsettled (its reservation released by the sweeper) and unrecorded
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -263,7 +262,7 @@ def merge(
             values.append(own)
         limit = min(min(values), action.duration_limit)
         if limit != own:
-            action = dataclasses.replace(action, max_duration=limit)  # type: ignore[call-arg]
+            action = action.replace(max_duration=limit)
             capper = min(caps, key=lambda c: c[1] or 0)[0]
             outcome.notes.append(f"maxDuration {limit} s set by {capper}")
             outcome.capped_by = capper

@@ -1,10 +1,11 @@
 """Typed, immutable Sinch callback events (SINCH.md section 2).
 
 ``parse_event(raw_bytes)`` turns a raw request body into an ``Ice``, ``Ace``, ``Pie``,
-``Dice`` or ``Notify``. Unknown fields are kept (read-only, in ``extra``) and otherwise
-ignored; a known field of the wrong type, a missing ``event`` or ``callid`` (optional
-for a Notify only: then ``callid`` is ``""``), an unknown event name, or a body that is
-not a JSON object raises ``EventError`` naming the field.
+``Dice`` or ``Notify``: frozen ``msgspec.Struct`` types, read the way ``core.wire``
+describes. Unknown fields are kept (read-only, in ``extra``) and otherwise ignored; a
+known field of the wrong type, a missing ``event`` or ``callid`` (optional for a Notify
+only: then ``callid`` is ``""``), an unknown event name, or a body that is not a JSON
+object raises ``EventError`` naming the field.
 
 Money amounts are parsed as ``Decimal``, never float.
 
@@ -13,8 +14,8 @@ number literal longer than ``MAX_NUMBER_CHARS`` or with a decimal exponent beyon
 ``MAX_EXPONENT``, ``NaN``/``Infinity``, and a string (key or value, anywhere) holding a
 NUL character or a lone surrogate are refused, so no input costs more than linear time
 or reaches the store in a form it cannot encode. Every numeric field of an event has a
-range (``RANGES``, ``MONEY_MAX``, ``MONEY_PLACES``); a value outside it is refused
-naming the field. Messages quote at most ``EXCERPT`` characters of any input.
+range (each struct's ``ranges``, ``MONEY_MAX``, ``MONEY_PLACES``); a value outside it is
+refused naming the field. Messages quote at most ``EXCERPT`` characters of any input.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+from core import wire
 
 EVENT_NAMES = ("ice", "ace", "pie", "dice", "notify")
 
@@ -34,15 +38,12 @@ MAX_NUMBER_CHARS = 40  # characters of one number literal, sign and exponent inc
 MAX_EXPONENT = 400  # |decimal exponent| of a number anywhere (every finite double fits)
 EXCERPT = 40  # characters of input quoted in an error message
 
-# (low, high) of the integer fields, inclusive. Durations: a day (Sinch cuts a call at
-# its maxDuration, at most 14400 s; a DiCE may report a little more than a cap).
+# (low, high) of the integer fields, inclusive (each event's ``ranges``). Durations: a
+# day (Sinch cuts a call at its maxDuration, at most 14400 s; a DiCE may report a little
+# more than a cap).
+VERSION = (1, 100)
 DURATION = (0, 86_400)
-RANGES: dict[str, tuple[int, int]] = {
-    "version": (1, 100),
-    "duration": DURATION,
-    "amd.duration": DURATION,
-    "errorCode": (0, 999_999),
-}
+ERROR_CODE = (0, 999_999)
 # Money (debit, userRate): 0 <= amount < MONEY_MAX, at most MONEY_PLACES decimals
 # (trailing zeros aside). Sinch prices and charges are never negative.
 MONEY_MAX = Decimal(10) ** 9
@@ -51,6 +52,7 @@ _PLACES = Decimal(1).scaleb(-MONEY_PLACES)
 DECISION_EVENTS = ("ice", "ace", "pie")
 
 _DIGITS = re.compile(r"^\+?[0-9]{2,15}$")
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class EventError(ValueError):
@@ -91,98 +93,79 @@ def freeze(value: Any) -> Any:
     return value
 
 
-# --------------------------------------------------------------------------- field readers
-
-
-class _Reader:
-    """Reads typed fields out of one JSON object, naming the field path on error."""
-
-    def __init__(self, data: Mapping[str, Any], prefix: str = "") -> None:
-        self.data = data
-        self.prefix = prefix
-        self.seen: set[str] = set()
-
-    def _get(self, name: str, kinds: tuple[type, ...], label: str) -> Any:
-        self.seen.add(name)
-        value = self.data.get(name)
-        if value is None:
-            return None
-        if isinstance(value, bool) and bool not in kinds:
-            value = object()  # a bool is not a number here
-        if not isinstance(value, kinds):
-            raise EventError(self.prefix + name, f"field '{self.prefix}{name}' must be {label}")
-        return value
-
-    def text(self, name: str) -> str | None:
-        return self._get(name, (str,), "a string")
-
-    def _out_of_range(self, name: str, value: Any, allowed: str) -> EventError:
-        where = self.prefix + name
-        return EventError(
-            where, f"field '{where}' is {excerpt(str(value))}, outside its range {allowed}"
-        )
-
-    def integer(self, name: str) -> int | None:
-        """An integer field, within its ``RANGES`` entry (by dotted name)."""
-        value = self._get(name, (int, Decimal), "an integer")
-        if value is None:
-            return None
-        low, high = RANGES[self.prefix + name]
-        if not low <= value <= high:  # before int(): a Decimal may be 1E+400
-            raise self._out_of_range(name, value, f"{low}..{high}")
-        if isinstance(value, Decimal):
-            if value != value.to_integral_value():
-                raise EventError(
-                    self.prefix + name, f"field '{self.prefix}{name}' must be an integer"
-                )
-            value = int(value)
-        return value
-
-    def money(self, name: str) -> Decimal | None:
-        """A money amount: 0 <= amount < MONEY_MAX, at most MONEY_PLACES decimals."""
-        value = self._get(name, (int, Decimal), "a number")
-        if value is None:
-            return None
-        amount = Decimal(value)
-        if not 0 <= amount < MONEY_MAX or amount != amount.quantize(_PLACES):
-            raise self._out_of_range(
-                name, value, f"0 <= amount < {MONEY_MAX:.0f} with at most {MONEY_PLACES} decimals"
-            )
-        return amount
-
-    def obj(self, name: str) -> _Reader | None:
-        value = self._get(name, (dict,), "an object")
-        return None if value is None else _Reader(value, f"{self.prefix}{name}.")
-
-    def array(self, name: str) -> list[Any] | None:
-        return self._get(name, (list,), "an array")
-
-    def extra(self) -> Mapping[str, Any]:
-        return freeze({k: v for k, v in self.data.items() if k not in self.seen})
-
-
 # --------------------------------------------------------------------------- value types
 
 
-@dataclass(frozen=True, slots=True)
-class Money:
-    currency_id: str | None
-    amount: Decimal
+class _Invalid(ValueError):
+    """A field's rule broken (raised in ``__post_init__``; ``field`` is its wire name)."""
 
-    @classmethod
-    def read(cls, r: _Reader | None) -> Money | None:
-        if r is None:
-            return None
-        amount = r.money("amount")
-        return cls(
-            currency_id=r.text("currencyId"), amount=amount if amount is not None else Decimal(0)
-        )
+    def __init__(self, field: str, text: str) -> None:
+        super().__init__(f"field '{field}' {text}")
+        self.field, self.text = field, text
 
 
-@dataclass(frozen=True, slots=True)
-class Destination:
-    type: str | None
-    endpoint: str | None
+class _Struct(msgspec.Struct, frozen=True, rename="camel"):
+    """Frozen, camelCase on the wire; unknown fields ignored (``parse_event`` keeps the
+    top level's in ``extra``). ``ranges`` (python name: (low, high)) are the integer
+    fields, checked and made ``int`` after decoding."""
+
+    ranges: ClassVar[dict[str, tuple[int, int]]] = {}
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in self.ranges.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not low <= value <= high:  # before int(): a Decimal may be 1E+400
+                raise _Invalid(
+                    _camel(name), f"is {excerpt(str(value))}, outside its range {low}..{high}"
+                )
+            if isinstance(value, Decimal):
+                if value != value.to_integral_value():
+                    raise _Invalid(_camel(name), "must be an integer")
+                msgspec.structs.force_setattr(self, name, int(value))
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+class CallHeader(_Struct, frozen=True):
+    key: str
+    value: str
+
+
+if TYPE_CHECKING:  # what a plugin reads
+    _Int = int
+    _Amount = Decimal
+    _Headers = tuple[CallHeader, ...]
+else:  # what the parser takes (a null is an absent field), made what a plugin reads in
+    # __post_init__: a JSON number of either kind an int or a Decimal, a null list ()
+    _Int = int | Decimal
+    _Amount = int | Decimal | None
+    _Headers = tuple[CallHeader, ...] | None
+
+
+class Money(_Struct, frozen=True):
+    currency_id: str | None = None
+    amount: _Amount = Decimal(0)
+
+    def __post_init__(self) -> None:
+        """0 <= amount < MONEY_MAX, at most MONEY_PLACES decimals; null is 0."""
+        amount = Decimal(0 if self.amount is None else self.amount)
+        if not 0 <= amount < MONEY_MAX or amount != amount.quantize(_PLACES):
+            raise _Invalid(
+                "amount",
+                f"is {excerpt(str(self.amount))}, outside its range 0 <= amount < "
+                f"{MONEY_MAX:.0f} with at most {MONEY_PLACES} decimals",
+            )
+        msgspec.structs.force_setattr(self, "amount", amount)
+
+
+class Destination(_Struct, frozen=True):
+    type: str | None = None
+    endpoint: str | None = None
 
     @property
     def e164(self) -> str | None:
@@ -191,215 +174,113 @@ class Destination:
             return normalize_number(self.endpoint)
         return None
 
-    @classmethod
-    def read(cls, r: _Reader | None) -> Destination | None:
-        if r is None:
-            return None
-        return cls(type=r.text("type"), endpoint=r.text("endpoint"))
+
+class Amd(_Struct, frozen=True):
+    status: str | None = None
+    reason: str | None = None
+    duration: _Int | None = None
+    ranges: ClassVar[dict[str, tuple[int, int]]] = {"duration": DURATION}
 
 
-@dataclass(frozen=True, slots=True)
-class CallHeader:
-    key: str
-    value: str
-
-
-def _read_headers(r: _Reader, name: str) -> tuple[CallHeader, ...]:
-    items = r.array(name)
-    if items is None:
-        return ()
-    out = []
-    for i, item in enumerate(items):
-        where = f"{r.prefix}{name}[{i}]"
-        if not isinstance(item, dict):
-            raise EventError(where, f"field '{where}' must be an object")
-        key, value = item.get("key"), item.get("value")
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise EventError(where, f"field '{where}' must have string 'key' and 'value'")
-        out.append(CallHeader(key, value))
-    return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class Amd:
-    status: str | None
-    reason: str | None
-    duration: int | None
-
-    @classmethod
-    def read(cls, r: _Reader | None) -> Amd | None:
-        if r is None:
-            return None
-        return cls(status=r.text("status"), reason=r.text("reason"), duration=r.integer("duration"))
-
-
-@dataclass(frozen=True, slots=True)
-class MenuResult:
-    menu_id: str | None
-    type: str | None
-    value: str | None
-    input_method: str | None
-
-    @classmethod
-    def read(cls, r: _Reader | None) -> MenuResult | None:
-        if r is None:
-            return None
-        return cls(
-            menu_id=r.text("menuId"),
-            type=r.text("type"),
-            value=r.text("value"),
-            input_method=r.text("inputMethod"),
-        )
+class MenuResult(_Struct, frozen=True):
+    menu_id: str | None = None
+    type: str | None = None
+    value: str | None = None
+    input_method: str | None = None
 
 
 # --------------------------------------------------------------------------- events
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """Fields common to every callback (SINCH.md 2.1)."""
+class Event(_Struct, frozen=True):
+    """Fields common to every callback (SINCH.md 2.1). ``extra``: the unknown top-level
+    fields, read-only."""
 
     name: ClassVar[str] = ""
     callid: str
-    version: int | None = None
+    version: _Int | None = None
     timestamp: str | None = None
     custom: str | None = None
     application_key: str | None = None
     conference_id: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    extra: Mapping[str, Any] = _EMPTY
+    ranges: ClassVar[dict[str, tuple[int, int]]] = {"version": VERSION}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if getattr(self, "call_headers", ()) is None:
+            msgspec.structs.force_setattr(self, "call_headers", ())
 
     @property
     def event(self) -> str:
         return self.name
 
 
-@dataclass(frozen=True, slots=True)
-class Ice(Event):
+class Ice(Event, frozen=True):
     name: ClassVar[str] = "ice"
     cli: str | None = None
     to: Destination | None = None
     domain: str | None = None
     origination_type: str | None = None
     user_rate: Money | None = None
-    duration: int | None = None
+    duration: _Int | None = None
     rdnis: str | None = None
     call_resource_url: str | None = None
-    call_headers: tuple[CallHeader, ...] = ()
+    call_headers: _Headers = ()
+    ranges: ClassVar[dict[str, tuple[int, int]]] = {**Event.ranges, "duration": DURATION}
 
     @property
     def cli_e164(self) -> str | None:
         return normalize_number(self.cli)
 
 
-@dataclass(frozen=True, slots=True)
-class Ace(Event):
+class Ace(Event, frozen=True):
     name: ClassVar[str] = "ace"
     amd: Amd | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Pie(Event):
+class Pie(Event, frozen=True):
     name: ClassVar[str] = "pie"
     menu_result: MenuResult | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Dice(Event):
+class Dice(Event, frozen=True):
     name: ClassVar[str] = "dice"
     reason: str | None = None
     result: str | None = None
     debit: Money | None = None
     user_rate: Money | None = None
     to: Destination | None = None
-    duration: int | None = None
-    from_: str | None = None
-    call_headers: tuple[CallHeader, ...] = ()
+    duration: _Int | None = None
+    from_: str | None = msgspec.field(default=None, name="from")
+    call_headers: _Headers = ()
+    ranges: ClassVar[dict[str, tuple[int, int]]] = {**Event.ranges, "duration": DURATION}
 
     @property
     def from_e164(self) -> str | None:
         return normalize_number(self.from_)
 
 
-@dataclass(frozen=True, slots=True)
-class Notify(Event):
+class Notify(Event, frozen=True):
+    """``callid`` is optional here: a conference notification may carry ``conferenceId``
+    instead (SINCH.md 2.6); then it is ``""``, and the body digest tells deliveries apart."""
+
     name: ClassVar[str] = "notify"
     type: str | None = None
     destination: str | None = None
     amd: Amd | None = None
-    error_code: int | None = None
+    error_code: _Int | None = None
     error_msg: str | None = None
     user: str | None = None
+    ranges: ClassVar[dict[str, tuple[int, int]]] = {**Event.ranges, "error_code": ERROR_CODE}
 
 
-def _common(r: _Reader, *, callid_required: bool = True) -> dict[str, Any]:
-    callid = r.text("callid")
-    if not callid and callid_required:
-        raise EventError("callid", "missing field 'callid'")
-    return dict(
-        callid=callid or "",
-        version=r.integer("version"),
-        timestamp=r.text("timestamp"),
-        custom=r.text("custom"),
-        application_key=r.text("applicationKey"),
-        conference_id=r.text("conferenceId"),
-    )
-
-
-def _ice(r: _Reader) -> Ice:
-    return Ice(
-        **_common(r),
-        cli=r.text("cli"),
-        to=Destination.read(r.obj("to")),
-        domain=r.text("domain"),
-        origination_type=r.text("originationType"),
-        user_rate=Money.read(r.obj("userRate")),
-        duration=r.integer("duration"),
-        rdnis=r.text("rdnis"),
-        call_resource_url=r.text("callResourceUrl"),
-        call_headers=_read_headers(r, "callHeaders"),
-        extra=r.extra(),
-    )
-
-
-def _ace(r: _Reader) -> Ace:
-    return Ace(**_common(r), amd=Amd.read(r.obj("amd")), extra=r.extra())
-
-
-def _pie(r: _Reader) -> Pie:
-    return Pie(**_common(r), menu_result=MenuResult.read(r.obj("menuResult")), extra=r.extra())
-
-
-def _dice(r: _Reader) -> Dice:
-    return Dice(
-        **_common(r),
-        reason=r.text("reason"),
-        result=r.text("result"),
-        debit=Money.read(r.obj("debit")),
-        user_rate=Money.read(r.obj("userRate")),
-        to=Destination.read(r.obj("to")),
-        duration=r.integer("duration"),
-        from_=r.text("from"),
-        call_headers=_read_headers(r, "callHeaders"),
-        extra=r.extra(),
-    )
-
-
-def _notify(r: _Reader) -> Notify:
-    # callid is optional: a conference notification may carry conferenceId instead
-    # (SINCH.md 2.6); then callid is "", and the body digest tells deliveries apart
-    return Notify(
-        **_common(r, callid_required=False),
-        type=r.text("type"),
-        destination=r.text("destination"),
-        amd=Amd.read(r.obj("amd")),
-        error_code=r.integer("errorCode"),
-        error_msg=r.text("errorMsg"),
-        user=r.text("user"),
-        extra=r.extra(),
-    )
-
-
-_PARSERS = {"ice": _ice, "ace": _ace, "pie": _pie, "dice": _dice, "notify": _notify}
+EVENTS: dict[str, type[Event]] = {c.name: c for c in (Ice, Ace, Pie, Dice, Notify)}
+# the wire names each event reads ("extra" is not one: a field of that name is extra)
+_KNOWN = {
+    c: frozenset({"event", *(f.encode_name for f in msgspec.structs.fields(c))} - {"extra"})
+    for c in EVENTS.values()
+}
 
 
 class _Refused(ValueError):
@@ -448,28 +329,34 @@ class _Literal(str):
 
 
 # built once: json.loads(**kw) builds one a call
+_FAST = msgspec.json.Decoder(float_hook=_parse_float)
 _DECODER = json.JSONDecoder(
     parse_float=_parse_float, parse_int=_parse_int, parse_constant=_parse_constant
 )
 _LENIENT = json.JSONDecoder(parse_float=_Literal, parse_int=_Literal, parse_constant=_Literal)
 
-_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
-_SUSPECT_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")  # NUL, or half a surrogate pair
+# (bytes: the UTF-8 of a multi-byte character holds no ASCII byte)
+_STRING_OR_BRACKET = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")  # NUL, or half a surrogate pair
+# a body's shape, to look for long runs of digits and count brackets in one pass: digits
+# become 0, opening brackets [, anything else a blank
+_SHAPE = bytes(48 if 48 <= i <= 57 else 91 if i in b"[{" else 32 for i in range(256))
+_LONG_DIGITS = b"0" * MAX_NUMBER_CHARS
 
 
-def _too_deep(text: str) -> bool:
-    """Whether the JSON ``text`` nests objects/arrays deeper than ``MAX_DEPTH`` (cheap
+def _too_deep(body: bytes) -> bool:
+    """Whether the JSON ``body`` nests objects/arrays deeper than ``MAX_DEPTH`` (cheap
     when it has few brackets; otherwise linear, strings skipped)."""
-    if text.count("{") + text.count("[") <= MAX_DEPTH:
+    if body.count(b"{") + body.count(b"[") <= MAX_DEPTH:
         return False
     depth = 0
-    for match in _STRING_OR_BRACKET.finditer(text):
+    for match in _STRING_OR_BRACKET.finditer(body):
         bracket = match.group()
-        if bracket in ("[", "{"):
+        if bracket in (b"[", b"{"):
             depth += 1
             if depth > MAX_DEPTH:
                 return True
-        elif bracket in ("]", "}"):
+        elif bracket in (b"]", b"}"):
             depth -= 1
     return False
 
@@ -515,12 +402,33 @@ def _bad_text(value: Any) -> bool:
 
 
 def parse_json(body: bytes) -> Any:
-    """Decode a request body, within the limits of this module's docstring."""
+    """Decode a request body, within the limits of this module's docstring. msgspec
+    decodes it (every non-integer number through ``_parse_float``) unless something in it
+    needs a closer look: brackets enough to nest too deep, an escape that may make a NUL or
+    a lone surrogate, a run of digits long enough to be a number over the limit. Then, and
+    whenever msgspec refuses it, the exact decoder (``_parse_exact``) decides and names
+    the field at fault."""
+    shape = body.translate(_SHAPE)
+    if (
+        _LONG_DIGITS not in shape
+        and _SUSPECT_ESCAPE.search(body) is None
+        and (shape.count(b"[") <= MAX_DEPTH or not _too_deep(body))
+    ):
+        try:
+            return _FAST.decode(body)
+        except (msgspec.MsgspecError, ValueError):  # incl. invalid UTF-8 and _Refused
+            pass
+    return _parse_exact(body)
+
+
+def _parse_exact(body: bytes) -> Any:
+    """The standard library's decoder, with hooks that refuse and locate what the limits
+    refuse."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise EventError("body", "body is not UTF-8") from None
-    if _too_deep(text):
+    if _too_deep(body):
         raise EventError("body", f"body nests objects/arrays deeper than {MAX_DEPTH} levels")
     try:
         data = _DECODER.decode(text)
@@ -532,12 +440,11 @@ def parse_json(body: bytes) -> Any:
     except (ValueError, ArithmeticError) as exc:
         reason = excerpt(str(exc.args[0] if exc.args else exc).split(":")[0], 80)
         raise EventError("body", f"body is not valid JSON ({reason})") from None
-    if _SUSPECT_ESCAPE.search(text):  # only an escape can make a NUL or a lone surrogate
-        found = _find(data, _bad_text)
-        if found is not None:
-            where = found[0] or "body"
-            problem = "a NUL character" if "\x00" in found[1] else "a lone surrogate"
-            raise EventError(where, f"field '{where}' contains {problem}")
+    found = _find(data, _bad_text) if _SUSPECT_ESCAPE.search(body) else None
+    if found is not None:
+        where = found[0] or "body"
+        problem = "a NUL character" if "\x00" in found[1] else "a lone surrogate"
+        raise EventError(where, f"field '{where}' contains {problem}")
     return data
 
 
@@ -565,12 +472,41 @@ def parse_event(body: bytes | Mapping[str, Any]) -> Event:
         raise EventError("event", "missing field 'event'")
     if not isinstance(name, str):
         raise EventError("event", "field 'event' must be a string")
-    parser = _PARSERS.get(name.lower())
-    if parser is None:
+    kind = EVENTS.get(name.lower())
+    if kind is None:
         raise EventError(
             "event",
             f"unknown event {excerpt(name)!r} (expected one of {', '.join(EVENT_NAMES)})",
         )
-    r = _Reader(data)
-    r.seen.add("event")
-    return parser(r)
+    if data.get("callid") in (None, ""):
+        if kind is not Notify:
+            raise EventError("callid", "missing field 'callid'")
+        data = {**data, "callid": ""}
+    unknown = data.keys() - _KNOWN[kind]
+    known = {k: v for k, v in data.items() if k not in unknown} if unknown else data
+    try:
+        event = msgspec.convert(known, kind, builtin_types=(Decimal,))
+    except msgspec.ValidationError as exc:
+        raise _error(exc) from None
+    if unknown:
+        extra = freeze({k: v for k, v in data.items() if k in unknown})
+        msgspec.structs.force_setattr(event, "extra", extra)
+    return event
+
+
+def _error(exc: msgspec.ValidationError) -> EventError:
+    """The EventError naming the field of a msgspec validation error."""
+    message, path = wire.split(exc)
+    cause = exc.__cause__
+    if isinstance(cause, _Invalid):
+        where = wire.join(path, cause.field)
+        return EventError(where, f"field '{where}' {cause.text}")
+    name = wire.missing(message)
+    if name is not None:
+        where = wire.join(path, name)
+        return EventError(where, f"missing field '{where}'")
+    kind = wire.expected(message)
+    if kind is None:  # pragma: no cover - msgspec says no more than the above here
+        return EventError(path or "body", f"field '{path}': {excerpt(message)}")
+    label = "a number" if path.endswith("amount") else wire.LABELS[kind]
+    return EventError(path, f"field '{path}' must be {label}")

@@ -1,23 +1,25 @@
 """SVAML: the answer Sinch obeys (SINCH.md section 3).
 
-Typed, immutable actions and instructions. Each checks its own fields and limits when
-built (``SvamlError`` names the field); ``Svaml.validate_for(event)`` applies the
-per-event legality table of SINCH.md 3.2 and the rules Sinch states for an element as
-sent (``Node.check_sent``: a ``#tts[...]`` prompt needs a locale, a recording needs
-somewhere to go), so that an answer breaking them is never sent. ``to_dict()`` and
-``to_json()`` emit the canonical camelCase wire form with no null fields;
-``Svaml.from_dict`` reads it back (used for the configured fallback answers and by tests).
+Typed, immutable actions and instructions: frozen ``msgspec.Struct`` types like the
+events (``core.wire``), an action or instruction tagged on the wire by its ``name``.
+Each checks its own fields and limits when built (``SvamlError`` names the field);
+``Svaml.validate_for(event)`` applies the per-event legality table of SINCH.md 3.2 and
+the rules Sinch states for an element as sent (``Node.check_sent``: a ``#tts[...]``
+prompt needs a locale, a recording needs somewhere to go), so that an answer breaking
+them is never sent. ``to_dict()`` and ``to_json()`` emit the canonical camelCase wire
+form with no null fields (msgspec writes it); ``Svaml.from_dict`` reads it back (used
+for the configured fallback answers and by tests).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 import typing
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar, Union
+
+import msgspec
+
+from core import wire
 
 MAX_DURATION = 14400  # seconds, connectPstn/connectSip/connectStream
 MAX_PARK_DURATION = 600  # seconds, park (2021 docs)
@@ -85,20 +87,6 @@ class SvamlError(ValueError):
         self.message = message
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
 def _unwrap(hint: Any) -> tuple[Any, bool]:
     """(inner type, is-tuple) of ``X | None`` / ``tuple[X, ...] | None``."""
     args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
@@ -114,40 +102,57 @@ def _type_ok(value: Any, kind: Any) -> bool:
     return isinstance(value, kind)
 
 
-class Node:
-    """Base of every SVAML element: generic type check, wire names, (de)serialisation."""
+def _kind_label(kind: Any) -> str:
+    return {str: "a string", int: "an integer", bool: "a boolean"}.get(
+        kind, f"a {getattr(kind, '__name__', kind)} object"
+    )
 
-    wire_names: ClassVar[dict[str, str]] = {}  # python field -> wire key, when not camelCase
-    aliases: ClassVar[dict[str, str]] = {}  # extra accepted wire key -> python field
+
+_SPECS: dict[type, tuple[tuple[str, str, Any, bool], ...]] = {}
+
+
+def _specs(cls: type[Node]) -> tuple[tuple[str, str, Any, bool], ...]:
+    """(python name, wire name, element type, is-list) of every field of ``cls``;
+    computed once per class, since every answer builds several elements."""
+    specs = _SPECS.get(cls)
+    if specs is None:
+        fields = msgspec.structs.fields(cls)
+        specs = _SPECS[cls] = tuple((f.name, f.encode_name, *_unwrap(f.type)) for f in fields)
+    return specs
+
+
+class Node(
+    msgspec.Struct,
+    frozen=True,
+    rename="camel",
+    omit_defaults=True,
+    forbid_unknown_fields=True,
+):
+    """Base of every SVAML element: a frozen msgspec struct (``core.wire``), camelCase on
+    the wire with no null field. msgspec checks the types of what it reads; ``__post_init__``
+    checks those of an element built in Python, then its rules (``check``)."""
+
+    aliases: ClassVar[dict[str, str]] = {}  # extra accepted wire key -> wire key
     required: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        for attr, wire, kind, many in self._field_specs():
+        for attr, wire_name, kind, many in _specs(type(self)):
             value = getattr(self, attr)
             if value is None:
                 if attr in self.required:
-                    raise SvamlError(wire, "is required")
+                    raise SvamlError(wire_name, "is required")
                 continue
             if many:
                 if isinstance(value, list):
                     value = tuple(value)
-                    object.__setattr__(self, attr, value)
+                    msgspec.structs.force_setattr(self, attr, value)
                 if not isinstance(value, tuple) or not all(_type_ok(v, kind) for v in value):
-                    raise SvamlError(wire, f"must be a list of {getattr(kind, '__name__', kind)}")
+                    raise SvamlError(
+                        wire_name, f"must be a list of {getattr(kind, '__name__', kind)}"
+                    )
             elif not _type_ok(value, kind):
-                raise SvamlError(wire, f"must be {_kind_label(kind)}")
+                raise SvamlError(wire_name, f"must be {_kind_label(kind)}")
         self.check()
-
-    @classmethod
-    def _field_specs(cls) -> tuple[tuple[str, str, Any, bool], ...]:
-        """(python name, wire name, element type, is-list) of every field; computed once
-        per class, since every answer builds several elements."""
-        cached = cls.__dict__.get("_field_specs_cache")
-        if cached is None:
-            hints = _hints(cls)
-            cached = tuple((name, wire, *_unwrap(hints[name])) for name, wire in cls._wire_fields())
-            cls._field_specs_cache = cached  # type: ignore[attr-defined]
-        return cached
 
     def check(self) -> None:
         """Field rules beyond types; raise SvamlError."""
@@ -158,72 +163,65 @@ class Node:
         is built. ``Svaml.validate_for`` calls it: an answer that breaks one is never
         sent (the pipeline sends the fallback, rule ``invalid-answer``)."""
 
-    @classmethod
-    def _wire(cls, name: str) -> str:
-        return cls.wire_names.get(name, _camel(name))
-
-    @classmethod
-    def _wire_fields(cls) -> tuple[tuple[str, str], ...]:
-        """(python name, wire name) of every field; computed once per class."""
-        cached = cls.__dict__.get("_wire_fields_cache")
-        if cached is None:
-            cached = tuple((f.name, cls._wire(f.name)) for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-            cls._wire_fields_cache = cached  # type: ignore[attr-defined]
-        return cached
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes`` (python names), checked like a new element."""
+        fields = {name: getattr(self, name) for name in self.__struct_fields__}
+        return type(self)(**{**fields, **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        name = getattr(self, "name", None)
-        if isinstance(name, str):
-            out["name"] = name
-        for attr, wire in self._wire_fields():
-            value = getattr(self, attr)
-            if value is None:
-                continue
-            if isinstance(value, tuple):
-                value = [v.to_dict() if isinstance(v, Node) else v for v in value]
-            elif isinstance(value, Node):
-                value = value.to_dict()
-            out[wire] = value
-        return out
+        """The wire form as JSON-like values (lists, not tuples)."""
+        return _JSON.decode(_JSON_OUT.encode(self))
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "") -> Any:
-        if not isinstance(data, dict):
-            raise SvamlError(where or cls.__name__, "must be an object")
-        wire_to_field = {cls._wire(f.name): f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        wire_to_field.update(cls.aliases)
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            if key == "name":
-                continue
-            fname = wire_to_field.get(key)
-            path = f"{where}.{key}" if where else key
-            if fname is None:
-                raise SvamlError(path, "unknown field")
-            kind, many = _unwrap(_hints(cls)[fname])
-            if isinstance(kind, type) and issubclass(kind, Node) and value is not None:
-                if many:
-                    if not isinstance(value, list):
-                        raise SvamlError(path, "must be a list")
-                    value = tuple(kind.from_dict(v, f"{path}[{i}]") for i, v in enumerate(value))
-                else:
-                    value = kind.from_dict(value, path)
-            elif many and isinstance(value, list):
-                value = tuple(value)
-            kwargs[fname] = value
-        try:
-            return cls(**kwargs)
-        except SvamlError as exc:
-            if not where:
-                raise
-            raise SvamlError(f"{where}.{exc.field}", exc.message) from None
+    def from_dict(cls, data: Any) -> Self:
+        """Read the wire form (``to_dict``'s); SvamlError names the field at fault."""
+        return _read(cls, _aliased(cls, data))
 
 
-def _kind_label(kind: Any) -> str:
-    return {str: "a string", int: "an integer", bool: "a boolean"}.get(
-        kind, f"a {getattr(kind, '__name__', kind)} object"
-    )
+def _aliased(kind: type[Node], data: Any) -> Any:
+    """``data`` with the wire keys ``kind`` also accepts under another name renamed."""
+    if kind.aliases and isinstance(data, dict) and not data.keys().isdisjoint(kind.aliases):
+        return {kind.aliases.get(k, k): v for k, v in data.items()}
+    return data
+
+
+_T = TypeVar("_T")
+_JSON = msgspec.json.Decoder()
+_JSON_OUT = msgspec.json.Encoder()
+_ELEMENT = re.compile(r"action|instructions\[\d+\]")
+
+
+def _read(kind: type[_T], data: Any) -> _T:
+    """``msgspec.convert`` with its errors as SvamlErrors naming the field."""
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as exc:
+        raise _error(exc) from None
+
+
+def _error(exc: msgspec.ValidationError) -> SvamlError:
+    message, path = wire.split(exc)
+    cause = exc.__cause__
+    if isinstance(cause, SvamlError):  # a rule of __post_init__, at the element's path
+        return SvamlError(wire.join(path, cause.field), cause.message)
+    field = wire.unknown(message)
+    if field is not None:
+        return SvamlError(wire.join(path, field), "unknown field")
+    field = wire.missing(message)
+    if field is not None:
+        if field == "name":
+            return SvamlError(path or "name", "must be an object with a 'name'")
+        return SvamlError(wire.join(path, field), "is required")
+    if message.startswith("Invalid value "):  # a name no action or instruction has
+        return SvamlError(path, f"unknown name {message.removeprefix('Invalid value ')}")
+    kind = wire.expected(message)
+    if kind == "object" and _ELEMENT.fullmatch(path):
+        return SvamlError(path, "must be an object with a 'name'")
+    if kind == "array":
+        return SvamlError(path, "must be a list")
+    if kind is None:  # pragma: no cover - msgspec says no more than the above here
+        return SvamlError(path or "svaml", message)
+    return SvamlError(path or "svaml", f"must be {wire.LABELS[kind]}")
 
 
 def _check_max_duration(value: int | None, limit: int = MAX_DURATION) -> None:
@@ -249,15 +247,13 @@ def _check_endpoint_type(dest: Endpoint | None, expected: str) -> None:
 # --------------------------------------------------------------------------- shared parts
 
 
-@dataclass(frozen=True)
-class Endpoint(Node):
+class Endpoint(Node, frozen=True):
     type: str | None = None
     endpoint: str | None = None
     required: ClassVar[tuple[str, ...]] = ("endpoint",)
 
 
-@dataclass(frozen=True)
-class Header(Node):
+class Header(Node, frozen=True):
     key: str | None = None
     value: str | None = None
     required: ClassVar[tuple[str, ...]] = ("key", "value")
@@ -267,15 +263,12 @@ class Header(Node):
             raise SvamlError("callHeaders", f"a key/value pair exceeds {MAX_HEADER_BYTES} bytes")
 
 
-@dataclass(frozen=True)
-class AmdOptions(Node):
+class AmdOptions(Node, frozen=True):
     enabled: bool | None = None
-    async_: bool | None = None
-    wire_names: ClassVar[dict[str, str]] = {"async_": "async"}
+    async_: bool | None = msgspec.field(default=None, name="async")
 
 
-@dataclass(frozen=True)
-class ConferenceDtmfOptions(Node):
+class ConferenceDtmfOptions(Node, frozen=True):
     mode: str | None = None
     max_digits: int | None = None
     timeout_mills: int | None = None
@@ -283,20 +276,17 @@ class ConferenceDtmfOptions(Node):
     def check(self) -> None:
         if self.mode is not None and self.mode not in ("ignore", "forward", "detect"):
             raise SvamlError("conferenceDtmfOptions.mode", "must be ignore, forward or detect")
-        for name in ("max_digits", "timeout_mills"):
-            value = getattr(self, name)
+        for value, name in ((self.max_digits, "maxDigits"), (self.timeout_mills, "timeoutMills")):
             if value is not None and value < 0:
-                raise SvamlError(f"conferenceDtmfOptions.{_camel(name)}", "must not be negative")
+                raise SvamlError(f"conferenceDtmfOptions.{name}", "must not be negative")
 
 
-@dataclass(frozen=True)
-class StreamingOptions(Node):
+class StreamingOptions(Node, frozen=True):
     version: int | None = None
     sample_rate: int | None = None
 
 
-@dataclass(frozen=True)
-class MenuOption(Node):
+class MenuOption(Node, frozen=True):
     dtmf: str | None = None
     action: str | None = None
     required: ClassVar[tuple[str, ...]] = ("dtmf", "action")
@@ -308,8 +298,7 @@ class MenuOption(Node):
             )
 
 
-@dataclass(frozen=True)
-class Menu(Node):
+class Menu(Node, frozen=True):
     id: str | None = None
     main_prompt: str | None = None
     repeat_prompt: str | None = None
@@ -321,14 +310,12 @@ class Menu(Node):
     required: ClassVar[tuple[str, ...]] = ("id",)
 
 
-@dataclass(frozen=True)
-class TranscriptionOptions(Node):
+class TranscriptionOptions(Node, frozen=True):
     enabled: bool | None = None
     locale: str | None = None
 
 
-@dataclass(frozen=True)
-class RecordingOptions(Node):
+class RecordingOptions(Node, frozen=True):
     destination_url: str | None = None
     credentials: str | None = None
     format: str | None = None
@@ -339,32 +326,33 @@ class RecordingOptions(Node):
 # --------------------------------------------------------------------------- actions
 
 
-@dataclass(frozen=True)
-class Action(Node):
+def _tag(class_name: str) -> str:
+    """The wire ``name`` of an action or instruction: its class name, lower-case first."""
+    return class_name[:1].lower() + class_name[1:]
+
+
+class Action(Node, frozen=True, tag_field="name", tag=_tag):
     name: ClassVar[str] = ""
 
     @property
     def caps_duration(self) -> bool:
         """Whether this action carries a ``maxDuration``."""
-        return any(f.name == "max_duration" for f in dataclasses.fields(self))
+        return "max_duration" in self.__struct_fields__
 
     @property
     def duration_limit(self) -> int:
         return MAX_DURATION
 
 
-@dataclass(frozen=True)
-class Hangup(Action):
+class Hangup(Action, frozen=True):
     name: ClassVar[str] = "hangup"
 
 
-@dataclass(frozen=True)
-class Continue(Action):
+class Continue(Action, frozen=True):
     name: ClassVar[str] = "continue"
 
 
-@dataclass(frozen=True)
-class ConnectPstn(Action):
+class ConnectPstn(Action, frozen=True):
     name: ClassVar[str] = "connectPstn"
     number: str | None = None
     locale: str | None = None
@@ -388,19 +376,17 @@ class ConnectPstn(Action):
             raise SvamlError("indications", f"unknown ring-tone country {self.indications!r}")
 
 
-@dataclass(frozen=True)
-class ConnectMxp(Action):
+class ConnectMxp(Action, frozen=True):
     name: ClassVar[str] = "connectMxp"
     destination: Endpoint | None = None
     call_headers: tuple[Header, ...] | None = None
-    aliases: ClassVar[dict[str, str]] = {"callheaders": "call_headers"}  # OAS spelling
+    aliases: ClassVar[dict[str, str]] = {"callheaders": "callHeaders"}  # OAS spelling
 
     def check(self) -> None:
         _check_endpoint_type(self.destination, "username")
 
 
-@dataclass(frozen=True)
-class ConnectConf(Action):
+class ConnectConf(Action, frozen=True):
     name: ClassVar[str] = "connectConf"
     conference_id: str | None = None
     conference_dtmf_options: ConferenceDtmfOptions | None = None
@@ -414,8 +400,7 @@ class ConnectConf(Action):
             raise SvamlError("moh", "must be ring, music1, music2 or music3")
 
 
-@dataclass(frozen=True)
-class ConnectSip(Action):
+class ConnectSip(Action, frozen=True):
     name: ClassVar[str] = "connectSip"
     destination: Endpoint | None = None
     max_duration: int | None = None
@@ -433,8 +418,7 @@ class ConnectSip(Action):
             raise SvamlError("transport", "must be UDP, TCP or TLS")
 
 
-@dataclass(frozen=True)
-class ConnectStream(Action):
+class ConnectStream(Action, frozen=True):
     name: ClassVar[str] = "connectStream"
     destination: Endpoint | None = None
     streaming_options: StreamingOptions | None = None
@@ -447,8 +431,7 @@ class ConnectStream(Action):
         _check_max_duration(self.max_duration)
 
 
-@dataclass(frozen=True)
-class RunMenu(Action):
+class RunMenu(Action, frozen=True):
     name: ClassVar[str] = "runMenu"
     barge: bool | None = None
     locale: str | None = None
@@ -474,8 +457,7 @@ class RunMenu(Action):
                     raise SvamlError("options.action", f"{option.action!r} names no menu")
 
 
-@dataclass(frozen=True)
-class Park(Action):
+class Park(Action, frozen=True):
     name: ClassVar[str] = "park"
     locale: str | None = None
     intro_prompt: str | None = None
@@ -493,13 +475,11 @@ class Park(Action):
 # --------------------------------------------------------------------------- instructions
 
 
-@dataclass(frozen=True)
-class Instruction(Node):
+class Instruction(Node, frozen=True, tag_field="name", tag=_tag):
     name: ClassVar[str] = ""
 
 
-@dataclass(frozen=True)
-class PlayFiles(Instruction):
+class PlayFiles(Instruction, frozen=True):
     name: ClassVar[str] = "playFiles"
     ids: tuple[str, ...] | None = None
     locale: str | None = None
@@ -517,8 +497,7 @@ class PlayFiles(Instruction):
             )
 
 
-@dataclass(frozen=True)
-class Say(Instruction):
+class Say(Instruction, frozen=True):
     name: ClassVar[str] = "say"
     text: str | None = None
     locale: str | None = None
@@ -529,8 +508,7 @@ class Say(Instruction):
             raise SvamlError("text", f"must be 1 to {MAX_SAY_CHARS} characters")
 
 
-@dataclass(frozen=True)
-class SendDtmf(Instruction):
+class SendDtmf(Instruction, frozen=True):
     name: ClassVar[str] = "sendDtmf"
     value: str | None = None
     required: ClassVar[tuple[str, ...]] = ("value",)
@@ -539,8 +517,7 @@ class SendDtmf(Instruction):
         _check_dtmf("value", self.value)
 
 
-@dataclass(frozen=True)
-class SetCookie(Instruction):
+class SetCookie(Instruction, frozen=True):
     name: ClassVar[str] = "setCookie"
     key: str | None = None
     value: str | None = None
@@ -551,13 +528,11 @@ class SetCookie(Instruction):
         return len((self.key or "").encode()) + len((self.value or "").encode())
 
 
-@dataclass(frozen=True)
-class Answer(Instruction):
+class Answer(Instruction, frozen=True):
     name: ClassVar[str] = "answer"
 
 
-@dataclass(frozen=True)
-class StartRecording(Instruction):
+class StartRecording(Instruction, frozen=True):
     name: ClassVar[str] = "startRecording"
     options: RecordingOptions | None = None
 
@@ -577,8 +552,7 @@ class StartRecording(Instruction):
             )
 
 
-@dataclass(frozen=True)
-class StopRecording(Instruction):
+class StopRecording(Instruction, frozen=True):
     name: ClassVar[str] = "stopRecording"
 
 
@@ -629,17 +603,25 @@ LEGAL_INSTRUCTIONS: dict[str, frozenset[str]] = {
 # --------------------------------------------------------------------------- the answer
 
 
-@dataclass(frozen=True)
-class Svaml:
+if TYPE_CHECKING:
+    _AnyAction = Action
+    _Instructions = tuple[Instruction, ...]
+else:  # what msgspec reads: one of them, by name
+    _AnyAction = Union[tuple(ACTIONS.values())]
+    _Instructions = tuple[Union[tuple(INSTRUCTIONS.values())], ...]
+
+
+class Svaml(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One SVAML answer: exactly one action and any number of instructions."""
 
-    action: Action
-    instructions: tuple[Instruction, ...] = ()
+    action: _AnyAction
+    instructions: _Instructions = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.action, Action) or type(self.action) is Action:
             raise SvamlError("action", "must be one SVAML action")
-        object.__setattr__(self, "instructions", tuple(self.instructions))
+        if not isinstance(self.instructions, tuple):
+            msgspec.structs.force_setattr(self, "instructions", tuple(self.instructions))
         for i, ins in enumerate(self.instructions):
             if not isinstance(ins, Instruction) or type(ins) is Instruction:
                 raise SvamlError(f"instructions[{i}]", "must be an SVAML instruction")
@@ -673,47 +655,31 @@ class Svaml:
             raise SvamlError(f"action.{exc.field}", exc.message) from None
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def _wire(self) -> dict[str, Any]:
         if self.instructions:
-            out["instructions"] = [i.to_dict() for i in self.instructions]
-        out["action"] = self.action.to_dict()
-        return out
+            return {"instructions": self.instructions, "action": self.action}
+        return {"action": self.action}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form as JSON-like values (lists, not tuples)."""
+        return _JSON.decode(_JSON_OUT.encode(self._wire()))
 
     def to_json(self) -> str:
-        return dumps(self.to_dict())
+        return _JSON_OUT.encode(self._wire()).decode()
 
     @classmethod
     def from_dict(cls, data: Any) -> Svaml:
+        """Read the wire form (``to_dict``'s); SvamlError names the field at fault."""
         if not isinstance(data, dict):
             raise SvamlError("svaml", "must be an object with 'action' and optional 'instructions'")
-        unknown = set(data) - {"action", "instructions"}
-        if unknown:
-            raise SvamlError(sorted(unknown)[0], "unknown field")
-        return cls(
-            action=_element(ACTIONS, data.get("action"), "action"),  # type: ignore[arg-type]
-            instructions=tuple(
-                _element(INSTRUCTIONS, item, f"instructions[{i}]")  # type: ignore[misc]
-                for i, item in enumerate(_as_list(data.get("instructions", []), "instructions"))
-            ),
-        )
+        action = data.get("action")
+        name = action.get("name") if isinstance(action, dict) else None
+        kind = ACTIONS.get(name) if isinstance(name, str) else None
+        if kind is not None and kind.aliases:
+            data = {**data, "action": _aliased(kind, action)}
+        return _read(cls, data)
 
 
 def dumps(answer: dict[str, Any]) -> str:
     """The canonical JSON text of an answer's ``to_dict()``: compact, UTF-8 as is."""
-    return json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
-
-
-def _as_list(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise SvamlError(where, "must be a list")
-    return value
-
-
-def _element(table: Mapping[str, type[Node]], data: Any, where: str) -> Node:
-    if not isinstance(data, dict) or "name" not in data:
-        raise SvamlError(where, "must be an object with a 'name'")
-    kind = table.get(data["name"])
-    if kind is None:
-        raise SvamlError(f"{where}.name", f"unknown name {data['name']!r}")
-    return kind.from_dict(data, where)
+    return _JSON_OUT.encode(answer).decode()

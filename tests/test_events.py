@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from decimal import Decimal
 
 import pytest
 
-from core.events import Ace, Dice, EventError, Ice, Notify, Pie, normalize_number, parse_event
+from core.events import (
+    Ace,
+    Dice,
+    EventError,
+    Ice,
+    Notify,
+    Pie,
+    freeze,
+    normalize_number,
+    parse_event,
+)
 from tests.helpers import VECTORS, ace, dice, ice, notify, pie
 
 FIXTURES = VECTORS["event_fixtures"]["items"]
@@ -89,9 +98,15 @@ def test_unknown_fields_are_kept_read_only():
 
 
 def test_events_are_immutable():
+    # frozen msgspec structs raise AttributeError (as frozen dataclasses did: their
+    # FrozenInstanceError is one), and so do their parts
     event = parse_event(json.dumps(ice("c1")).encode())
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         event.callid = "other"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        event.to.endpoint = "+15550000000"  # type: ignore[union-attr,misc]
+    with pytest.raises(AttributeError):
+        event.extra = {}  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -130,6 +145,19 @@ def test_events_are_immutable():
             "amd.duration",
             "must be an integer",
         ),
+        (
+            b'{"event": "dice", "callid": "x", "callHeaders": [{"key": "k"}]}',
+            "callHeaders[0].value",
+            "missing field 'callHeaders[0].value'",
+        ),
+        (
+            b'{"event": "dice", "callid": "x", "callHeaders": [{"key": 1, "value": "v"}]}',
+            "callHeaders[0].key",
+            "must be a string",
+        ),
+        (b'{"event": "dice", "callid": "x", "callHeaders": {}}', "callHeaders", "an array"),
+        (b'{"event": "notify", "errorCode": 1e7}', "errorCode", "outside its range"),
+        (b'{"event": "dice", "callid": "x", "duration": -2}', "duration", "is -2, outside"),
     ],
 )
 def test_bad_bodies_name_the_field(body, field, words):
@@ -137,6 +165,61 @@ def test_bad_bodies_name_the_field(body, field, words):
         parse_event(body)
     assert err.value.field == field
     assert words in str(err.value)
+
+
+def test_nulls_are_absent_fields_and_numbers_take_their_types():
+    event = parse_event(
+        b'{"event": "DICE", "callid": "x", "version": 1.0, "duration": 6E1, "to": null,'
+        b' "callHeaders": null, "debit": {"amount": null}, "userRate": {"amount": 2}}'
+    )
+    assert isinstance(event, Dice) and event.name == event.event == "dice"
+    assert (event.version, event.duration, event.to, event.call_headers) == (1, 60, None, ())
+    assert type(event.duration) is int and type(event.version) is int
+    assert event.debit.amount == 0 and isinstance(event.debit.amount, Decimal)
+    assert event.user_rate.amount == 2 and isinstance(event.user_rate.amount, Decimal)
+    notify = parse_event(b'{"event": "notify", "callid": null, "type": "amd"}')
+    assert notify.callid == "" and notify.type == "amd"
+
+
+def test_unknown_fields_named_like_attributes_are_extra():
+    event = parse_event(
+        json.dumps(dice("c1", extra={"x": 1}, name="y", from_="z", zz=[1.5])).encode()
+    )
+    assert event.name == "dice" and event.from_ == "12015555555"
+    assert dict(event.extra) == {
+        "extra": {"x": 1},
+        "name": "y",
+        "from_": "z",
+        "zz": (Decimal("1.5"),),
+    }
+
+
+@pytest.mark.parametrize(
+    ("zz", "field"),
+    [
+        ("9" * 40, None),  # 40 characters: a number, on the exact decoder's path
+        ("-" + "9" * 39, None),
+        ("-" + "9" * 40, "zz"),
+        ('"' + "9" * 60 + '"', None),  # digits in a string are no number
+        (r'"\\u0000"', None),  # an escaped backslash, then u0000: no NUL
+        (r'"\\\u0000"', "zz"),  # an escaped backslash, then a NUL
+        ("[" * 31 + "]" * 31, None),  # 32 levels with the body's own
+        ("[" * 32 + "]" * 32, "body"),
+        ("[" + ",".join(["{}"] * 40) + "]", None),  # many brackets, not deep
+        ("1.5e400", None),
+        ("1.5e401", "zz"),
+    ],
+)
+def test_the_limits_hold_on_both_decoders(zz, field):
+    """msgspec decodes what needs no closer look; the standard library's decoder with
+    its hooks decides the rest. Either way the same bodies pass and fail."""
+    body = b'{"event": "ace", "callid": "x", "zz": ' + zz.encode() + b"}"
+    if field is None:
+        assert parse_event(body).extra["zz"] == freeze(json.loads(zz, parse_float=Decimal))
+    else:
+        with pytest.raises(EventError) as err:
+            parse_event(body)
+        assert err.value.field == field
 
 
 @pytest.mark.parametrize(

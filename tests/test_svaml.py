@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -38,6 +39,7 @@ from core.svaml import (
     Svaml,
     SvamlError,
     TranscriptionOptions,
+    dumps,
 )
 from tests.helpers import VECTORS
 
@@ -177,6 +179,25 @@ def test_specific_wire_names():
         "dtmf": "1",
         "action": "menu(sub)",
     }
+
+
+def test_elements_are_immutable_and_replace_checks_like_a_new_one():
+    pstn = ConnectPstn(number="+15612600684", max_duration=600)
+    with pytest.raises(AttributeError):
+        pstn.max_duration = 60  # type: ignore[misc]
+    assert pstn.replace(max_duration=60) == ConnectPstn(number="+15612600684", max_duration=60)
+    assert pstn.max_duration == 600
+    with pytest.raises(SvamlError) as err:
+        pstn.replace(max_duration=20000)
+    assert err.value.field == "maxDuration"
+
+
+def test_dumps_is_the_compact_json_of_the_standard_library():
+    answer = Svaml(
+        Hangup(), (Say(text='Caf\u00e9 "\\ \n\t\u0001 \u2028 \U0001f600', locale="fr-FR"),)
+    ).to_dict()
+    assert dumps(answer) == json.dumps(answer, separators=(",", ":"), ensure_ascii=False)
+    assert json.loads(dumps(answer)) == answer
 
 
 def test_no_null_fields_and_compact_json():
@@ -396,6 +417,19 @@ def test_dice_and_notify_take_no_svaml(event):
             "action.menus[0].options[0].action",
         ),
         ([], "svaml"),
+        ({"action": {"name": ["hangup"]}}, "action.name"),  # was a TypeError
+        (
+            {"action": {"name": "hangup"}, "instructions": [{"name": "hangup"}]},
+            "instructions[0].name",
+        ),
+        (
+            {"action": {"name": "hangup"}, "instructions": [{"name": "playFiles", "ids": [1]}]},
+            "instructions[0].ids[0]",
+        ),
+        (
+            {"action": {"name": "connectMxp", "callheaders": [{"key": "k"}]}},
+            "action.callHeaders[0].value",
+        ),
     ],
 )
 def test_from_dict_rejects_tutorial_mistakes_and_bad_shapes(data, field):
