@@ -22,6 +22,7 @@ from core.events import (
     Money,
     Notify,
     Pie,
+    is_e164,
 )
 from core.hookspecs import hookimpl
 from core.context import CallContext
@@ -77,6 +78,7 @@ __all__ = [
     "Ice",
     "Ace",
     "Pie",
+    "is_e164",
     "Dice",
     "Notify",
     "Amd",

@@ -51,7 +51,13 @@ MONEY_PLACES = 12
 _PLACES = Decimal(1).scaleb(-MONEY_PLACES)
 DECISION_EVENTS = ("ice", "ace", "pie")
 
-_DIGITS = re.compile(r"^\+?[0-9]{2,15}$")
+_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+
+
+def is_e164(value: object) -> bool:
+    """Whether ``value`` is a phone number in E.164 form: ``+``, a country code, at most
+    15 digits in all (the one check of it the core and the plugins use)."""
+    return isinstance(value, str) and _E164.match(value) is not None
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -79,17 +85,19 @@ def normalize_number(value: str | None) -> str | None:
     text = value.strip().replace(" ", "").replace("-", "")
     if text.startswith("00"):
         text = "+" + text[2:]
-    if not _DIGITS.match(text):
-        return None
-    return text if text.startswith("+") else "+" + text
+    if not text.startswith("+"):
+        text = "+" + text
+    return text if _E164.match(text) else None
 
 
 def freeze(value: Any) -> Any:
-    """A deep read-only copy of parsed JSON (dicts become mappingproxies, lists tuples)."""
-    if isinstance(value, dict):
+    """A read-only deep copy of a JSON value (objects become ``MappingProxyType``,
+    arrays tuples); what the core hands plugins is frozen so."""
+    kind = type(value)
+    if kind is dict or kind is MappingProxyType:
         return MappingProxyType({k: freeze(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return tuple(freeze(v) for v in value)
+    if kind is list or kind is tuple:
+        return tuple([freeze(v) for v in value])
     return value
 
 

@@ -30,9 +30,10 @@ the event hooks. Consequences for plugin authors:
   ``Decision``/``None``, or is still running at its ``timeout`` is handled by its
   ``on_error`` setting: ``"deny"`` (the default for decision hooks: fail closed) turns
   it into a deny, ``"abstain"`` into no opinion. The error is recorded in the trace.
-* Inputs are immutable: events are frozen dataclasses, the plugin's config is a
-  read-only mapping. Plugins never build raw SVAML JSON; they return ``Decision``
-  objects built from the SVAML types (``core.ConnectPstn``, ``core.Say``, ...).
+* Inputs are immutable: events are frozen structs, the plugin's config
+  (``core.PluginConfig``) a read-only mapping, the trace read-only. Plugins never build
+  raw SVAML JSON; they return ``Decision`` objects built from the SVAML types
+  (``core.ConnectPstn``, ``core.Say``, ...).
 
 Every plugin gets two settings of its own from the core, in ``[plugins.<name>]``:
 ``on_error = "deny" | "abstain"`` and ``timeout`` (seconds, at most the event budget).

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar, Union
 import msgspec
 
 from core import wire
+from core.events import is_e164
 
 MAX_DURATION = 14400  # seconds, connectPstn/connectSip/connectStream
 MAX_PARK_DURATION = 600  # seconds, park (2021 docs)
@@ -71,7 +72,6 @@ INDICATIONS = frozenset(
         "za",
     ]
 )
-_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 _DTMF = re.compile(r"^[0-9#w]+$")
 _MENU_ACTION = re.compile(r"^(menu|return)\((.*)\)$")
 _SPOKEN_PROMPT = ("#tts[", "#ssml[")  # playFiles ids Sinch speaks: they need a locale
@@ -230,7 +230,7 @@ def _check_max_duration(value: int | None, limit: int = MAX_DURATION) -> None:
 
 
 def _check_cli(value: str | None) -> None:
-    if value is not None and value != "private" and not _E164.match(value):
+    if value is not None and value != "private" and not is_e164(value):
         raise SvamlError("cli", f"must be an E.164 number with '+' or 'private', got {value!r}")
 
 
@@ -365,7 +365,7 @@ class ConnectPstn(Action, frozen=True):
     amd: AmdOptions | None = None
 
     def check(self) -> None:
-        if self.number is not None and not _E164.match(self.number):
+        if self.number is not None and not is_e164(self.number):
             raise SvamlError("number", f"must be an E.164 number with '+', got {self.number!r}")
         _check_max_duration(self.max_duration)
         if self.dial_timeout is not None and self.dial_timeout < 1:

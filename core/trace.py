@@ -31,6 +31,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+
+from core.events import freeze as frozen
 from typing import Any
 
 PLUGIN_STATUSES = (
@@ -43,17 +45,6 @@ PLUGIN_STATUSES = (
     "saturated",  # the plugin had as many hooks running as it may: not run
     "breaker-open",  # its circuit breaker was open: not run
 )
-
-
-def frozen(value: Any) -> Any:
-    """A read-only deep copy of a JSON value (objects become ``MappingProxyType``,
-    arrays tuples)."""
-    kind = type(value)
-    if kind is dict or kind is MappingProxyType:
-        return MappingProxyType({k: frozen(v) for k, v in value.items()})
-    if kind is list or kind is tuple:
-        return tuple([frozen(v) for v in value])
-    return value
 
 
 def _plain(value: Any) -> Any:

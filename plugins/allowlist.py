@@ -22,12 +22,12 @@ rules and velocity limits do.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from core import (
+    is_e164,
     MAX_DURATION,
     CallContext,
     ConnectPstn,
@@ -41,7 +41,6 @@ from core import (
 )
 from plugins.numbers import Rules, parse_pattern, parse_patterns
 
-_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
 
 # Ranges carriers commonly block for premium-rate and international revenue share
 # fraud (IRSF). Each line: prefix, what it is. See the README for the sources.
@@ -94,7 +93,7 @@ MIGRATIONS = [
 
 
 def _check_number(where: str, value: Any) -> None:
-    if not isinstance(value, str) or not _E164.match(value):
+    if not is_e164(value):
         raise ValueError(f"{where}: {value!r} is not an E.164 number with '+'")
 
 

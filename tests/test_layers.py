@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 LAYERS: list[tuple[str, set[str]]] = [
-    ("protocol", {"core.events", "core.svaml", "core.signing"}),
+    ("protocol", {"core.wire", "core.events", "core.svaml", "core.signing"}),
     (
         "foundation",
         {
@@ -64,9 +64,9 @@ def imports_of(path: Path) -> set[str]:
         if id(node) in skip:
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-            # ``from core import config`` imports the module core.config
-            names += [f"{node.module}.{a.name}" for a in node.names]
+            # ``from core import wire`` imports the module core.wire, not the public API
+            submodules = [f"{node.module}.{a.name}" for a in node.names]
+            names = [n for n in submodules if n in core_sources()] or [node.module]
             found.update(n for n in names if n.split(".")[0] in ("core", "plugins"))
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] in ("core", "plugins"))
