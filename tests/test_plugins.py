@@ -45,9 +45,9 @@ def test_entry_point_plugin_is_loaded_with_its_metadata(site):
     assert (info.version, info.builtin) == ("2.5", False)
     assert "package switchboard-vip" in info.origin
     assert info.hooks == (
-        "switchboard_add_commands",
         "switchboard_config_keys",
         "switchboard_ice",
+        "switchboard_register_commands",
         "switchboard_store_migrations",
     )
 
