@@ -346,14 +346,13 @@ def serve(
     except BaseException:
         runtime.close()
         raise
+    signals.serving()
     url = url_of(host, server.effective_port, server_cfg["callback_path"])
-    enabled = ", ".join(runtime.plugins.order) or "none"
-    print(f"switchboard listening on {url} (plugins: {enabled})", flush=True)
     where = listen_file(config_path)
     loopback = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     _record_listening(where, url_of(loopback, server.effective_port, server_cfg["callback_path"]))
-
-    signals.serving()
+    enabled = ", ".join(runtime.plugins.order) or "none"
+    print(f"switchboard listening on {url} (plugins: {enabled})", flush=True)
     loop = server.asyncore.loop
     try:
         while not signals.stopping:
