@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +13,8 @@ from core.hookspecs import hookimpl
 from core.plugins import PluginError, make_plugins
 from core.store import CORE_MIGRATIONS, Migration
 from core.svaml import ConnectConf
+from tests.cli_runner import Ran, cli
 from tests.helpers import KEY, SECRET, Fixed, ice, post, runtime, webapp
-
-REPO = Path(__file__).resolve().parent.parent
 
 CORE_VERSIONS = [m.version for m in CORE_MIGRATIONS]
 
@@ -227,20 +224,12 @@ def test_startup_failure_is_named():
 # ---------------------------------------------------------------- through serve.py
 
 
-def _cli(
-    site: Path, tmp: Path, *args: str, config: str | None = None
-) -> subprocess.CompletedProcess[str]:
+def _cli(site: Path, tmp: Path, *args: str, config: str | None = None) -> Ran:
+    """A command on ``config`` (written to ``tmp``), run in-process with the plugins
+    installed in ``site`` (on sys.path)."""
     cfg = tmp / "config.toml"
     cfg.write_text(config or "")
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{site}:{REPO}"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "serve.py"), "--config", str(cfg), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp,
-        timeout=60,
-    )
+    return cli(cfg, *args)
 
 
 CONFIG = f"""
