@@ -270,27 +270,30 @@ def test_serve_py_port_then_simulate_finds_the_server(tmp_path):
 
 
 def test_sighup_during_start_up_is_a_reload_once_serving(site, tmp_path):
-    marker = tmp_path / "configuring"
+    marker, log = tmp_path / "configuring", tmp_path / "server.log"
     path = config(
         tmp_path,
         f'[server]\nport = 0\n[plugins.cmds]\nstart_delay = 1.5\nmarker = "{marker}"\n',
     )
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "serve.py"), "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(site),
-    )
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "serve.py"), "--config", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=_env(site),
+        )
     try:
         assert wait_for(marker.exists, timeout=20), "the plugin was never configured"
         proc.send_signal(signal.SIGHUP)  # the start-up is still in switchboard_configure
         line = proc.stdout.readline()
-        assert line.startswith("switchboard listening on "), (line, proc.poll())
+        assert line.startswith("switchboard listening on "), (line, proc.poll(), log.read_text())
+        assert wait_for(lambda: "reloaded" in log.read_text(), timeout=20), log.read_text()
+        assert "SIGHUP: reloading" in log.read_text()
     finally:
-        code, err = stop(proc)
-    assert code == 0, err
-    assert "SIGHUP: reloading" in err and "reloaded" in err
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0, log.read_text()
 
 
 def test_output_into_a_closed_pipe_ends_quietly(site, tmp_path):
