@@ -8,6 +8,7 @@ itself, with every hook's signature and meaning, is ``core.hookspecs``, rendered
 docs/plugins.md.
 """
 
+from core.cli import pass_runtime
 from core.config import Key, PluginConfig, between, non_negative, positive
 from core.decisions import Decision
 from core.events import (
@@ -73,6 +74,7 @@ __all__ = [
     "StoreGauges",
     "Decision",
     "PluginError",
+    "pass_runtime",
     # events
     "Event",
     "Ice",

@@ -460,6 +460,13 @@ ADMIN_KEYS = {
 
 LOGGING_KEYS = {
     "level": Key(str, "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    "format": Key(
+        str,
+        "text",
+        "text, or json: one JSON object per line",
+        choices=("text", "json"),
+        env="SWITCHBOARD_LOG_FORMAT",
+    ),
 }
 
 DEFAULT_FALLBACK = {

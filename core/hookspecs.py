@@ -56,6 +56,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import click
 import pluggy
 from prometheus_client import CollectorRegistry
 
@@ -277,13 +278,34 @@ def switchboard_shutdown() -> None:
 
 
 @hookspec
-def switchboard_add_commands(subparsers: Any) -> None:
-    """Add commands to ``serve.py``.
+def switchboard_register_commands(cli: click.Group) -> None:
+    """Add commands to the command line (``switchboard``, or ``python serve.py``).
 
-    Called once per enabled plugin when the command line is built. ``subparsers`` is
-    what ``argparse.ArgumentParser.add_subparsers()`` returned. Add parsers with
-    ``subparsers.add_parser(name, help=...)`` and set ``func`` with
-    ``parser.set_defaults(func=run)``; ``run(args, runtime)`` receives the parsed
-    arguments and a ``core.runtime.Runtime`` (settings, store, plugin manager) and
-    returns an exit status (``0`` or ``None`` for success).
+    Called once per enabled plugin, in precedence order, when a command line needs the
+    plugins' commands: to run one, or to list them in ``--help``. Not called by
+    ``serve`` nor by the other built-in commands. ``cli`` is the ``click.Group`` the
+    built-in commands are registered on, the same way: add commands or groups to it
+    with ``@cli.command()`` and ``@cli.group()``. Replacing a command that is already
+    there (a built-in, another plugin's) stops the command line, naming the plugin.
+    This hook may run before ``switchboard_configure``: read configuration in the
+    command, not here.
+
+    A command that needs the store or its plugin's configured state takes the runtime
+    with ``core.pass_runtime``: its first argument is then a ``core.runtime.Runtime``
+    (``settings``, ``store``, ``plugins``), built from the configuration ``--config``
+    names, with migrations applied and every plugin started (``switchboard_startup``
+    with ``serving=False``), and closed when the command ends::
+
+        @hookimpl
+        def switchboard_register_commands(cli):
+            @cli.command(help="list VIP calls")
+            @click.option("--json", "as_json", is_flag=True)
+            @pass_runtime
+            def vip(runtime, as_json):
+                ...
+
+    A command returns its exit status: ``0`` or ``None`` for success. Print failures
+    as ``error: ...``; raising ``click.ClickException`` also works.
+
+    Return nothing.
     """

@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any
 
+import click
+
 from core import (
     MAX_DURATION,
     Answer,
@@ -46,6 +48,7 @@ from core import (
     between,
     hookimpl,
     non_negative,
+    pass_runtime,
     positive,
 )
 from plugins.numbers import longest_prefix, parse_pattern
@@ -710,37 +713,49 @@ class Credit:
     # ------------------------------------------------------------------ CLI
 
     @hookimpl
-    def switchboard_add_commands(self, subparsers: Any) -> None:
-        parser = subparsers.add_parser("credit", help="prepaid accounts: topup, show, ledger")
-        sub = parser.add_subparsers(dest="credit_command", metavar="ACTION", required=True)
-        p = sub.add_parser("topup", help="add credit to an account (created if new)")
-        p.add_argument("account")
-        p.add_argument("amount", help="in major units, e.g. 10.00")
-        p.set_defaults(func=self._cmd_topup)
-        p = sub.add_parser("show", help="balance, reserved and available credit")
-        p.add_argument("account")
-        p.set_defaults(func=self._cmd_show)
-        p = sub.add_parser("ledger", help="every booking of an account, oldest first")
-        p.add_argument("account")
-        p.set_defaults(func=self._cmd_ledger)
+    def switchboard_register_commands(self, cli: click.Group) -> None:
+        @cli.group(help="prepaid accounts: topup, show, ledger")
+        def credit() -> None:
+            pass
 
-    def _cmd_topup(self, args: Any, runtime: Any) -> int:
+        @credit.command(
+            help="add credit to an account (created if new); AMOUNT in major units, e.g. 10.00"
+        )
+        @click.argument("account")
+        @click.argument("amount")
+        @pass_runtime
+        def topup(runtime: Any, account: str, amount: str) -> int:
+            return self._cmd_topup(runtime, account, amount)
+
+        @credit.command(help="balance, reserved and available credit")
+        @click.argument("account")
+        @pass_runtime
+        def show(runtime: Any, account: str) -> int:
+            return self._cmd_show(runtime, account)
+
+        @credit.command(help="every booking of an account, oldest first")
+        @click.argument("account")
+        @pass_runtime
+        def ledger(runtime: Any, account: str) -> int:
+            return self._cmd_ledger(runtime, account)
+
+    def _cmd_topup(self, runtime: Any, account: str, amount: str) -> int:
         try:
-            balance = self.topup(runtime.store, args.account, args.amount)
+            balance = self.topup(runtime.store, account, amount)
         except ValueError as exc:
             print(f"error: {exc}")
             return 2
         d = self.config["decimals"]
         print(
-            f"{args.account}: +{fmt(parse_amount(args.amount, d), d)}, balance {fmt(balance, d)} "
+            f"{account}: +{fmt(parse_amount(amount, d), d)}, balance {fmt(balance, d)} "
             f"{self.config['currency']}"
         )
         return 0
 
-    def _cmd_show(self, args: Any, runtime: Any) -> int:
-        info = self.show(runtime.store, args.account)
+    def _cmd_show(self, runtime: Any, account: str) -> int:
+        info = self.show(runtime.store, account)
         if info is None:
-            print(f"error: no account {args.account!r}")
+            print(f"error: no account {account!r}")
             return 1
         d = self.config["decimals"]
         print(f"account   {info['account']} ({info['currency']})")
@@ -749,13 +764,13 @@ class Credit:
         print(f"available {fmt(info['available'], d)}")
         return 0
 
-    def _cmd_ledger(self, args: Any, runtime: Any) -> int:
+    def _cmd_ledger(self, runtime: Any, account: str) -> int:
         rows = runtime.store.query(
             "SELECT seq, at, kind, amount, balance_after, callid FROM credit_ledger WHERE account = ? ORDER BY seq",
-            (args.account,),
+            (account,),
         )
-        if not rows and self.show(runtime.store, args.account) is None:
-            print(f"error: no account {args.account!r}")
+        if not rows and self.show(runtime.store, account) is None:
+            print(f"error: no account {account!r}")
             return 1
         d = self.config["decimals"]
         for seq, at, kind, amount, after, callid in rows:

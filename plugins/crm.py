@@ -35,7 +35,19 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from core import CallContext, Dice, Key, Migration, Store, StoreGauges, hookimpl, positive
+import click
+
+from core import (
+    CallContext,
+    Dice,
+    Key,
+    Migration,
+    Store,
+    StoreGauges,
+    hookimpl,
+    pass_runtime,
+    positive,
+)
 
 log = logging.getLogger("switchboard.plugin.crm")
 
@@ -391,26 +403,41 @@ class Crm:
         return [r[0] for r in rows]
 
     @hookimpl
-    def switchboard_add_commands(self, subparsers: Any) -> None:
-        parser = subparsers.add_parser(
-            "crm", help="call records and CRM delivery: outbox, dead, replay, export"
-        )
-        sub = parser.add_subparsers(dest="crm_command", metavar="ACTION", required=True)
-        sub.add_parser("outbox", help="records waiting for delivery").set_defaults(
-            func=self._cmd_outbox
-        )
-        sub.add_parser("dead", help="records that exhausted their attempts").set_defaults(
-            func=self._cmd_dead
-        )
-        p = sub.add_parser("replay", help="deliver dead letters again (all, or one call)")
-        p.add_argument("callid", nargs="?")
-        p.set_defaults(func=self._cmd_replay)
-        p = sub.add_parser("export", help="call records as CSV or JSON lines")
-        p.add_argument("--format", choices=("csv", "jsonl"), default="jsonl")
-        p.add_argument("--since", help="only calls recorded at or after this ISO-8601 time")
-        p.set_defaults(func=self._cmd_export)
+    def switchboard_register_commands(self, cli: click.Group) -> None:
+        @cli.group(help="call records and CRM delivery: outbox, dead, replay, export")
+        def crm() -> None:
+            pass
 
-    def _cmd_outbox(self, args: Any, runtime: Any) -> int:
+        @crm.command(help="records waiting for delivery")
+        @pass_runtime
+        def outbox(runtime: Any) -> int:
+            return self._cmd_outbox(runtime)
+
+        @crm.command(help="records that exhausted their attempts")
+        @pass_runtime
+        def dead(runtime: Any) -> int:
+            return self._cmd_dead(runtime)
+
+        @crm.command(help="deliver dead letters again (all, or one call)")
+        @click.argument("callid", required=False)
+        @pass_runtime
+        def replay(runtime: Any, callid: str | None) -> int:
+            return self._cmd_replay(runtime, callid)
+
+        @crm.command(help="call records as CSV or JSON lines")
+        @click.option(
+            "--format",
+            "format_",
+            type=click.Choice(["csv", "jsonl"]),
+            default="jsonl",
+            show_default=True,
+        )
+        @click.option("--since", help="only calls recorded at or after this ISO-8601 time")
+        @pass_runtime
+        def export(runtime: Any, format_: str, since: str | None) -> int:
+            return self._cmd_export(runtime, format_, since)
+
+    def _cmd_outbox(self, runtime: Any) -> int:
         rows = runtime.store.query(
             "SELECT callid, attempts, next_attempt_at, last_error FROM crm_outbox ORDER BY created_at"
         )
@@ -419,7 +446,7 @@ class Crm:
         print(f"{len(rows)} record(s) waiting")
         return 0
 
-    def _cmd_dead(self, args: Any, runtime: Any) -> int:
+    def _cmd_dead(self, runtime: Any) -> int:
         rows = runtime.store.query(
             "SELECT callid, attempts, failed_at, last_error FROM crm_dead ORDER BY failed_at"
         )
@@ -428,31 +455,31 @@ class Crm:
         print(f"{len(rows)} dead letter(s)")
         return 0
 
-    def _cmd_replay(self, args: Any, runtime: Any) -> int:
+    def _cmd_replay(self, runtime: Any, callid: str | None) -> int:
         if not self.config["webhook_url"]:
             print("error: no webhook_url configured for the crm plugin")
             return 2
-        moved = self.replay(args.callid)
-        if args.callid and not moved:
-            print(f"error: no dead letter for call {args.callid!r}")
+        moved = self.replay(callid)
+        if callid and not moved:
+            print(f"error: no dead letter for call {callid!r}")
             return 1
         failed = 0
-        for callid in moved:
-            self.drain(only=callid)
+        for moved_id in moved:
+            self.drain(only=moved_id)
             left = runtime.store.query(
-                "SELECT last_error FROM crm_outbox WHERE callid = ?", (callid,)
+                "SELECT last_error FROM crm_outbox WHERE callid = ?", (moved_id,)
             )
             if left:
                 failed += 1
                 print(
-                    f"{callid}: delivery failed ({left[0][0]}); it stays in the outbox and is retried"
+                    f"{moved_id}: delivery failed ({left[0][0]}); it stays in the outbox and is retried"
                 )
             else:
-                print(f"{callid}: delivered")
+                print(f"{moved_id}: delivered")
         print(f"{len(moved) - failed} of {len(moved)} delivered")
         return 1 if failed else 0
 
-    def _cmd_export(self, args: Any, runtime: Any) -> int:
+    def _cmd_export(self, runtime: Any, format_: str, since_text: str | None) -> int:
         columns = [
             "callid",
             "caller",
@@ -471,11 +498,11 @@ class Crm:
         ]
         sql = f"SELECT {', '.join(columns)} FROM crm_calls"  # noqa: S608 - fixed column names
         params: list[Any] = []
-        if args.since:
+        if since_text:
             try:
-                since = datetime.fromisoformat(args.since.replace("Z", "+00:00"))
+                since = datetime.fromisoformat(since_text.replace("Z", "+00:00"))
             except ValueError:
-                print(f"error: --since must be an ISO-8601 time, got {args.since!r}")
+                print(f"error: --since must be an ISO-8601 time, got {since_text!r}")
                 return 2
             if since.tzinfo is None:
                 since = since.replace(tzinfo=UTC)
@@ -488,7 +515,7 @@ class Crm:
             record["recorded_at"] = _iso(record["recorded_at"])
             record["delivered_at"] = _iso(record["delivered_at"])
             records.append(record)
-        if args.format == "jsonl":
+        if format_ == "jsonl":
             for record in records:
                 record["ice_answer"] = (
                     json.loads(record["ice_answer"]) if record["ice_answer"] else None

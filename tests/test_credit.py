@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
 from core.decisions import Decision
 from core.plugins import PluginError
 from plugins.credit import Credit, Tariff, fmt, parse_amount
-
-from tests.helpers import KEY, SECRET, Fixed, dice, ice, post, webapp
+from tests.cli_runner import cli as run_cli
+from tests.helpers import KEY, SECRET, Fixed, dice, ice, post, runtime, webapp
 
 pytestmark = pytest.mark.usefixtures("backend")
 
-REPO = Path(__file__).resolve().parent.parent
 BASE = {
     "account_from": "fixed",
     "account": "acme",
@@ -376,13 +372,7 @@ def test_credit_commands(tmp_path):
     )
 
     def cli(*args):
-        return subprocess.run(
-            [sys.executable, str(REPO / "serve.py"), "--config", str(config), "credit", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=tmp_path,
-        )
+        return run_cli(config, "credit", *args)
 
     run = cli("topup", "+12015550100", "12.50")
     assert run.returncode == 0, run.stderr

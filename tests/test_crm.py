@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -14,13 +11,13 @@ from core.decisions import Decision
 from core.plugins import PluginError
 from core.svaml import ConnectPstn
 from plugins.crm import Crm
+from tests.cli_runner import cli as run_cli
 from tests.fake_crm import FakeCrm
 
-from tests.helpers import KEY, SECRET, Fixed, ace, dice, ice, post, wait_for, webapp
+from tests.helpers import KEY, SECRET, Fixed, ace, dice, ice, post, runtime, wait_for, webapp
 
 pytestmark = pytest.mark.usefixtures("backend")
 
-REPO = Path(__file__).resolve().parent.parent
 CRM_SECRET = "crm-shared-secret"
 FAST = {"backoff": 0.05, "max_backoff": 0.2, "poll_interval": 0.05, "delivery_timeout": 2.0}
 
@@ -180,21 +177,10 @@ def test_crm_commands(tmp_path, monkeypatch):
             f'[sinch]\nkeys = [{{ key = "{KEY}", secret = "{SECRET}" }}]\n'
             f'[plugins]\nenabled = ["crm"]\n[plugins.crm]\nwebhook_url = "{crm.url}"\nmax_attempts = 1\n'
         )
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": str(REPO),
-            "SWITCHBOARD_CRM_SECRET": CRM_SECRET,
-        }
+        env = {"SWITCHBOARD_CRM_SECRET": CRM_SECRET}
 
         def cli(*args):
-            return subprocess.run(
-                [sys.executable, str(REPO / "serve.py"), "--config", str(config), *args],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                cwd=tmp_path,
-                env=env,
-            )
+            return run_cli(config, *args, env=env)
 
         for callid in ("x1", "x2"):
             sim = cli(

@@ -16,7 +16,7 @@ import pytest
 from core import config as cfg
 from core.config import ConfigError, Key
 from plugins.crm import KEYS as CRM_KEYS
-from tests.conftest import run_cli
+from tests.cli_runner import cli as run_cli
 from tests.helpers import KEY, SECRET, ice
 
 REPO = Path(__file__).resolve().parent.parent

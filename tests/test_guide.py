@@ -3,14 +3,15 @@ hook is documented, and one test pins the order in which every hook fires."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+import click
+
 from core import guide
+from core.cli.main import make_cli, register_plugin_commands
 from core.decisions import Decision
 from core.hookspecs import hookimpl
 from core.store import Migration
-from serve import build_parser
 from tests.helpers import ace, dice, ice, notify, pie, post, runtime, webapp
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,9 +89,9 @@ class Everything:
         self.calls.append(f"after_answer:{event.name}")
 
     @hookimpl
-    def switchboard_add_commands(self, subparsers):
-        self.calls.append("add_commands")
-        subparsers.add_parser("everything")
+    def switchboard_register_commands(self, cli):
+        self.calls.append("register_commands")
+        cli.command("everything")(lambda: None)
 
     @hookimpl
     def switchboard_shutdown(self):
@@ -111,7 +112,8 @@ def test_the_order_hooks_fire_in_for_a_call():
     ):
         post(app, event)
         rt.pipeline.wait_idle()
-    build_parser(rt.plugins)
+    cli = make_cli()
+    register_plugin_commands(cli, rt.plugins)
     rt.close()
     assert plugin.calls == [
         "config_keys",
@@ -130,9 +132,9 @@ def test_the_order_hooks_fire_in_for_a_call():
         "notify",
         "after_answer:notify",
         "after_answer:ice",  # a repeated ICE reaches only the observer
-        "add_commands",
+        "register_commands",
         "shutdown",
     ]
     hooks = {name.removeprefix("switchboard_") for name, _ in guide.specs()}
     assert hooks == {c.split(":")[0].split("(")[0] for c in plugin.calls}, "a hook no test fires"
-    assert isinstance(build_parser(None), argparse.ArgumentParser)
+    assert isinstance(cli.commands["everything"], click.Command)

@@ -240,11 +240,11 @@ def test_reload_on_sighup(serve, tmp_path, backend):
 
 
 def test_waitress_queue_warnings_are_thinned_to_one_per_interval(monkeypatch):
-    import serve
+    from core import logs
 
     now = [100.0]
-    monkeypatch.setattr(serve.time, "monotonic", lambda: now[0])
-    sparse = serve.Sparse(10.0)
+    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+    sparse = logs.Sparse(10.0)
 
     def record():
         return logging.LogRecord(

@@ -17,9 +17,8 @@ from core.hookspecs import hookimpl
 from core.plugins import PluginError, make_plugins
 from core.store import CORE_MIGRATIONS, Migration
 from core.svaml import ConnectConf
+from tests.cli_runner import Ran, cli
 from tests.helpers import KEY, SECRET, Fixed, ice, post, runtime, webapp
-
-REPO = Path(__file__).resolve().parent.parent
 
 CORE_VERSIONS = [m.version for m in CORE_MIGRATIONS]
 
@@ -47,9 +46,9 @@ def test_entry_point_plugin_is_loaded_with_its_metadata(site):
     assert (info.version, info.builtin) == ("2.5", False)
     assert "package switchboard-vip" in info.origin
     assert info.hooks == (
-        "switchboard_add_commands",
         "switchboard_config_keys",
         "switchboard_ice",
+        "switchboard_register_commands",
         "switchboard_store_migrations",
     )
 
@@ -461,20 +460,12 @@ def test_startup_failure_is_named():
 # ---------------------------------------------------------------- through serve.py
 
 
-def _cli(
-    site: Path, tmp: Path, *args: str, config: str | None = None
-) -> subprocess.CompletedProcess[str]:
+def _cli(site: Path, tmp: Path, *args: str, config: str | None = None) -> Ran:
+    """A command on ``config`` (written to ``tmp``), run in-process with the plugins
+    installed in ``site`` (on sys.path)."""
     cfg = tmp / "config.toml"
     cfg.write_text(config or "")
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{site}:{REPO}"}
-    return subprocess.run(
-        [sys.executable, str(REPO / "serve.py"), "--config", str(cfg), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp,
-        timeout=60,
-    )
+    return cli(cfg, *args)
 
 
 CONFIG = f"""

@@ -6,6 +6,7 @@ It is registered through a real entry point (a generated ``.dist-info`` folder) 
 
 from __future__ import annotations
 
+from core import pass_runtime
 from core.config import Key
 from core.decisions import Decision
 from core.hookspecs import hookimpl
@@ -46,12 +47,14 @@ def switchboard_ice(event, ctx):
 
 
 @hookimpl
-def switchboard_add_commands(subparsers):
-    parser = subparsers.add_parser("vip", help="list VIP calls")
-    parser.set_defaults(func=_list)
+def switchboard_register_commands(cli):
+    @cli.command(help="list VIP calls")
+    @pass_runtime
+    def vip(runtime):
+        return _list(runtime)
 
 
-def _list(args, runtime):
+def _list(runtime):
     rows = runtime.store.query("SELECT callid, caller FROM vip_calls ORDER BY callid")
     for callid, caller in rows:
         print(f"{callid} {caller}")

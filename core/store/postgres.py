@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from core.store.base import (
     HEALTH_UPSERT,
@@ -24,6 +25,25 @@ OWNER_BEAT = 0.2  # seconds between a PostgreSQL store's checks of its own proce
 OWNER_CONFIRM = 0.6  # seconds another process's lock must stay free before it is dead
 OWNER_TIMEOUT_MS = 1000  # statement timeout of the lock connection
 REBOUND_AFTER = 0.05  # seconds: PostgreSQL statements later than this get their timeout again
+
+
+def _why(url: str, exc: Exception) -> str:
+    """Why PostgreSQL cannot be reached (``connection refused``, ``role "x" does not
+    exist``): the pool only says it timed out, so one direct attempt asks libpq, whose
+    messages never hold the password."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+    except psycopg.Error as direct:
+        first = str(direct).strip().splitlines()[0] if str(direct).strip() else ""
+        cause = first.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
+        password = urlsplit(url).password
+        if cause and not (password and password in cause):
+            return cause[:1].lower() + cause[1:]
+    except Exception:
+        pass
+    return type(exc).__name__
 
 
 class PostgresStore(Store):
@@ -66,7 +86,7 @@ class PostgresStore(Store):
             if pool is not None:
                 pool.close()
             raise StoreError(
-                f"cannot connect to PostgreSQL at {redact_url(url)}: {type(exc).__name__}"
+                f"cannot connect to PostgreSQL at {redact_url(url)}: {_why(url, exc)}"
             ) from None
         threading.Thread(target=self._beat, name="switchboard-store-owner", daemon=True).start()
 
