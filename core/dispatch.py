@@ -27,6 +27,7 @@ from typing import Any
 
 from core.context import CallContext
 from core.events import Event
+from core.logs import CALLID
 from core.store import Store
 
 FAN_OUT_AFTER = 0.02  # seconds before the hooks not yet started get a worker each
@@ -108,12 +109,14 @@ class Call:
             self.state, self.started = RUNNING, time.monotonic()
         store: Store = self.ctx.store
         pending = None
+        bound = CALLID.set(self.ctx.callid)  # the plugin's log lines name the call
         try:  # the plugin's store waits end at the callback's deadline too
             with store.deferred_flush() as pending, store.until(self.ctx.deadline):
                 self.value = self.hook(event=self.event, ctx=self.ctx)
         except Exception as exc:  # noqa: BLE001 - the plugin's error is its outcome
             self.error = exc
         finally:
+            CALLID.reset(bound)
             self.elapsed = time.monotonic() - self.started
             self.running.leave(self.plugin)
             with self._lock:

@@ -35,6 +35,7 @@ from core.context import CallContext
 from core.config import PluginConfig, Settings
 from core.decisions import Decision, Outcome, merge
 from core.events import DECISION_EVENTS, Event, EventError, excerpt, parse_event
+from core.logs import CALLID
 from core.metrics import FALLBACK_RULES, Metrics
 from core.plugins import Impl, Plugins
 from core.signing import SignatureError, Verifier
@@ -145,6 +146,7 @@ class Pipeline:
         except EventError as exc:
             return self._reject(started, 400, str(exc), field_name=exc.field)
         sub = hashlib.sha256(body).hexdigest()[:32] if event.name in ("pie", "notify") else ""
+        bound = CALLID.set(event.callid or None)  # the core's log lines name the call
         try:
             if event.name in DECISION_EVENTS:
                 if received is not None and started - self.budget * 4 < received < started:
@@ -165,6 +167,8 @@ class Pipeline:
             # a DiCE or Notify that is not safely stored is never answered 200
             self.count_reject(503)
             return Response(503, error_body("the callback could not be stored; send it again"))
+        finally:
+            CALLID.reset(bound)
 
     def close(self) -> None:
         """Stop the worker pool (call wait_idle first; a hung plugin is not waited for)."""
@@ -754,12 +758,15 @@ class Pipeline:
 
 
 def _observer(impl: Impl, event: Event, answer: Any, trace: Any) -> None:
+    bound = CALLID.set(event.callid or None)
     try:
         impl(event=event, answer=answer, trace=trace)
     except Exception:
         logging.getLogger(f"switchboard.plugin.{impl.plugin}").exception(
             "switchboard_after_answer failed for call %s", event.callid
         )
+    finally:
+        CALLID.reset(bound)
 
 
 def _ms(seconds: float) -> float:

@@ -185,3 +185,31 @@ def test_an_abandoned_hooks_commits_are_flushed_by_its_worker(store, pool):
     time.sleep(0.05)
     assert flushed and flushed[-1] == call.seq > 0
     assert store.query("SELECT count(*) FROM t") == [(1,)]
+
+
+def test_a_plugins_log_lines_name_the_call_they_are_about():
+    """The call id is bound while a hook runs (on a hook worker) and while the core
+    handles the callback, so plugin and core log lines carry it without saying so."""
+    from core import hookimpl
+    from core.logs import CallidFilter
+    from tests.helpers import post, runtime, webapp
+
+    class Talker:
+        @hookimpl
+        def switchboard_ice(self, event, ctx):
+            ctx.log.warning("deciding")
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    handler.addFilter(CallidFilter())
+    logger = logging.getLogger("switchboard.plugin.talker")
+    logger.addHandler(handler)
+    try:
+        rt = runtime({"talker": Talker()})
+        post(webapp(rt), ice("c-logged"))
+        rt.close()
+    finally:
+        logger.removeHandler(handler)
+    assert [(r.getMessage(), r.callid) for r in records] == [("deciding", "c-logged")]
+    assert threading.current_thread().name not in {r.threadName for r in records}
