@@ -61,6 +61,7 @@ def main() -> None:
         bench.CONFIG.format(threads=8, synchronous=args.synchronous, store_url="sqlite:///bench.db")
     )
     runtime = Runtime.build(load(work / "config.toml"))
+    runtime.start()
     app = make_app(runtime)
 
     def drive(batch: list[Request]) -> None:

@@ -179,8 +179,15 @@ def trace_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_app(runtime: Runtime) -> bottle.Bottle:
-    """Build the WSGI app for ``runtime`` (started here if it was not yet)."""
-    pipeline = runtime.start()
+    """Build the WSGI app for ``runtime``, without side effects: starting the runtime
+    (migrations, the plugins' start-up hooks, background workers) is the runner's job,
+    done before (``runtime.start()``)."""
+    pipeline = runtime.pipeline
+    if pipeline is None:
+        raise RuntimeError(
+            "make_app needs a started runtime: call runtime.start() first (it applies the "
+            "migrations and runs the plugins' start-up hooks)"
+        )
     settings = runtime.settings
     limit = settings.server["max_body_bytes"]
     app = bottle.Bottle(catchall=True)

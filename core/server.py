@@ -46,6 +46,7 @@ class Switch:
         from core.app import make_app
 
         self.runtime = runtime
+        runtime.start()
         self.app = make_app(runtime)
         self.retired: list[Runtime] = []
 
@@ -65,6 +66,7 @@ class Switch:
             same_store = settings.store["url"] == old.settings.store["url"]
             runtime = Runtime.build(settings, store=old.store if same_store else None)
             try:
+                runtime.start()
                 app = make_app(runtime)
             except Exception:
                 runtime.close(close_store=not same_store)

@@ -300,6 +300,7 @@ class Harness:
         self.runtime = Runtime.build(
             settings, given=dict(plugins), load_entrypoints=False, store=SqliteStore(":memory:")
         )
+        self.runtime.start()
         self.app = make_app(self.runtime)
         self.store = self.runtime.store
 

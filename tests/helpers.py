@@ -126,6 +126,8 @@ def _build(store: Store, given: Mapping[str, object] | None, sections: dict[str,
 
 
 def webapp(rt: Runtime) -> webtest.TestApp:
+    """The app of ``rt``, started first (as the server does)."""
+    rt.start()
     return webtest.TestApp(make_app(rt))
 
 

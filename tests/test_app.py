@@ -386,6 +386,7 @@ def test_after_answer_runs_once_the_answer_is_sent_on_a_real_server(backend):
             observed.append(("waited", released.wait(5)))
 
     rt = backend.runtime({"block": Blocking(), "router": Fixed(Decision.propose(PSTN))})
+    rt.start()
     server = waitress.create_server(make_app(rt), host="127.0.0.1", port=0, threads=2)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -535,3 +536,22 @@ def test_slow_hooks_fan_out_and_still_merge(make):
     assert elapsed < 0.75, elapsed  # in parallel after the first was slow, not 0.9 s in a row
     statuses = [p["status"] for p in json.loads(rt.store.traces("seq-2")[0]["trace"])["plugins"]]
     assert statuses == ["decided"] * 4
+
+
+def test_building_the_app_has_no_side_effects(backend):
+    """make_app only builds: the runner starts the runtime (migrations, start-up hooks)."""
+    started: list[bool] = []
+
+    class Starter:
+        @hookimpl
+        def switchboard_startup(self, serving):
+            started.append(serving)
+
+    rt = backend.runtime({"starter": Starter()})
+    with pytest.raises(RuntimeError, match="runtime.start"):
+        make_app(rt)
+    assert started == [] and "callbacks" not in rt.store.tables()
+    rt.start()
+    make_app(rt)
+    assert started == [True]
+    rt.close()
