@@ -45,6 +45,10 @@ from core.trace import PluginResult, Trace, frozen
 
 log = logging.getLogger("switchboard.callback")
 
+# how one plugin's hook for one event is called: implementation, settings, on_error,
+# timeout, logger (``Pipeline._plan``)
+Plan = tuple[Impl, PluginConfig, str, float, logging.Logger]
+
 DEFAULT_TIMEOUT_SHARE = 0.75  # of the budget, for plugins without their own timeout
 SLOW_OBSERVER = 0.02  # seconds an after-answer observer may take before it is moved to the pool
 MERGE_RESERVE = 0.05  # of the budget, kept for merging, storing and sending
@@ -116,6 +120,7 @@ class Pipeline:
         self._pending_after: set[Future[Any]] = set()
         self._slow_observers: set[str] = set()  # plugins whose after-answer runs in the pool
         self._rank = {name: i for i, name in enumerate(plugins.order)}
+        self._plans = {name: self._plan(name) for name in (*DECISION_EVENTS, "dice", "notify")}
         self._running = Running(max(1, settings.policy["workers"] // 2))
         policy = settings.policy
         self.breaker = Breaker(
@@ -468,15 +473,12 @@ class Pipeline:
         A plugin whose circuit breaker is open is not run either: its ``on_error``
         applies at once (see ``core.breaker``).
         """
-        impls = self.plugins.impls(f"switchboard_{event.name}")
         calls: list[tuple[Call, str]] = []
         shunned: list[tuple[Impl, str, str]] = []
         now = time.monotonic()
-        for impl in impls:
+        for impl, config, on_error, timeout, plugin_log in self._plans[event.name]:
             if impl.plugin in skip:
                 continue
-            config = self.settings.plugins.get(impl.plugin) or PluginConfig(impl.plugin, {})
-            on_error = config.get("on_error") or ("deny" if decision else "abstain")
             if self._running.full(impl.plugin):
                 shunned.append((impl, on_error, "saturated"))
                 continue
@@ -484,18 +486,9 @@ class Pipeline:
                 shunned.append((impl, on_error, "breaker-open"))
                 continue
             ctx = CallContext(
-                callid=event.callid,
-                event=event.name,
-                plugin=impl.plugin,
-                config=config,
-                store=self.store,
-                deadline=deadline,
-                log=self._plugin_logs.get(impl.plugin)
-                or logging.getLogger(f"switchboard.plugin.{impl.plugin}"),
-                attempt=attempt,
+                event.callid, event.name, impl.plugin, config, self.store, deadline, plugin_log,
+                attempt,
             )
-            own = config.get("timeout")
-            timeout = own if own is not None else self.budget * DEFAULT_TIMEOUT_SHARE
             calls.append((Call(impl, impl.plugin, event, ctx, timeout, self._running), on_error))
 
         cutoff = deadline - self.budget * MERGE_RESERVE
@@ -577,6 +570,21 @@ class Pipeline:
         if decision and over_budget:
             return None
         return results
+
+    def _plan(self, event: str) -> tuple[Plan, ...]:
+        """What calling each plugin's hook for ``event`` takes, worked out once: the
+        implementation, its settings, its ``on_error``, its timeout and its logger."""
+        plan = []
+        for impl in self.plugins.impls(f"switchboard_{event}"):
+            config = self.settings.plugins.get(impl.plugin) or PluginConfig(impl.plugin, {})
+            default = "deny" if event in DECISION_EVENTS else "abstain"
+            own = config.get("timeout")
+            timeout = own if own is not None else self.budget * DEFAULT_TIMEOUT_SHARE
+            plugin_log = self._plugin_logs.get(impl.plugin) or logging.getLogger(
+                f"switchboard.plugin.{impl.plugin}"
+            )
+            plan.append((impl, config, config.get("on_error") or default, timeout, plugin_log))
+        return tuple(plan)
 
     def _breaker_opened(self, plugin: str) -> None:
         self.metrics.child(self.metrics.breaker_trips, plugin).inc()

@@ -70,7 +70,7 @@ def string_to_sign(method: str, body: bytes, content_type: str, timestamp: str, 
 
 
 def compute_signature(secret: bytes, to_sign: str) -> str:
-    digest = hmac.new(secret, to_sign.encode("utf-8"), hashlib.sha256).digest()
+    digest = hmac.digest(secret, to_sign.encode("utf-8"), "sha256")  # OpenSSL's one-shot
     return base64.b64encode(digest).decode("ascii")
 
 

@@ -32,6 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import msgspec
+
 from core.events import freeze as frozen
 from typing import Any
 
@@ -48,15 +50,19 @@ PLUGIN_STATUSES = (
 
 
 def _plain(value: Any) -> Any:
-    """For ``json.dumps``: a frozen object is written as the object it froze."""
+    """For the encoder: a frozen object is written as the object it froze, anything
+    else JSON has no type for as its text."""
     if type(value) is MappingProxyType:
         return dict(value)
     return str(value)
 
 
+_ENCODER = msgspec.json.Encoder(enc_hook=_plain)  # Decimal as a string, as before
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON of a value that may hold ``frozen`` parts."""
-    return json.dumps(value, separators=(",", ":"), default=_plain)
+    """Compact JSON (UTF-8, not escaped) of a value that may hold ``frozen`` parts."""
+    return _ENCODER.encode(value).decode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -157,6 +157,8 @@ class PostgresStore(Store):
         caller holds ``_owner_lock``. Raises when the lock cannot be had now."""
         import psycopg
 
+        if self._closing.is_set():  # never made again once close() has begun: it would leak
+            raise StoreError("the store is closed")
         if self._owner is None or self._owner.closed or self._owner.broken:
             if self._owner is not None:
                 self._owner.close()
