@@ -5,6 +5,7 @@ one thread, CPU time per callback.
     python bench/inprocess.py dice -n 2000           # DiCE of calls whose ICE came first
     python bench/inprocess.py ice --app samework     # the hand-written same-work app
     python bench/inprocess.py ice --profile          # then a profiled batch: top functions
+    python bench/inprocess.py dice --blocks          # then CPU per step (verify, claim, ...)
 
 ``--app switchboard`` (default) is the configuration of ``bench/run.py`` (allowlist,
 credit, crm, signatures on, SQLite in a scratch folder); ``--app samework`` is
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import logging
+import os
 import pstats
 import sys
 import tempfile
@@ -43,6 +46,7 @@ import run as bench  # noqa: E402  (bench/run.py: its configuration and request 
 from core.app import wsgi_post  # noqa: E402
 
 Request = tuple[dict[str, str], bytes]
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def requests(path: Path) -> list[Request]:
@@ -107,6 +111,110 @@ class ThreadProfiles:
         return stats
 
 
+# The blocks --blocks times: "module:Class.method" or "module:function" (patched where the
+# caller looks it up). Nested blocks include each other; hooks are timed per plugin.
+BLOCKS = {
+    "switchboard": (
+        "core.signing:Verifier.verify",
+        "core.pipeline:parse_event",
+        "core.store.base:Store.claim",
+        "core.pipeline:Pipeline._run_hooks",
+        "core.pipeline:Pipeline._start",
+        "core.dispatch:Sequence.run",
+        "core.plugins:Impl.__call__",
+        "core.store.base:Store.run",
+        "core.store.base:Store.traces",
+        "core.store.sqlite:SqliteStore.write",
+        "core.store.sqlite:SqliteStore.query",
+        "core.store.sqlite:GroupFlush.wait",
+        "core.store.sqlite:GroupFlush._fsync",
+        "core.pipeline:Pipeline._merge",
+        "core.pipeline:Pipeline._finish",
+        "core.store.base:Store.finish",
+        "core.pipeline:Pipeline._respond",
+        "core.pipeline:Pipeline._after_answer",
+        "core.pipeline:Pipeline._observe",
+        "core.pipeline:Pipeline._work",
+        "core.pipeline:Pipeline._record",
+        "core.pipeline:Pipeline.handle",
+    ),
+    "samework": (
+        "samework:Signature.check",
+        "samework:parse_body",
+        "samework:Handler.handle",
+        "samework:Handler.ice",
+        "samework:Handler.decide",
+        "samework:Handler.dice",
+    ),
+    "constant": (),
+}
+
+
+class Blocks:
+    """Thread CPU time (``time.thread_time``) of chosen functions, inclusive, while on."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.stats: dict[str, list[float]] = {}  # label -> [calls, seconds]
+
+    def install(self, spec: str) -> None:
+        import importlib
+
+        module_name, _, path = spec.partition(":")
+        *outer, name = path.split(".")
+        try:
+            owner: Any = importlib.import_module(module_name)
+            for part in outer:
+                owner = getattr(owner, part)
+            original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        except (ImportError, AttributeError, KeyError):
+            print(f"(--blocks: {spec} no longer exists; not timed)")
+            return
+        per_plugin = path == "Impl.__call__"
+        stats, clock = self.stats, time.thread_time
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if not self.on:
+                return original(*args, **kwargs)
+            began = clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                label = f"hook {args[0].plugin}.{args[0].hook}" if per_plugin else path
+                entry = stats.setdefault(label, [0, 0.0])
+                entry[0] += 1
+                entry[1] += clock() - began
+
+        functools.update_wrapper(timed, original)
+        setattr(owner, name, timed)
+
+    @staticmethod
+    def threads() -> dict[str, float]:
+        """CPU seconds so far of each thread of this process, by thread name."""
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        out: dict[str, float] = {}
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            name = names.get(int(task.name), f"thread {task.name}")
+            name = name.rstrip("0123456789").rstrip("_-") or name  # one row per pool
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+        return out
+
+    def report(self, n: int, real_cpu: float) -> None:
+        print(
+            f"\nblocks: thread CPU per block, inclusive of the blocks inside it (the hooks "
+            f"run in a worker thread); unprofiled CPU {real_cpu * 1e6:.0f} µs per callback"
+        )
+        print(f"{'calls/cb':>9} {'µs/call':>8} {'µs/cb':>7}  block")
+        for label, (calls, seconds) in sorted(self.stats.items(), key=lambda kv: -kv[1][1]):
+            print(
+                f"{calls / n:9.2f} {seconds / calls * 1e6:8.1f} {seconds / n * 1e6:7.1f}  {label}"
+            )
+
+
 def switchboard_app(work: Path, synchronous: str) -> tuple[Any, Callable[[], None]]:
     from core.app import make_app
     from core.config import load
@@ -164,12 +272,21 @@ def main() -> None:
         help="orders of the --profile lists, one list each (default: cumulative, tottime)",
     )
     parser.add_argument("--profile-out", type=Path, help="also write the merged pstats here")
+    parser.add_argument(
+        "--blocks",
+        action="store_true",
+        help="then a batch with the thread CPU time of the main steps (BLOCKS) measured",
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # "DiCE for a call never reserved" and the like
 
     profiles = ThreadProfiles(args.timer == "cpu") if args.profile else None
     if profiles:
         profiles.install()  # before the app starts its threads
+    blocks = Blocks() if args.blocks else None
+    if blocks:
+        for spec in BLOCKS[args.app]:
+            blocks.install(spec)
     work = Path(tempfile.mkdtemp(prefix="switchboard-inprocess-"))
     app, close = APPS[args.app](work, args.synchronous)
 
@@ -202,6 +319,19 @@ def main() -> None:
         drive(batch)
         stats = profiles.stop()
         report_profile(stats, args, cpu / args.n)
+    if blocks:  # a batch of the same size, timed by blocks
+        batch = prepared("blocks", args.n)
+        before = blocks.threads()
+        blocks.on = True
+        drive(batch)
+        blocks.on = False
+        after = blocks.threads()
+        blocks.report(args.n, cpu / args.n)
+        print("\nCPU per callback by thread (/proc, clock ticks: coarse for small -n):")
+        for name in sorted(after, key=lambda k: before.get(k, 0.0) - after[k]):
+            used = after[name] - before.get(name, 0.0)
+            if used > 0:
+                print(f"  {used / args.n * 1e6:7.1f} µs  {name}")
     close()
 
 

@@ -1,6 +1,6 @@
 """Benchmark: Switchboard against the same work written by hand, and against the floor.
 
-    python bench/run.py                 # the full run (about 20 minutes on 2 cores)
+    python bench/run.py                 # the full run (about 8 minutes on 2 cores)
     python bench/run.py --quick         # fewer requests and rounds, to try it out
     python bench/run.py --smoke         # a few requests, to check that it all runs
 

@@ -41,6 +41,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import math
 import re
 import sqlite3
@@ -520,6 +521,9 @@ def main() -> None:
             db.expire()
 
     threading.Thread(target=sweep, name="sweeper", daemon=True).start()
+    # waitress warns "Task queue depth is N" for every request that waits for a thread:
+    # under load that is a log line per request, which no one running this would keep
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     app = make_app(Handler(db, Signature(args.key, args.secret, args.window), args.outbox))
     server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads)
     print(f"samework listening on http://{args.host}:{server.effective_port}{PATH}", flush=True)

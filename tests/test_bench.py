@@ -43,6 +43,35 @@ def test_inprocess_benchmark_runs_and_reports_cpu_per_callback():
     assert re.search(r"^dice: \d+ µs CPU and \d+ µs wall per callback over 20 ", run.stdout, re.M)
 
 
+def test_inprocess_blocks_time_the_steps_of_a_callback():
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "inprocess.py"), "ice", "-n", "30", "--blocks"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    table = run.stdout.split("µs/cb  block\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert len(table) >= 5, run.stdout
+    assert "MainThread" in run.stdout
+
+
+def test_sample_profile_spreads_samples_over_functions(tmp_path):
+    import sample_profile
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "main (/x/serve.py:1);handle (/x/core/pipeline.py:139);verify (/x/core/signing.py:145) 3\n"
+        "main (/x/serve.py:1);handle (/x/core/pipeline.py:139) 1\n"
+    )
+    text = sample_profile.summarise(raw, cpu_us=400.0, top=5, held=0.5)
+    assert "Python with the GIL ~200 µs" in text
+    assert " 75.0%   150.0 µs  /x/core/signing.py:145 verify" in text  # own, 3 of 4
+    assert "100.0%   200.0 µs  /x/core/pipeline.py:139 handle" in text  # inclusive
+
+
 def test_inprocess_benchmark_drives_the_same_work_app_too():
     run = subprocess.run(
         [
