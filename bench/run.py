@@ -1,18 +1,29 @@
-"""Benchmark: Switchboard's full pipeline against the bare bottle + waitress floor.
+"""Benchmark: Switchboard against the same work written by hand, and against the floor.
 
-    python bench/run.py                 # the full run (about 10 minutes on 2 cores)
+    python bench/run.py                 # the full run (about 8 minutes on 2 cores)
     python bench/run.py --quick         # fewer requests and rounds, to try it out
+    python bench/run.py --smoke         # a few requests, to check that it all runs
 
-Starts the real server (``serve.py``, allowlist + credit + crm enabled, signatures on,
-SQLite store) and, in the same run, ``bench/bare.py`` (a bottle app on waitress answering
-a constant JSON body), and drives both with wrk (installed with apt-get when missing)
-replaying pre-signed callbacks, each exactly once. Server and wrk are pinned to
-different cores with taskset on a multi-core machine. A and B alternate over several
-rounds; each figure is the median over rounds, and ratios compare runs of the same
-round. Workloads: ICE (allowed, capped by credit), ACE, DiCE (settle + CRM record) and
-a call mix (ICE, ACE, DiCE per call), at 1, 16 and 64 keep-alive connections. Reports
-req/s, p50/p99 latency, server CPU per request, peak RSS, the unpinned/pinned
-throughput at 64 connections, and RSS growth from 1k to 100k callbacks.
+Starts, in the same run, three servers on waitress with the same number of threads:
+
+* ``switchboard``: the real server (``serve.py``, allowlist + credit + crm enabled,
+  signatures on, SQLite store);
+* ``samework``: ``bench/samework.py``, a single-file bottle app doing the same work for
+  this traffic with the same guarantees (signature check, parse, dedupe per callid and
+  event, allowlist, credit reservation at ICE, settlement and call record at DiCE, one
+  durable SQLite commit before each answer), written without a plugin system;
+* ``constant``: ``bench/bare.py``, a bottle app answering a constant JSON body.
+
+wrk (installed with apt-get when missing) replays pre-signed callbacks, each exactly
+once, to each server. Servers and wrk are pinned to different cores with taskset on a
+multi-core machine. The three take turns (in a rotating order) over several rounds;
+each figure is the median over rounds, and each ratio is the median of the ratios of
+runs of the same round. Workloads: ICE (allowed, capped by credit), ACE, DiCE (settle +
+call record) and a call mix (ICE, ACE, DiCE per call), at 1, 16 and 64 keep-alive
+connections. Reports req/s, p50/p99 latency, server CPU per request and peak RSS of
+each, Switchboard/samework and Switchboard/constant ratios, the unpinned/pinned
+throughput of Switchboard at 64 connections, and its RSS growth from 1k to 100k
+callbacks.
 """
 
 from __future__ import annotations
@@ -70,6 +81,10 @@ increments = "60/60"
 max_duration = 3600
 initial_accounts = {{{{ {", ".join(f'"+1201555{i:04d}" = "100000.00"' for i in range(CALLERS))} }}}}
 """
+
+
+ACCOUNTS = {f"+1201555{i:04d}": "100000.00" for i in range(CALLERS)}  # as initial_accounts
+APPS = ("switchboard", "samework", "constant")
 
 
 # ------------------------------------------------------------------ request files
@@ -243,49 +258,71 @@ def drop_schemas() -> None:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-def start_pair(work: Path, threads: int, pinned: bool) -> tuple[Proc, Proc]:
+def start_servers(
+    work: Path, threads: int, pinned: bool, apps: tuple[str, ...] = APPS
+) -> dict[str, Proc]:
+    """Fresh stores, then the servers named in ``apps``, each on the server core."""
     server_cpu, _ = cores() if pinned else (None, None)
-    for f in work.glob("bench.db*"):
+    for f in [*work.glob("bench.db*"), *work.glob("samework.db*")]:
         f.unlink()
-    url = STORE["url"]
-    if url.startswith("postgresql://"):  # a fresh schema for every server started
-        url = fresh_schema(url)
-    (work / "config.toml").write_text(
-        CONFIG.format(threads=threads, synchronous=SYNCHRONOUS[0], store_url=url)
-    )
-    sb = Proc(
-        [sys.executable, str(REPO / "serve.py"), "--config", str(work / "config.toml")],
-        work,
-        server_cpu,
-    )
-    bare = Proc(
-        [sys.executable, str(REPO / "bench" / "bare.py"), "--port", "0", "--threads", str(threads)],
-        work,
-        server_cpu,
-    )
-    return sb, bare
+    procs: dict[str, Proc] = {}
+    try:
+        for app in apps:
+            if app == "switchboard":
+                url = STORE["url"]
+                if url.startswith("postgresql://"):  # a fresh schema for every server started
+                    url = fresh_schema(url)
+                (work / "config.toml").write_text(
+                    CONFIG.format(threads=threads, synchronous=SYNCHRONOUS[0], store_url=url)
+                )
+                cmd = [
+                    sys.executable,
+                    str(REPO / "serve.py"),
+                    "--config",
+                    str(work / "config.toml"),
+                ]
+            elif app == "samework":
+                (work / "accounts.json").write_text(json.dumps(ACCOUNTS))
+                cmd = [
+                    sys.executable,
+                    str(REPO / "bench" / "samework.py"),
+                    *("--port", "0", "--threads", str(threads), "--db", str(work / "samework.db")),
+                    *("--seed", str(work / "accounts.json"), "--window", "3600"),
+                    *("--key", KEY, "--secret", SECRET, "--synchronous", SYNCHRONOUS[0]),
+                ]
+            else:
+                cmd = [
+                    sys.executable,
+                    str(REPO / "bench" / "bare.py"),
+                    *("--port", "0", "--threads", str(threads)),
+                ]
+            procs[app] = Proc(cmd, work, server_cpu)
+    except BaseException:
+        for proc in procs.values():
+            proc.stop()
+        raise
+    return procs
 
 
 def compare(work: Path, args: argparse.Namespace) -> dict:
     _, load_cpu = cores()
-    sb, bare = start_pair(work, args.threads, pinned=True)
+    procs = start_servers(work, args.threads, pinned=True)
+    names = list(procs)
     results: dict = {}
     try:
-        warm = make_workloads(work, "warm", 600)
+        warm = make_workloads(work, "warm", args.warmup)
         for kind in ("ice", "ace", "dice", "mix"):
-            measure(sb, warm[kind], 16, load_cpu)
-            measure(bare, warm[kind], 16, load_cpu)
+            for proc in procs.values():
+                measure(proc, warm[kind], 16, load_cpu)
         for conns in args.conns:
             for rnd in range(args.rounds):
                 files = make_workloads(
                     work, f"c{conns}r{rnd}", args.requests if conns > 1 else args.requests // 4
                 )
                 for kind in ("ice", "ace", "dice", "mix"):
-                    order = [("switchboard", sb), ("bare", bare)]
-                    if rnd % 2:
-                        order.reverse()
-                    for name, proc in order:
-                        res = measure(proc, files[kind], conns, load_cpu)
+                    shift = rnd % len(names)  # each server goes first in turn
+                    for name in names[shift:] + names[:shift]:
+                        res = measure(procs[name], files[kind], conns, load_cpu)
                         results.setdefault(f"{kind}@{conns}", {}).setdefault(name, []).append(res)
                         print(
                             f"  {kind:>4} c={conns:<3} round {rnd} {name:<11} {res['rps']:8.0f} req/s "
@@ -293,22 +330,19 @@ def compare(work: Path, args: argparse.Namespace) -> dict:
                             f"cpu {res['cpu_us_per_req']:6.0f} us/req  non-200 {res['bad']}",
                             flush=True,
                         )
-        results["peak_rss_kib"] = {
-            "switchboard": sb.rss_kib("VmHWM"),
-            "bare": bare.rss_kib("VmHWM"),
-        }
+        results["peak_rss_kib"] = {name: proc.rss_kib("VmHWM") for name, proc in procs.items()}
     finally:
-        sb.stop()
-        bare.stop()
+        for proc in procs.values():
+            proc.stop()
     return results
 
 
 def unpinned(work: Path, args: argparse.Namespace) -> dict:
-    """ICE at 64 connections: pinned (server core 0, wrk the rest) vs no pinning."""
+    """Switchboard, ICE at 64 connections: pinned (server core 0, wrk the rest) vs not."""
     out: dict = {}
     for pinned in (True, False):
         _, load_cpu = cores() if pinned else (None, None)
-        sb, bare = start_pair(work, args.threads, pinned=pinned)
+        sb = start_servers(work, args.threads, pinned=pinned, apps=("switchboard",))["switchboard"]
         try:
             runs = []
             for rnd in range(args.rounds):
@@ -317,16 +351,14 @@ def unpinned(work: Path, args: argparse.Namespace) -> dict:
             out["pinned" if pinned else "unpinned"] = statistics.median(runs)
         finally:
             sb.stop()
-            bare.stop()
     out["ratio"] = out["unpinned"] / out["pinned"]
     return out
 
 
 def growth(work: Path, args: argparse.Namespace) -> dict:
-    """RSS after 1k and after N callbacks (a call mix)."""
-    server_cpu, load_cpu = cores()
-    sb, bare = start_pair(work, args.threads, pinned=True)
-    bare.stop()
+    """Switchboard's RSS after 1k and after N callbacks (a call mix)."""
+    _, load_cpu = cores()
+    sb = start_servers(work, args.threads, pinned=True, apps=("switchboard",))["switchboard"]
     try:
         first = make_workloads(work, "g0", 1000)["mix"]
         measure(sb, first, 16, load_cpu)
@@ -349,60 +381,121 @@ def growth(work: Path, args: argparse.Namespace) -> dict:
 
 # ------------------------------------------------------------------ report
 
+# (workload, connections) -> the targets of the issue: Switchboard against samework
+CPU_TARGET = 1.3  # CPU per request at 16 connections, ICE, DiCE and mix
+P99_TARGET = 1.5  # p99 at 1 and 16 connections, ICE, DiCE and mix
+TARGET_KINDS = ("ice", "dice", "mix")
+
+
+def _ratio(a: list[dict], b: list[dict], key: str) -> float:
+    """Median over rounds of a[key] / b[key], runs of the same round paired."""
+    return statistics.median(
+        x[key] / y[key] if y[key] else float("inf") for x, y in zip(a, b, strict=True)
+    )
+
 
 def summarise(results: dict) -> list[dict]:
     rows = []
     for key, runs in results.items():
         if "@" not in key:
             continue
-        sb, bare = runs["switchboard"], runs["bare"]
-        ratios = [s["rps"] / b["rps"] for s, b in zip(sb, bare, strict=True)]
-        p99 = [s["p99_us"] / b["p99_us"] for s, b in zip(sb, bare, strict=True)]
-        rows.append(
-            {
-                "workload": key,
-                "rps": statistics.median(s["rps"] for s in sb),
-                "bare_rps": statistics.median(b["rps"] for b in bare),
-                "ratio": statistics.median(ratios),
-                "p50_ms": statistics.median(s["p50_us"] for s in sb) / 1000,
-                "p99_ms": statistics.median(s["p99_us"] for s in sb) / 1000,
-                "bare_p99_ms": statistics.median(b["p99_us"] for b in bare) / 1000,
-                "p99_ratio": statistics.median(p99),
-                "cpu_us": statistics.median(s["cpu_us_per_req"] for s in sb),
-                "bare_cpu_us": statistics.median(b["cpu_us_per_req"] for b in bare),
-                "non_200": sum(s["bad"] for s in sb),
+        row: dict = {"workload": key}
+        for name, res in runs.items():
+            row[name] = {
+                "rps": statistics.median(r["rps"] for r in res),
+                "p50_ms": statistics.median(r["p50_us"] for r in res) / 1000,
+                "p99_ms": statistics.median(r["p99_us"] for r in res) / 1000,
+                "cpu_us": statistics.median(r["cpu_us_per_req"] for r in res),
+                "non_200": sum(r["bad"] + r["errors_timeout"] for r in res),
             }
-        )
+        sb = runs.get("switchboard")
+        for other in ("samework", "constant"):
+            if sb is None or other not in runs:
+                continue
+            row[f"vs_{other}"] = {
+                "cpu": _ratio(sb, runs[other], "cpu_us_per_req"),
+                "p99": _ratio(sb, runs[other], "p99_us"),
+                "rps": _ratio(sb, runs[other], "rps"),
+            }
+        rows.append(row)
     return rows
 
 
+def targets(rows: list[dict]) -> list[str]:
+    """One line per target of the issue that this run measured."""
+    by = {r["workload"]: r for r in rows}
+    lines = []
+    for kind in TARGET_KINDS:
+        row = by.get(f"{kind}@16")
+        if row and "vs_samework" in row:
+            got = row["vs_samework"]["cpu"]
+            lines.append(
+                f"{kind.upper()} CPU/req vs samework @16: {got:.2f}x (target <= {CPU_TARGET}x): "
+                + ("met" if got <= CPU_TARGET else "NOT met")
+            )
+        for conns in (1, 16):
+            row = by.get(f"{kind}@{conns}")
+            if row and "vs_samework" in row:
+                got = row["vs_samework"]["p99"]
+                lines.append(
+                    f"{kind.upper()} p99 vs samework @{conns}: {got:.2f}x (target <= {P99_TARGET}x): "
+                    + ("met" if got <= P99_TARGET else "NOT met")
+                )
+    return lines
+
+
 def report(rows: list[dict], extra: dict) -> str:
-    lines = [
-        "| workload | req/s | bare req/s | ratio | p50 ms | p99 ms | bare p99 ms | p99 ratio | CPU us/req | bare CPU us/req | non-200 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['workload']} | {r['rps']:.0f} | {r['bare_rps']:.0f} | {r['ratio']:.2f}x | {r['p50_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['bare_p99_ms']:.2f} | {r['p99_ratio']:.2f}x | {r['cpu_us']:.0f} | "
-            f"{r['bare_cpu_us']:.0f} | {r['non_200']} |"
+    names = [n for n in APPS if any(n in r for r in rows)]
+    lines = []
+    if rows:
+        head = "| workload | " + " | ".join(
+            f"{n} req/s | {n} p50 ms | {n} p99 ms | {n} CPU us/req" for n in names
         )
+        lines += [head + " | non-200 |", "|---" * (1 + 4 * len(names) + 1) + "|"]
+        for r in rows:
+            cells = []
+            for n in names:
+                a = r[n]
+                cells.append(
+                    f"{a['rps']:.0f} | {a['p50_ms']:.2f} | {a['p99_ms']:.2f} | {a['cpu_us']:.0f}"
+                )
+            bad = sum(r[n]["non_200"] for n in names)
+            lines.append(f"| {r['workload']} | " + " | ".join(cells) + f" | {bad} |")
+        if all("vs_samework" in r and "vs_constant" in r for r in rows):
+            lines += [
+                "",
+                "Switchboard / samework and Switchboard / constant (medians of per-round ratios):",
+                "",
+                (
+                    "| workload | CPU/req vs samework | p99 vs samework | req/s vs samework "
+                    "| CPU/req vs constant | p99 vs constant | req/s vs constant |"
+                ),
+                "|---|---|---|---|---|---|---|",
+            ]
+            for r in rows:
+                s, c = r["vs_samework"], r["vs_constant"]
+                lines.append(
+                    f"| {r['workload']} | {s['cpu']:.2f}x | {s['p99']:.2f}x | {s['rps']:.2f}x "
+                    f"| {c['cpu']:.2f}x | {c['p99']:.2f}x | {c['rps']:.2f}x |"
+                )
+            lines += ["", *targets(rows)]
     if "peak_rss_kib" in extra:
         rss = extra["peak_rss_kib"]
         lines.append(
-            f"\nPeak RSS: switchboard {rss['switchboard'] / 1024:.1f} MiB, bare {rss['bare'] / 1024:.1f} MiB"
+            "\nPeak RSS: " + ", ".join(f"{n} {rss[n] / 1024:.1f} MiB" for n in names if n in rss)
         )
     if "unpinned" in extra:
         u = extra["unpinned"]
         lines.append(
-            f"ICE at 64 connections: pinned {u['pinned']:.0f} req/s, unpinned {u['unpinned']:.0f} req/s "
-            f"({u['ratio']:.2f}x)"
+            f"Switchboard ICE at 64 connections: pinned {u['pinned']:.0f} req/s, unpinned "
+            f"{u['unpinned']:.0f} req/s ({u['ratio']:.2f}x; target >= 0.5x)"
         )
     if "growth" in extra:
         g = extra["growth"]
         lines.append(
-            f"RSS after 1k callbacks {g['rss_1k_kib'] / 1024:.1f} MiB, after {g['callbacks']} "
-            f"{g['rss_n_kib'] / 1024:.1f} MiB ({g['growth'] * 100:+.1f} %)"
+            f"Switchboard RSS after 1k callbacks {g['rss_1k_kib'] / 1024:.1f} MiB, after "
+            f"{g['callbacks']} {g['rss_n_kib'] / 1024:.1f} MiB ({g['growth'] * 100:+.1f} %; "
+            "target < 10 %)"
         )
     return "\n".join(lines)
 
@@ -415,18 +508,25 @@ def ensure_wrk() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="fewer requests and rounds")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="1 round of 1500 requests, growth 5k")
+    mode.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few requests at 1 and 16 connections, no unpinned or growth phase (tests)",
+    )
     parser.add_argument(
-        "--threads", type=int, default=None, help="waitress threads for both servers"
+        "--threads", type=int, default=None, help="waitress threads for every server"
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--requests", type=int, default=6000, help="requests per run at 16 and 64 connections"
     )
+    parser.add_argument("--warmup", type=int, default=600, help="requests per workload first")
     parser.add_argument("--conns", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument(
         "--growth", type=int, default=100_000, help="callbacks for the RSS growth phase"
@@ -436,19 +536,22 @@ def main() -> None:
     parser.add_argument(
         "--store",
         default="sqlite",
-        help="sqlite (default) or a postgresql:// URL; each server gets a fresh schema there",
+        help="Switchboard's store: sqlite (default) or a postgresql:// URL, where each server "
+        "gets a fresh schema (samework always uses SQLite)",
     )
     parser.add_argument(
         "--sqlite-synchronous",
         choices=("full", "normal"),
         default="full",
-        help="store.sqlite_synchronous of the server under test (default: the project's default)",
+        help="SQLite durability of Switchboard and samework (default: full, the project's)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.requests, args.growth = 1, 1500, 5000
+    if args.smoke:
+        args.rounds, args.requests, args.warmup, args.conns = 1, 120, 30, [1, 16]
+        args.skip = sorted(set(args.skip) | {"unpinned", "growth"})
     if args.threads is None:
-        sys.path.insert(0, str(REPO))
         from core.config import SERVER_KEYS
 
         args.threads = SERVER_KEYS["threads"].default
@@ -463,7 +566,7 @@ def main() -> None:
         "threads": args.threads,
         "sqlite_synchronous": args.sqlite_synchronous,
         "store": "sqlite" if args.store == "sqlite" else "postgresql",
-        "pinning": "server on core 0, wrk on the others" if cores()[0] else "none (single core)",
+        "pinning": "servers on core 0, wrk on the others" if cores()[0] else "none (single core)",
     }
     print(
         f"# Switchboard benchmark {extra['date']} on {extra['machine']}, waitress threads {args.threads}, "
