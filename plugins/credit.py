@@ -52,6 +52,7 @@ from core import (
     positive,
 )
 from plugins.numbers import longest_prefix, parse_pattern
+from plugins.refusal import DENY_ANSWER, Refusal
 
 log = logging.getLogger("switchboard.plugin.credit")
 
@@ -115,12 +116,7 @@ KEYS = {
         int, MAX_DURATION, "cap for any call", check=between(1, MAX_DURATION, "seconds")
     ),
     "deny_prompt": Key(str, None, "said before a call without credit is hung up"),
-    "deny_answer": Key(
-        bool,
-        True,
-        "answer the call before deny_prompt, as Sinch advises, so that every provider plays "
-        "it (answering may start billing the inbound leg); false: say without answer",
-    ),
+    "deny_answer": DENY_ANSWER,
     "announce": Key(bool, False, "answer and say the minutes left before connecting"),
     "prompt_locale": Key(str, "en-US", "locale of the prompts"),
     "settle_with": Key(
@@ -216,6 +212,7 @@ class Credit:
         self.minimum = 0
         self.store: Store | None = None
         self.config: Mapping[str, Any] = {}
+        self.refusal = Refusal()
         self._stop = threading.Event()
         self._sweeper: threading.Thread | None = None
         # seconds reserved at ICE, by call id, until switchboard_after_answer has fitted
@@ -237,6 +234,7 @@ class Credit:
     @hookimpl
     def switchboard_configure(self, config: Mapping[str, Any]) -> None:
         self.config = config
+        self.refusal = Refusal.of(config)
         self._tariffs = {}
         self.scale = 10 ** config["decimals"]
         source = config["account_from"]
@@ -359,10 +357,10 @@ class Credit:
         cfg = ctx.config
         account = self.account_of(event)
         if account is None:
-            return self._deny(cfg, "the call names no account")
+            return self.refusal.deny("the call names no account")
         found = self.rate_for(event)
         if found is None:
-            return self._deny(cfg, "no rate for this destination")
+            return self.refusal.deny("no rate for this destination")
         rate, rate_from = found
         tariff = self._tariff(rate)
         now = time.time()
@@ -380,20 +378,19 @@ class Credit:
             held_seconds, held_status, balance, currency, reserved = row
             if held_status is not None:  # a takeover after a crash: keep what was reserved
                 if held_status != "open":
-                    return self._deny(cfg, f"reservation already {held_status}")
+                    return self.refusal.deny(f"reservation already {held_status}")
                 self._remember(event.callid, held_seconds)
                 return Decision.cap(held_seconds, f"reserved earlier for {account}")
             if balance is None:
-                return self._deny(cfg, f"unknown account {account}")
+                return self.refusal.deny(f"unknown account {account}")
             if currency != cfg["currency"]:
-                return self._deny(
-                    cfg, f"account {account} is in {currency}, rates in {cfg['currency']}"
+                return self.refusal.deny(
+                    f"account {account} is in {currency}, rates in {cfg['currency']}"
                 )
             available = balance - int(reserved)
             seconds = tariff.affordable(available, cfg["max_duration"])
             if seconds < cfg["minimum_seconds"]:
-                return self._deny(
-                    cfg,
+                return self.refusal.deny(
                     f"account {account}: {fmt(available, cfg['decimals'])} {currency} buys {seconds} s",
                 )
             amount = tariff.cost(seconds)
@@ -444,15 +441,6 @@ class Credit:
         if len(self._reserved) >= REMEMBERED_MAX:  # answers never observed: start afresh
             self._reserved.clear()
         self._reserved[callid] = seconds
-
-    def _deny(self, cfg: Mapping[str, Any], reason: str) -> Decision:
-        prompt = cfg["deny_prompt"]
-        return Decision.denied(
-            reason,
-            prompt=prompt,
-            locale=cfg["prompt_locale"] if prompt else None,
-            answer=cfg["deny_answer"],
-        )
 
     @hookimpl
     def switchboard_after_answer(
