@@ -40,6 +40,7 @@ from core import (
     non_negative,
 )
 from plugins.numbers import Rules, parse_pattern, parse_patterns
+from plugins.refusal import DENY_ANSWER, Refusal
 
 
 # Ranges carriers commonly block for premium-rate and international revenue share
@@ -131,12 +132,7 @@ KEYS = {
     ),
     "cli": Key(str, None, "caller id shown on the connected call (E.164 or 'private')"),
     "deny_prompt": Key(str, None, "said to the caller before a denied call is hung up"),
-    "deny_answer": Key(
-        bool,
-        True,
-        "answer the call before deny_prompt, as Sinch advises, so that every provider plays "
-        "it (answering may start billing the inbound leg); false: say without answer",
-    ),
+    "deny_answer": DENY_ANSWER,
     "prompt_locale": Key(str, "en-US", "locale of deny_prompt"),
     "did_forward": Key(
         dict,
@@ -173,6 +169,7 @@ class Allowlist:
         self.callers = Rules((), ())
         self.builtin: dict[str, str] = {}
         self.did_forward: dict[str, str] = {}
+        self.refusal = Refusal()
 
     @hookimpl
     def switchboard_config_keys(self) -> Mapping[str, Key]:
@@ -197,6 +194,7 @@ class Allowlist:
         if config["cli"] is not None:
             ConnectPstn(cli=config["cli"])  # raises if it is not a valid caller id
         self.did_forward = dict(config["did_forward"])
+        self.refusal = Refusal.of(config)
         if config["did_default"] in self.did_forward:
             raise ValueError(f"did_default {config['did_default']} is itself one of the DIDs")
 
@@ -206,12 +204,11 @@ class Allowlist:
         to = event.to
         dest = to.e164 if to is not None else None
         if to is None or dest is None:
-            return self._deny(cfg, "destination is not a phone number")
+            return self.refusal.deny("destination is not a phone number")
         if (to.type or "").lower() == "did":  # one of our own numbers was dialled
             target = self.did_forward.get(dest) or cfg["did_default"]
             if target is None:
-                return self._deny(
-                    cfg,
+                return self.refusal.deny(
                     f"{dest} is one of the application's own numbers (to.type did) and has no "
                     "forward target (did_forward, did_default)",
                 )
@@ -222,7 +219,7 @@ class Allowlist:
             found = self.destinations.verdict(dest)
             if found is None:
                 if cfg["default"] == "deny":
-                    return self._deny(cfg, f"{dest} matches no allow rule (default deny)")
+                    return self.refusal.deny(f"{dest} matches no allow rule (default deny)")
             elif found[0] == "deny":
                 risk = self.builtin.get(found[1].text)
                 detail = (
@@ -230,7 +227,7 @@ class Allowlist:
                     if risk
                     else f"rule {found[1].text!r}"
                 )
-                return self._deny(cfg, f"{dest} denied by {detail}")
+                return self.refusal.deny(f"{dest} denied by {detail}")
             allowed_by = f"rule {found[1].text!r}" if found else "default allow"
 
         caller = event.cli_e164
@@ -239,26 +236,18 @@ class Allowlist:
             verdict = found_caller[0] if found_caller else cfg["callers_default"]
             if verdict == "deny":
                 rule = f"rule {found_caller[1].text!r}" if found_caller else "callers_default"
-                return self._deny(cfg, f"caller {caller} denied by {rule}")
+                return self.refusal.deny(f"caller {caller} denied by {rule}")
         elif cfg["callers_default"] == "deny":
-            return self._deny(cfg, "caller number unknown (callers_default deny)")
+            return self.refusal.deny("caller number unknown (callers_default deny)")
 
         limited = self._velocity(event, ctx, dest, caller or (event.cli or "unknown"))
         if limited:
             ctx.log.warning("velocity limit: call %s denied: %s", event.callid, limited)
-            return self._deny(cfg, limited)
+            return self.refusal.deny(limited)
 
         action = ConnectPstn(number=dest, max_duration=cfg["max_duration"], cli=cfg["cli"])
         return Decision.allowed(
             f"{dest} allowed by {allowed_by}", action=action, max_duration=cfg["max_duration"]
-        )
-
-    def _deny(self, cfg: Mapping[str, Any], reason: str) -> Decision:
-        return Decision.denied(
-            reason,
-            prompt=cfg["deny_prompt"],
-            locale=cfg["prompt_locale"] if cfg["deny_prompt"] else None,
-            answer=cfg["deny_answer"],
         )
 
     def _velocity(self, event: Any, ctx: Any, dest: str, caller: str) -> str | None:

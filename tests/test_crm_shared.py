@@ -12,7 +12,7 @@ import pytest
 
 from core.config import Key
 from core.store import CORE_MIGRATIONS, Store, open_store
-from plugins.crm import KEYS, MIGRATIONS, Crm
+from plugins.crm import KEYS, MIGRATIONS, Crm, Outbox
 from tests.fake_crm import FakeCrm
 from tests.helpers import KEY, SECRET, wait_for
 
@@ -100,31 +100,31 @@ def test_bookkeeping_needs_the_claim(tmp_path, monkeypatch, backend):
     a = _drainer(url, "http://127.0.0.1:9/x", max_attempts=2)
     b = _drainer(url, "http://127.0.0.1:9/x", max_attempts=2)
     try:
-        monkeypatch.setattr(Crm, "_post", lambda self, callid, body: "HTTP 503")
-        first = a._claim(None, "backlog-000")
+        monkeypatch.setattr(Outbox, "post", lambda self, callid, body: "HTTP 503")
+        first = a.outbox.claim(None, "backlog-000")
         assert first is not None
-        assert b._claim(None, "backlog-000") is None  # held: nobody else gets it
+        assert b.outbox.claim(None, "backlog-000") is None  # held: nobody else gets it
         setup.write("UPDATE crm_outbox SET next_attempt_at = 0 WHERE callid = 'backlog-000'")
-        second = b._claim(None, "backlog-000")  # a's lease ran out: b takes over
+        second = b.outbox.claim(None, "backlog-000")  # a's lease ran out: b takes over
         assert second is not None and second[3] != first[3]
-        a._attempt(*first)  # a's late failure changes nothing
+        a.outbox.attempt(*first)  # a's late failure changes nothing
         row = setup.query("SELECT attempts, claim FROM crm_outbox WHERE callid = 'backlog-000'")
         assert row == [(0, second[3])]
-        b._attempt(*second)
+        b.outbox.attempt(*second)
         row = setup.query("SELECT attempts, claim FROM crm_outbox WHERE callid = 'backlog-000'")
         assert row == [(1, None)]
         # a late last attempt does not move the record to the dead letters either
-        third = a._claim(time.time() + 10**6, "backlog-000")
+        third = a.outbox.claim(time.time() + 10**6, "backlog-000")
         assert third is not None
         setup.write("UPDATE crm_outbox SET claim = 'someone-else' WHERE callid = 'backlog-000'")
-        a._attempt(*third)
+        a.outbox.attempt(*third)
         assert setup.query("SELECT COUNT(*) FROM crm_dead") == [(0,)]
         # a late success settles the record all the same: it reached the CRM
-        monkeypatch.setattr(Crm, "_post", lambda self, callid, body: None)
-        late = a._claim(None, "backlog-001")
+        monkeypatch.setattr(Outbox, "post", lambda self, callid, body: None)
+        late = a.outbox.claim(None, "backlog-001")
         assert late is not None
         setup.write("UPDATE crm_outbox SET claim = 'someone-else' WHERE callid = 'backlog-001'")
-        a._attempt(*late)
+        a.outbox.attempt(*late)
         assert setup.query("SELECT COUNT(*) FROM crm_outbox WHERE callid = 'backlog-001'") == [
             (0,)
         ]

@@ -10,7 +10,7 @@ import core
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_SOURCES = sorted(
-    [*(REPO / "plugins").glob("*.py"), *(REPO / "examples" / "business_hours").rglob("*.py")]
+    [*(REPO / "plugins").rglob("*.py"), *(REPO / "examples" / "business_hours").rglob("*.py")]
 )
 
 
