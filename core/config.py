@@ -23,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType, UnionType
 from typing import Any, Union, get_args, get_origin
 
+from core.events import freeze
 from core.signing import Credential, decode_secret
 from core.store import redact_url
 from core.svaml import Svaml, SvamlError
@@ -199,7 +200,10 @@ class PluginConfig(Mapping[str, Any]):
 
     def __init__(self, plugin: str, values: Mapping[str, Any]) -> None:
         object.__setattr__(self, "_plugin", plugin)
-        object.__setattr__(self, "_values", MappingProxyType(dict(values)))
+        # read-only all the way down: a list setting is a tuple, a table a read-only mapping
+        object.__setattr__(
+            self, "_values", MappingProxyType({k: freeze(v) for k, v in values.items()})
+        )
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]

@@ -3,13 +3,15 @@
 What it does, in three sentences:
 
 1. A callback's hooks are handed to one worker, which runs them one after another in
-   precedence order; if they have not all finished ``FAN_OUT_AFTER`` (20 ms) later, every
-   hook not yet started is handed a worker of its own too, and whichever worker reaches
-   a hook first runs it, so a slow or hung hook delays the others by 20 ms at most.
-2. The caller waits for each hook until its own timeout has passed since it started (or
-   since the dispatch, while it has not started), or until the cutoff, whichever is
-   sooner; a hook not started by then is never run, and one still running is abandoned:
-   its result is ignored and its worker flushes its store commits itself.
+   precedence order; if they have not all finished ``FAN_OUT_AFTER`` (20 ms, or the
+   shortest hook timeout if less) later, or as soon as one is given up on, every hook
+   not yet started is handed a worker of its own too, and whichever worker reaches a
+   hook first runs it, so a slow or hung hook delays the others by 20 ms at most.
+2. The caller waits for each hook, in order, until its own timeout has passed since it
+   started (or since the dispatch, while it has not started), or until the cutoff,
+   whichever is sooner; a hook not started when the caller gives up on it is never run,
+   and one still running is abandoned: its result is ignored and its worker flushes its
+   store commits itself.
 3. A plugin never runs on more than ``limit`` workers at once (``Running``): a hook that
    would exceed it is not run and reports ``saturated``.
 
@@ -109,11 +111,11 @@ class Call:
             self.state, self.started = RUNNING, time.monotonic()
         store: Store = self.ctx.store
         pending = None
-        bound = CALLID.set(self.ctx.callid)  # the plugin's log lines name the call
+        bound = CALLID.set(self.ctx.callid or None)  # the plugin's log lines name the call
         try:  # the plugin's store waits end at the callback's deadline too
             with store.deferred_flush() as pending, store.until(self.ctx.deadline):
                 self.value = self.hook(event=self.event, ctx=self.ctx)
-        except Exception as exc:  # noqa: BLE001 - the plugin's error is its outcome
+        except BaseException as exc:  # noqa: BLE001 - even SystemExit: a failure, not a success
             self.error = exc
         finally:
             CALLID.reset(bound)
@@ -152,21 +154,22 @@ def dispatch(executor: Executor, calls: Sequence[Call], cutoff: float) -> float:
         return time.monotonic()
     dispatched = time.monotonic()
     executor.submit(_in_order, calls)
-    fan_out_at = dispatched + FAN_OUT_AFTER
+    fan_out_at: float | None = dispatched + min(FAN_OUT_AFTER, *(c.timeout for c in calls))
     for call in calls:
         while not call.done.is_set():
             now = time.monotonic()
             until = call.wait_until(dispatched, cutoff)
             if now >= until:
                 call.give_up()
-                break
-            if fan_out_at and now >= fan_out_at:
-                fan_out_at = 0.0
+                if fan_out_at is not None:  # the in-order worker may be stuck in it
+                    fan_out_at = now
+            if fan_out_at is not None and now >= fan_out_at:
+                fan_out_at = None
                 for other in calls:
                     if other.state == WAITING:
                         executor.submit(other.run)
                 continue
-            call.done.wait(min(until, fan_out_at or until) - now)
+            call.done.wait((until if fan_out_at is None else min(until, fan_out_at)) - now)
     return dispatched
 
 

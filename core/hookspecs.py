@@ -24,9 +24,9 @@ the event hooks. Consequences for plugin authors:
 * ``tryfirst``/``trylast``/``hookwrapper`` have no effect on event hooks (wrappers are
   refused at start-up); precedence comes from config.toml only.
 * The hooks of one callback run in the core's worker pool, against a deadline: one
-  after another in a single worker while each is quick, and, as soon as one takes more
-  than 20 ms, the ones after it each in a worker of their own, at once. Do not rely on
-  any order or on running alone. A plugin that raises, returns something that is not a
+  after another in a single worker, and those not started 20 ms later each in a worker
+  of their own as well (``core.dispatch``). Do not rely on any order or on running
+  alone. A plugin that raises, returns something that is not a
   ``Decision``/``None``, or is still running at its ``timeout`` is handled by its
   ``on_error`` setting: ``"deny"`` (the default for decision hooks: fail closed) turns
   it into a deny, ``"abstain"`` into no opinion. The error is recorded in the trace.

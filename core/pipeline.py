@@ -535,6 +535,7 @@ class Pipeline:
                     f"{self._running.limit} of its calls were running already: not started"
                 )
             elif call.error is not None:
+                flush = max(flush, call.seq)  # what it committed before it raised
                 self.breaker.succeeded(plugin)  # it came back: it does not hang
                 entry.update(status="error", ms=_ms(call.elapsed))
                 entry["error"] = f"{type(call.error).__name__}: {call.error}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 from core.metrics import StoreGauges
 from core.pipeline import Pipeline

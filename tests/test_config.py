@@ -211,11 +211,11 @@ def test_elements_of_typed_lists_and_tables_are_checked_and_converted():
         {"allow": ["+46701234567", "+44*"], "rates": {"+1": 0.02}, "limits": [{"a": 1}]}
     )
     config = done.plugins["allowlist"]
-    assert config["allow"] == ["+46701234567", "+44*"]
+    assert config["allow"] == ("+46701234567", "+44*")  # read-only: a tuple
     assert config["rates"] == {"+1": Decimal("0.02")} and isinstance(
         config["rates"]["+1"], Decimal
     )
-    assert config["limits"] == [{"a": 1}]
+    assert config["limits"] == ({"a": 1},)
 
 
 @pytest.mark.parametrize(
@@ -247,7 +247,7 @@ def test_typed_list_from_the_environment_is_checked_too():
     keys = {"allow": Key(list[str], [], "numbers", env="P_ALLOW")}
     s = _parse({"plugins": {"enabled": ["p"]}})
     done = cfg.with_plugins(s, {"p": keys}, env={"P_ALLOW": '["+1", "+2"]'})
-    assert done.plugins["p"].allow == ["+1", "+2"]
+    assert done.plugins["p"].allow == ("+1", "+2")
     with pytest.raises(ConfigError) as err:
         cfg.with_plugins(s, {"p": keys}, env={"P_ALLOW": '["+1", 2]'})
     assert str(err.value) == "plugins.p.allow[1] (from $P_ALLOW): expected a string, got 2"
@@ -256,12 +256,12 @@ def test_typed_list_from_the_environment_is_checked_too():
 def test_plugin_config_reads_as_a_mapping_and_as_attributes():
     config = _typed({"max_duration": 600, "allow": ["+1"]}).plugins["allowlist"]
     assert config.max_duration == config["max_duration"] == 600
-    assert config.allow == ["+1"] and config.on_error is None and config.timeout is None
+    assert config.allow == ("+1",) and config.on_error is None and config.timeout is None
     assert config == {
-        "allow": ["+1"],
+        "allow": ("+1",),
         "rates": {},
-        "limits": [],
-        "secrets": [],
+        "limits": (),
+        "secrets": (),
         "max_duration": 600,
         "on_error": None,
         "timeout": None,
@@ -318,3 +318,14 @@ def test_the_core_declares_its_own_keys_correctly():
             assert cfg.type_problem(key.type) is None
             if key.default is not None:
                 cfg.coerce("default", key, key.default)
+
+
+def test_plugin_settings_are_read_only_all_the_way_down():
+    from core.config import PluginConfig
+
+    config = PluginConfig("p", {"allow": ["+1"], "table": {"a": [1]}})
+    with pytest.raises(AttributeError):
+        config["allow"].append("*")  # a tuple: one call cannot change the next one's rules
+    with pytest.raises(TypeError):
+        config["table"]["b"] = 2
+    assert config.table["a"] == (1,)

@@ -12,7 +12,7 @@ from core.decisions import Decision
 from core.plugins import PluginError
 from plugins.credit import Credit, Tariff, fmt, parse_amount
 from tests.cli_runner import cli as run_cli
-from tests.helpers import KEY, SECRET, Fixed, dice, ice, post, runtime, webapp
+from tests.helpers import KEY, SECRET, Fixed, dice, ice, post, webapp
 
 pytestmark = pytest.mark.usefixtures("backend")
 

@@ -14,7 +14,7 @@ from plugins.crm import Crm
 from tests.cli_runner import cli as run_cli
 from tests.fake_crm import FakeCrm
 
-from tests.helpers import KEY, SECRET, Fixed, ace, dice, ice, post, runtime, wait_for, webapp
+from tests.helpers import KEY, SECRET, Fixed, ace, dice, ice, post, wait_for, webapp
 
 pytestmark = pytest.mark.usefixtures("backend")
 

@@ -213,3 +213,24 @@ def test_a_plugins_log_lines_name_the_call_they_are_about():
         logger.removeHandler(handler)
     assert [(r.getMessage(), r.callid) for r in records] == [("deciding", "c-logged")]
     assert threading.current_thread().name not in {r.threadName for r in records}
+
+
+def test_a_hook_timeout_under_the_fan_out_delay_fans_out_sooner(store, pool):
+    """A slow hook with a 10 ms timeout does not starve the next one, whose timeout is
+    15 ms: the fan-out comes at the shortest timeout, and when a hook is given up on."""
+    calls = [
+        make_call(store, sleeper(0.3, [], "slow"), plugin="slow", timeout=0.01),
+        make_call(store, lambda event, ctx: "routed", plugin="router", timeout=0.015),
+    ]
+    dispatch(pool, calls, time.monotonic() + 1)
+    assert calls[0].status == "timeout"
+    assert (calls[1].status, calls[1].value) == ("done", "routed")
+
+
+def test_a_hook_raising_systemexit_is_a_failure_not_a_success(store, pool):
+    def bail(event, ctx):
+        raise SystemExit(3)
+
+    call = make_call(store, bail)
+    dispatch(pool, [call], time.monotonic() + 1)
+    assert call.status == "done" and isinstance(call.error, SystemExit)

@@ -19,9 +19,7 @@ from core.store import open_store
 from plugins.credit import Credit
 from tests.helpers import (
     Backend,
-    KEY,
     PATH,
-    SECRET,
     Recorder,
     ace,
     dice,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -355,7 +353,7 @@ def test_typed_keys_are_checked_element_by_element_and_read_as_attributes():
         post(webapp(rt), ice())
     finally:
         rt.close()
-    assert seen == [(["+1"], {"+1": Decimal("0.02")}, 3600), 3600]
+    assert seen == [(("+1",), {"+1": Decimal("0.02")}, 3600), 3600]  # read-only all the way down
 
 
 def test_wrappers_are_refused_on_event_hooks():

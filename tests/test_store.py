@@ -114,3 +114,51 @@ def test_postgres_connection_errors_never_show_the_password():
         err.value
     )
     assert redact_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_failed_commit_leaves_no_transaction_open_on_sqlite(tmp_path):
+    """A COMMIT that fails (here a deferred foreign key; on a full disk or an I/O error
+    SQLite may likewise keep the transaction open) is rolled back, so the shared write
+    connection does not carry it into the next writer's work: later writes still commit,
+    and another connection sees them."""
+    import sqlite3
+
+    from core.store import SqliteStore
+
+    path = tmp_path / "commit.db"
+    store = SqliteStore(str(path))
+    try:
+        store.write("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        store.write(
+            "CREATE TABLE child (id INTEGER, parent INTEGER REFERENCES parent (id) "
+            "DEFERRABLE INITIALLY DEFERRED)"
+        )
+        with pytest.raises(sqlite3.IntegrityError):
+            with store.transaction() as tx:
+                tx.execute("INSERT INTO child VALUES (1, 99)")  # fails only at COMMIT
+        assert store.write("INSERT INTO parent VALUES (7)") == 1
+        with store.transaction() as tx:
+            tx.execute("INSERT INTO child VALUES (2, 7)")
+        other = sqlite3.connect(path)
+        assert other.execute("SELECT id FROM parent").fetchall() == [(7,)]
+        assert other.execute("SELECT id, parent FROM child").fetchall() == [(2, 7)]
+        other.close()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://app:s3cretPW@[::1/db", "not a valid postgresql url"),
+        ("postgresql://app:s3c@retPW@127.0.0.1:1/test", "must be percent-encoded"),
+        ("postgresql://app:s3cretPW@127.0.0.1:1/test", "connection refused"),
+    ],
+)
+def test_a_bad_postgresql_url_is_named_and_its_password_never_shown(url, expected, caplog):
+    pytest.importorskip("psycopg")
+    with caplog.at_level("DEBUG"), pytest.raises(StoreError) as err:
+        PostgresStore(url, pool_size=1, timeout=0.5)
+    assert expected in str(err.value).lower()
+    shown = str(err.value) + caplog.text
+    assert "s3c" not in shown and "retPW" not in shown

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import logging
+import re
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 from core.store.base import (
     HEALTH_UPSERT,
@@ -27,23 +28,68 @@ OWNER_TIMEOUT_MS = 1000  # statement timeout of the lock connection
 REBOUND_AFTER = 0.05  # seconds: PostgreSQL statements later than this get their timeout again
 
 
+# what libpq says when it cannot connect, shown as the cause; anything else (a message
+# that may quote part of the URL, hence of a password) is named by its type only
+SAFE_CAUSES = re.compile(
+    r"connection refused|timeout expired|could not translate host name|"
+    r"no route to host|network is unreachable|"
+    r'role "[^"]*" does not exist|database "[^"]*" does not exist|'
+    r'password authentication failed for user "[^"]*"|'
+    r"no password supplied|the database system is (starting up|shutting down)|"
+    r"too many clients already|server closed the connection unexpectedly",
+    re.IGNORECASE,
+)
+
+
 def _why(url: str, exc: Exception) -> str:
     """Why PostgreSQL cannot be reached (``connection refused``, ``role "x" does not
-    exist``): the pool only says it timed out, so one direct attempt asks libpq, whose
-    messages never hold the password."""
-    import psycopg
-
+    exist``): the pool only says it timed out, so one direct attempt asks libpq. Only a
+    known cause is quoted, never the rest of its message."""
     try:
+        import psycopg
+
         psycopg.connect(url, connect_timeout=2).close()
-    except psycopg.Error as direct:
-        first = str(direct).strip().splitlines()[0] if str(direct).strip() else ""
-        cause = first.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
-        password = urlsplit(url).password
-        if cause and not (password and password in cause):
+    except Exception as direct:  # noqa: BLE001 - any failure: look for a known cause
+        found = SAFE_CAUSES.search(str(direct))
+        if found is not None:
+            cause = found.group(0)
             return cause[:1].lower() + cause[1:]
-    except Exception:
-        pass
     return type(exc).__name__
+
+
+def _check_url(url: str) -> None:
+    """Refuse a URL libpq would read otherwise than it looks (its messages would then
+    quote part of the password as a host name), naming the problem, never the URL."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    authority = url.split("://", 1)[-1].split("/", 1)[0]
+    if authority.count("@") > 1:
+        raise StoreError(
+            "store.url: a user name or password holding '@', ':' or '/' must be "
+            "percent-encoded (@ is %40)"
+        )
+    try:
+        conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 - its message quotes the URL: not shown
+        raise StoreError("store.url is not a valid PostgreSQL URL") from None
+
+
+class _HidePasswords(logging.Filter):
+    """psycopg's pool logs the connection string it failed with: never its password."""
+
+    PATTERN = re.compile(r"(://[^:/@\s]*:)[^@\s]*@|(password\s*=\s*)('[^']*'|\S+)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        hidden = self.PATTERN.sub(
+            lambda m: f"{m.group(1)}***@" if m.group(1) else f"{m.group(2)}***", text
+        )
+        if hidden != text:
+            record.msg, record.args = hidden, None
+        return True
+
+
+logging.getLogger("psycopg.pool").addFilter(_HidePasswords())
 
 
 class PostgresStore(Store):
@@ -63,6 +109,7 @@ class PostgresStore(Store):
             ) from None
         self.errors = (StoreError, psycopg.Error)
         self._faults = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
+        _check_url(url)
         self.url = url
         self._timeout = timeout
         self._bound_at: dict[int, float] = {}  # id(connection) -> when _bound last set it

@@ -255,14 +255,17 @@ class SqliteStore(Store):
             except BaseException as exc:
                 if isinstance(exc, self._faults):
                     self._failed_write(exc)
-                conn.execute("ROLLBACK")
+                _roll_back(conn)
                 raise
             finally:
                 self._in_tx.depth -= 1
             try:
                 conn.execute("COMMIT")
             except self._faults as exc:
+                # a failed COMMIT (disk full, I/O error) may leave the transaction open:
+                # the shared connection must not carry it into the next writer's work
                 self._failed_write(exc)
+                _roll_back(conn)
                 raise
             self.last_write_error = None
             seq = self._flush.committed() if self._flush else 0
@@ -284,10 +287,12 @@ class SqliteStore(Store):
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         self._acquire()
         try:
+            conn = self._conn()
             try:
-                changed: int = self._retry_busy(self._conn(), sql, params).rowcount  # autocommit
+                changed: int = self._retry_busy(conn, sql, params).rowcount  # autocommit
             except self._faults as exc:
                 self._failed_write(exc)
+                _roll_back(conn)
                 raise
             self.last_write_error = None
             seq = self._flush.committed() if self._flush and durable else 0
@@ -389,3 +394,13 @@ class _DeferredBlock:
         if outer is not None:  # an enclosing block flushes for this one
             outer.seq = max(outer.seq, deferred.seq)
             deferred.seq = 0
+
+
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """End whatever transaction a failure left open on ``conn`` (SQLite may have rolled
+    it back itself: then there is nothing to do, and nothing hides the first error)."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
