@@ -555,3 +555,18 @@ def test_building_the_app_has_no_side_effects(backend):
     make_app(rt)
     assert started == [True]
     rt.close()
+
+
+def test_a_guard_that_raises_systemexit_fails_closed(make):
+    """A hook that raises a BaseException (SystemExit, KeyboardInterrupt) is a failure
+    like any other: its on_error (deny by default) applies, the call is not connected."""
+
+    class Bailing:
+        @hookimpl
+        def switchboard_ice(self, event):
+            raise SystemExit(1)
+
+    rt, app = make({"guard": Bailing(), "router": Fixed(Decision.propose(PSTN))})
+    assert post(app, ice("c-exit")).json["action"]["name"] == "hangup"
+    trace = json.loads([r for r in rt.store.traces("c-exit") if r["event"] == "ice"][0]["trace"])
+    assert trace["plugins"][0]["status"] == "error" and "SystemExit" in trace["plugins"][0]["error"]
