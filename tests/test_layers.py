@@ -31,10 +31,32 @@ LAYERS: list[tuple[str, set[str]]] = [
     ),
     (
         "contract",
-        {"core.context", "core.trace", "core.decisions", "core.hookspecs", "core.plugins"},
+        {
+            "core.context",
+            "core.trace",
+            "core.decisions",
+            "core.hookspecs",
+            "core.plugins",
+            # what a plugin's console page is (the rest of core.console is the console layer)
+            "core.console.page",
+        },
     ),
     ("dispatch", {"core.breaker", "core.dispatch", "core.pipeline", "core.retry", "core.runtime"}),
     ("web", {"core.app"}),
+    (
+        "console",  # the operator console: its own app and listener, above the callbacks' app
+        {
+            "core.console",
+            "core.console.auth",
+            "core.console.audit",
+            "core.console.health",
+            "core.console.html",
+            "core.console.views",
+            "core.console.app",
+            "core.console.server",
+            "core.console.cli",
+        },
+    ),
     (
         "server",
         {

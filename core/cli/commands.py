@@ -24,7 +24,9 @@ _json = click.option("--json", "as_json", is_flag=True, help="machine-readable o
 
 
 def switchboard_register_commands(cli: click.Group) -> None:
-    for command in (serve, plugins, check, trace, inbox, simulate):
+    from core.console.cli import console
+
+    for command in (serve, plugins, check, trace, inbox, simulate, console):
         cli.add_command(command)
 
 

@@ -1,0 +1,3 @@
+% if ov is None:
+<p class="empty">Call figures come with the query layer.</p>
+% end
