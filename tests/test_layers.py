@@ -33,7 +33,17 @@ LAYERS: list[tuple[str, set[str]]] = [
         "contract",
         {"core.context", "core.trace", "core.decisions", "core.hookspecs", "core.plugins"},
     ),
-    ("dispatch", {"core.breaker", "core.dispatch", "core.pipeline", "core.retry", "core.runtime"}),
+    (
+        "dispatch",
+        {
+            "core.breaker",
+            "core.calls",
+            "core.dispatch",
+            "core.pipeline",
+            "core.retry",
+            "core.runtime",
+        },
+    ),
     ("web", {"core.app"}),
     (
         "server",
