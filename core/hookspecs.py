@@ -203,6 +203,32 @@ def switchboard_after_answer(
     """
 
 
+@hookspec
+def switchboard_call_details(
+    store: Store, callids: Sequence[str]
+) -> Mapping[str, Mapping[str, str]] | None:
+    """Say what this plugin knows of some calls, for an operator listing them.
+
+    Called by the calls view (``core.calls``: ``switchboard calls`` and the operator
+    console) once per page of calls, or once for one call's timeline, with the call ids
+    shown, for every enabled plugin, in precedence order. Never on the callback path.
+
+    :param store: the shared ``core.Store``; read it, never write from here.
+    :param callids: the call ids of the page (up to a page's worth, usually 50).
+
+    Return a mapping of call id -> {label: display text}, e.g.
+    ``{"c1": {"charge": "0.40 USD", "reservation": "settled"}}``: short, human-readable
+    text, shown as is next to the call (labels in the order given). Leave out the calls
+    this plugin knows nothing of. Answer a whole page with one indexed query (``WHERE
+    callid IN (...)``), not one per call: a page is rendered while an operator waits.
+
+    Return ``None`` (or do not implement) for no details. Results merge by label in
+    precedence order: a label already given by a plugin of higher precedence is kept.
+    A plugin that raises is logged, and its label shows "details unavailable" for the
+    page; the other plugins' details are still shown.
+    """
+
+
 # --------------------------------------------------------------------------- lifecycle
 
 

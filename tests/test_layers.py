@@ -41,7 +41,17 @@ LAYERS: list[tuple[str, set[str]]] = [
             "core.console.page",
         },
     ),
-    ("dispatch", {"core.breaker", "core.dispatch", "core.pipeline", "core.retry", "core.runtime"}),
+    (
+        "dispatch",
+        {
+            "core.breaker",
+            "core.calls",
+            "core.dispatch",
+            "core.pipeline",
+            "core.retry",
+            "core.runtime",
+        },
+    ),
     ("web", {"core.app"}),
     (
         "console",  # the operator console: its own app and listener, above the callbacks' app
