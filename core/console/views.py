@@ -13,15 +13,18 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import bottle
 
+from core import calls as calls_mod
 from core.console import audit, health
 from core.console import html as h
 from core.console.page import ConsoleRequest
+from core.metrics import FALLBACK_RULES
 from core.plugins import list_installed
 
 if TYPE_CHECKING:
@@ -119,41 +122,185 @@ def login_page(
 
 # ---------------------------------------------------------------------------- overview
 
+WINDOWS = (1, 3, 6, 24)  # hours the Overview can cover
+DEFAULT_WINDOW = 3
+
 
 def overview(req: Req, host: health.Host, panels: list[tuple[Mounted, str | None]]) -> str:
+    try:
+        hours = int(bottle.request.query.getunicode("hours") or DEFAULT_WINDOW)
+    except ValueError:
+        hours = DEFAULT_WINDOW
+    hours = hours if hours in WINDOWS else DEFAULT_WINDOW
+    now = time.time()
+    until = (now // 60 + 1) * 60  # to the end of this minute
+    since = until - hours * 3600
+    ov = calls_mod.overview(req.store, since, until)
+    window = {"since": h.form_time(since), "until": h.form_time(until)}
     return render(
         "overview",
         c=chrome(req),
         title="Overview",
+        ov=ov,
+        hours=hours,
+        windows=WINDOWS,
+        window=window,
+        chart=chart(req.base, ov),
         health=health.plugins(req.runtime),
         config=health.configuration(host),
         panels=panels,
-        now=time.time(),
     )
+
+
+def chart(base: str, ov: calls_mod.Overview) -> str:
+    """Calls per minute as an SVG bar chart (no script): each bar links to that
+    minute's calls (out of the tab order: the table under the chart has the same links)."""
+    minutes = ov.per_minute
+    if not minutes:
+        return ""
+    width, height, bar = len(minutes) * 4, 100, 3
+    top = max((n for _, n in minutes), default=0) or 1
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {width} {height + 14}" preserveAspectRatio="none" '
+        f'role="img" aria-label="Calls per minute, {h.when(ov.since)} to {h.when(ov.until)}, '
+        f'at most {top} a minute">',
+        f'<line class="axis" x1="0" y1="{height}" x2="{width}" y2="{height}"/>',
+    ]
+    for i, (minute, n) in enumerate(minutes):
+        if not n:
+            continue
+        tall = max(1.0, n / top * (height - 4))
+        href = h.esc(
+            h.link(base, "/calls", since=h.form_time(minute), until=h.form_time(minute + 60))
+        )
+        parts.append(
+            f'<a href="{href}" tabindex="-1"><title>{h.esc(h.when(minute))}: {n} call(s)</title>'
+            f'<rect class="bar" x="{i * 4}" y="{height - tall:.1f}" width="{bar}" '
+            f'height="{tall:.1f}"/></a>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
 
 
 # ---------------------------------------------------------------------------- calls
 
+PAGE = 50
+OUTCOMES = (
+    "connectPstn",
+    "connectSip",
+    "connectMxp",
+    "connectConf",
+    "connectStream",
+    "runMenu",
+    "park",
+    "continue",
+    "hangup",
+)
+RULES = ("deny", "proposal", "allow-default", "event-default", "cap-unenforceable")
+FIELDS = ("number", "caller", "destination", "outcome", "rule", "plugin", "since", "until")
+
+
+def filters_of(query: Any) -> tuple[calls_mod.Filters, dict[str, str], list[str]]:
+    """The filters of the Calls form (a GET query), the values to show in it again, and
+    what was wrong with them (a time that is not one is ignored, and said)."""
+    values = {name: (query.getunicode(name) or "").strip()[:64] for name in FIELDS}
+    flags = {name: bool(query.getunicode(name)) for name in ("duplicates", "fallbacks")}
+    problems = []
+    times: dict[str, float | None] = {}
+    for name in ("since", "until"):
+        try:
+            stamp = h.parse_time(values[name])
+        except ValueError:
+            problems.append(f"{name}: not a time (use 2026-11-29T08:00, UTC)")
+            values[name] = ""
+            stamp = None
+        times[name] = stamp.timestamp() if stamp else None
+    filters = calls_mod.Filters(
+        number=values["number"] or None,
+        caller=values["caller"] or None,
+        destination=values["destination"] or None,
+        outcome=values["outcome"] or None,
+        rule=values["rule"] or None,
+        plugin=values["plugin"] or None,
+        duplicates=flags["duplicates"],
+        fallbacks=flags["fallbacks"],
+        since=times["since"],
+        until=times["until"],
+    )
+    shown = {**values, **{k: "1" if v else "" for k, v in flags.items()}}
+    return filters, shown, problems
+
 
 def calls(req: Req) -> str:
+    query = bottle.request.query
+    filters, shown, problems = filters_of(query)
+    after = query.getunicode("after") or None
+    try:
+        page = calls_mod.recent_calls(
+            req.store, filters, limit=PAGE, after=after, plugins=req.runtime.plugins
+        )
+    except ValueError as exc:  # a cursor that is not one
+        problems.append(str(exc))
+        page = calls_mod.recent_calls(req.store, filters, limit=PAGE, plugins=req.runtime.plugins)
+        after = None
+    filtered = any(shown.values())
     return render(
-        "message",
-        c=chrome(req),
+        "calls",
+        c=chrome(req, wide=True),
         title="Calls",
-        text="The list of calls comes with the query layer (core.calls).",
+        page=page,
+        shown=shown,
+        problems=problems,
+        filtered=filtered,
+        first=after is None,
+        outcomes=OUTCOMES,
+        rules=(*RULES, *sorted(FALLBACK_RULES)),
+        plugin_names=req.runtime.plugins.order,
     )
 
 
 def call(req: Req, callid: str) -> str:
-    rows = req.store.traces(callid)
-    if not rows:
+    found = calls_mod.timeline(req.store, callid, plugins=req.runtime.plugins)
+    if found is None:
         bottle.response.status = 404
+        return render(
+            "message",
+            c=chrome(req),
+            title="No such call",
+            text=f"Nothing is recorded for the call id {callid}.",
+        )
+    capping = None
+    row = found.row
+    if row is not None and row.capped_by:
+        ice = next((cb for cb in found.callbacks if cb.event == "ice" and cb.trace), None)
+        if ice is not None and ice.trace is not None:
+            try:
+                capping = ice.trace.plugin(row.capped_by)
+            except KeyError:
+                capping = None
     return render(
-        "message",
-        c=chrome(req),
+        "call",
+        c=chrome(req, wide=True),
         title=f"Call {callid}",
-        text="The timeline of a call comes with the query layer (core.calls).",
+        tl=found,
+        row=row,
+        capping=capping,
+        pretty=pretty,
+        link=bottle.request.url,
     )
+
+
+def pretty(value: Any) -> str:
+    """JSON of a (possibly frozen) answer or decision, indented, for a ``<pre>``."""
+    return json.dumps(_thaw(value), indent=2, ensure_ascii=False, default=str)
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_thaw(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------- plugins

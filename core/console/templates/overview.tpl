@@ -1,5 +1,5 @@
 % rebase('layout', c=c, title=title)
-% include('overview_calls', c=c, ov=get('ov'), links=get('links'), chart=get('chart'), hours=get('hours'))
+% include('overview_calls', c=c, ov=ov, chart=chart, hours=hours, windows=windows, window=window)
 <div class="grid">
 <section class="card" aria-labelledby="health">
   <h2 id="health">Plugin health</h2>
