@@ -122,8 +122,15 @@ def open_initial_accounts(store: Store, settings: CreditSettings) -> None:
                     book(tx, account, "initial", minor, None, {"source": "initial_accounts"})
 
 
-def topup(store: Store, settings: CreditSettings, account: str, amount: str) -> int:
-    """Add ``amount`` (major units) to the account, created if new; return the balance."""
+def topup(
+    store: Store,
+    settings: CreditSettings,
+    account: str,
+    amount: str,
+    details: dict[str, Any] | None = None,
+) -> int:
+    """Add ``amount`` (major units) to the account, created if new; return the balance.
+    ``details`` go on the ledger entry (default: ``{"source": "cli"}``)."""
     minor = parse_amount(amount, settings.decimals)
     if minor <= 0:
         raise ValueError(f"amount must be greater than 0, got {amount!r}")
@@ -131,7 +138,7 @@ def topup(store: Store, settings: CreditSettings, account: str, amount: str) -> 
         tx.lock(f"credit:account:{account}")
         if tx.one("SELECT 1 FROM credit_accounts WHERE account = ?", (account,)) is None:
             create(tx, settings, account)
-        return book(tx, account, "topup", minor, None, {"source": "cli"})
+        return book(tx, account, "topup", minor, None, details or {"source": "cli"})
 
 
 def show(store: Store, account: str) -> dict[str, Any] | None:

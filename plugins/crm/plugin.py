@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
 
-from core import CallContext, Dice, Key, Migration, Store, StoreGauges, hookimpl
-from plugins.crm import record
+from core import CallContext, ConsolePage, Dice, Key, Migration, Store, StoreGauges, hookimpl
+from plugins.crm import console, record
 from plugins.crm.cli import register
 from plugins.crm.outbox import Outbox
 from plugins.crm.schema import MIGRATIONS
@@ -63,6 +63,16 @@ class Crm:
     @hookimpl
     def switchboard_register_commands(self, cli: click.Group) -> None:
         register(cli, self)
+
+    @hookimpl
+    def switchboard_console_pages(self) -> list[ConsolePage]:
+        return console.pages(self)
+
+    @hookimpl
+    def switchboard_call_details(
+        self, store: Store, callids: Sequence[str]
+    ) -> dict[str, dict[str, str]]:
+        return console.call_details(store, callids)
 
     @hookimpl
     def switchboard_dice(self, event: Dice, ctx: CallContext) -> None:
