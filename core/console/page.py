@@ -78,14 +78,16 @@ class ConsoleRequest:
         css: str = "inline",
     ) -> str:
         """A form that posts ``action`` (a key of the page's ``actions``) to a page of
-        this plugin: the CSRF field, ``hidden`` values, ``fields`` (HTML of labelled
-        inputs, escaped by the caller) and a submit button."""
+        this plugin (default: this page, with its query string, where the console
+        returns after the action): the CSRF field, ``hidden`` values, ``fields`` (HTML of
+        labelled inputs, escaped by the caller) and a submit button."""
+        target = self.url(None, **self.params) if path is None else self.url(path)
         inputs = "".join(
             f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(str(v))}">'
             for k, v in hidden.items()
         )
         return (
-            f'<form method="post" action="{html.escape(self.url(path))}" '
+            f'<form method="post" action="{html.escape(target)}" '
             f'class="{html.escape(css)}">{self.csrf_field()}'
             f'<input type="hidden" name="_action" value="{html.escape(action)}">{inputs}'
             f'{fields}<button type="submit">{html.escape(button)}</button></form>'
