@@ -161,7 +161,7 @@ def chart(base: str, ov: calls_mod.Overview) -> str:
     width, height, bar = len(minutes) * 4, 100, 3
     top = max((n for _, n in minutes), default=0) or 1
     parts = [
-        f'<svg class="chart" viewBox="0 0 {width} {height + 14}" preserveAspectRatio="none" '
+        f'<svg class="chart" viewBox="0 0 {width} {height + 2}" preserveAspectRatio="none" '
         f'role="img" aria-label="Calls per minute, {h.when(ov.since)} to {h.when(ov.until)}, '
         f'at most {top} a minute">',
         f'<line class="axis" x1="0" y1="{height}" x2="{width}" y2="{height}"/>',
@@ -179,6 +179,11 @@ def chart(base: str, ov: calls_mod.Overview) -> str:
             f'height="{tall:.1f}"/></a>'
         )
     parts.append("</svg>")
+    parts.append(
+        f'<p class="chart-axis"><span>{h.esc(h.when(ov.since))}</span>'
+        f"<span>calls per minute, at most {top}</span>"
+        f"<span>{h.esc(h.when(ov.until))}</span></p>"
+    )
     return "".join(parts)
 
 

@@ -46,7 +46,7 @@
 <p class="empty" id="no-calls">No calls{{' match these filters' if filtered else ' recorded yet'}}{{'' if first else ' on this page'}}.</p>
 % else:
 <div class="scroll">
-<table class="calls">
+<table class="calls stack">
 <caption class="sr">Calls, newest first</caption>
 <thead><tr>
   <th scope="col">Started (UTC)</th><th scope="col">Caller</th><th scope="col">Destination</th>
@@ -56,27 +56,29 @@
 <tbody>
 % for r in page.rows:
 <tr>
-  <td><a href="{{c.url(h.call_path(r.callid))}}" class="call-link" title="call {{r.callid}}"><time datetime="{{h.iso(r.started_at)}}">{{h.when(r.started_at)}}</time></a><br><span class="meta mono">{{r.callid[:13]}}</span></td>
-  <td class="mono">{{r.caller or '-'}}</td>
-  <td class="mono">{{r.destination or '-'}}</td>
-  <td><span class="badge {{r.answer or 'pending'}}">{{r.answer or 'deciding'}}</span>
+  <td data-label="Started"><a href="{{c.url(h.call_path(r.callid))}}" class="call-link" title="call {{r.callid}}"><time datetime="{{h.iso(r.started_at)}}">{{h.when(r.started_at)}}</time></a><br><span class="meta mono">{{r.callid[:13]}}</span></td>
+  <td data-label="Caller" class="mono">{{r.caller or '-'}}</td>
+  <td data-label="Destination" class="mono">{{r.destination or '-'}}</td>
+  <td data-label="Answer"><span class="badge {{r.answer or 'pending'}}">{{r.answer or 'deciding'}}</span>
   % if r.fallback:
     <span class="badge fallback">fallback</span>
   % end
   </td>
-  <td>{{r.rule or '-'}}{{': ' + ', '.join(r.decided_by) if r.decided_by else ''}}</td>
-  <td class="num">{{'%d s' % r.capped_at if r.capped_at is not None else '-'}}{{' (' + r.capped_by + ')' if r.capped_by else ''}}</td>
-  <td class="num">{{h.seconds(r.duration) if r.duration is not None else '-'}}{{' ' + r.result if r.result and r.result != 'ANSWERED' else ''}}</td>
-  <td>{{r.details.get('charge', '-')}}</td>
-  <td>
+  <td data-label="Decided by">{{r.rule or '-'}}{{': ' + ', '.join(r.decided_by) if r.decided_by else ''}}</td>
+  <td data-label="Cap" class="num">{{'%d s' % r.capped_at if r.capped_at is not None else '-'}}{{' (' + r.capped_by + ')' if r.capped_by else ''}}</td>
+  <td data-label="Duration" class="num">{{h.seconds(r.duration) if r.duration is not None else '-'}}{{' ' + r.result if r.result and r.result != 'ANSWERED' else ''}}</td>
+  <td data-label="Charge">{{r.details.get('charge', '-')}}</td>
+  <td data-label="More">
   % if r.duplicates:
     <span class="badge duplicate">{{r.duplicates}} redelivered</span>
   % end
+    <ul class="details">
   % for label, text in r.details.items():
     % if label != 'charge':
-    <span class="detail">{{label}}: {{text}}</span>
+      <li><span class="label">{{label}}</span> {{text}}</li>
     % end
   % end
+    </ul>
   </td>
 </tr>
 % end
