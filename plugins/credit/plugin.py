@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
@@ -179,6 +179,12 @@ class Credit:
             self._overruns.inc()
 
     # ------------------------------------------------------------------ operator tools
+
+    @hookimpl
+    def switchboard_call_details(
+        self, store: Store, callids: Sequence[str]
+    ) -> Mapping[str, Mapping[str, str]]:
+        return ledger.call_details(store, self.settings, callids)
 
     def sweep(self, now: float | None = None) -> list[str]:
         """Expire open reservations past maxDuration + grace; return their call ids."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
@@ -71,6 +71,12 @@ class Crm:
             self.outbox.wake()
 
     # ------------------------------------------------------------------ operator tools
+
+    @hookimpl
+    def switchboard_call_details(
+        self, store: Store, callids: Sequence[str]
+    ) -> Mapping[str, Mapping[str, str]]:
+        return record.delivery(store, callids)
 
     def drain(self, now: float | None = None, only: str | None = None) -> int:
         """Attempt up to ``batch`` due records now; return how many were attempted."""
