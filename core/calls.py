@@ -22,14 +22,19 @@ at the finish (an autocommit ``UPDATE`` by primary key) stays one statement; a t
 its own would make it a transaction of two on every callback. The price is that the
 DiCE's duration is on the DiCE's row, joined by primary key for each listed call.
 
-Indexes (all partial, ``WHERE event = 'ice'``, so the rows of other events cost them
-nothing): ``(received_at, callid)`` for the newest-first list and its keyset pagination;
-``(caller, ...)``, ``(destination, ...)``, ``(rule, ...)``, ``(outcome, ...)`` for the
-filters, each followed by ``received_at, callid``; and two small ones on ``(received_at,
-callid)`` for the fallbacks (``fallback = 1``) and the calls with a redelivered callback.
-A number prefix is an index range (``caller >= '+44' AND caller < '+45'``) checked
-exactly with ``substr``. The plugin filter (``decided_by``) is the one that scans: it
-walks the calls newest first and stops at a page's worth, so bound it with ``since``.
+Indexes, kept few because every ICE pays for each: the list walks ``callbacks_received``
+(``received_at``, every event's rows: a page of 50 calls reads a few hundred entries),
+newest first, and pages by keyset on ``(received_at, callid)``. Partial indexes of the
+ICE rows only (``WHERE event = 'ice'``, so the other events' rows cost nothing):
+``(caller, received_at, callid)`` and ``(destination, ...)`` for the number filters,
+``(rule, ...)`` for the rule filter and the fallbacks (``rule IN`` the fallback rules;
+entered once the ICE is answered, ``rule IS NOT NULL``), and ``(received_at, callid)
+WHERE call_redeliveries > 0`` for the calls with a redelivered callback. A number
+prefix is an index range (``caller >= '+44' AND caller < '+45'``) checked exactly with
+``substr``. The outcome and plugin filters have no index of their own: they walk the
+calls newest first and stop at a page's worth, quick for the common answers and
+deciders (connectPstn, hangup; allowlist, credit), slower for rare ones over a long
+history; bound those with ``since``.
 
 Not in the store, hence not here: a fallback sent without any write (a callback that
 waited past half its budget for a server thread, a store that cannot be reached, an
@@ -53,6 +58,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from core.events import freeze
+from core.metrics import FALLBACK_RULES
 from core.store import Store
 from core.trace import Trace
 
@@ -62,6 +68,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchboard.calls")
 
 DETAILS_HOOK = "switchboard_call_details"
+FALLBACKS = sorted(FALLBACK_RULES)  # the rules of an answer that is the configured fallback
 MAX_LIMIT = 1000
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -185,8 +192,9 @@ def recent_calls(
     where, params = where_of(filters)
     if after is not None:
         at, callid = decode_cursor(after)
-        where.append("(c.received_at, c.callid) < (?, ?)")
-        params += [at, callid]
+        # the first term lets any planner walk the received_at index from the cursor
+        where.append("c.received_at <= ? AND (c.received_at, c.callid) < (?, ?)")
+        params += [at, at, callid]
     sql = (
         f"SELECT {_ROW} {_FROM} WHERE {' AND '.join(where)} "
         f"ORDER BY c.received_at DESC, c.callid DESC LIMIT {limit + 1}"
@@ -222,8 +230,9 @@ def where_of(filters: Filters) -> tuple[list[str], list[Any]]:
         params.append("%," + _like_escape(f.plugin) + ",%")
     if f.duplicates:
         where.append("c.call_redeliveries > 0")
-    if f.fallbacks:
-        where.append("c.fallback = 1")
+    if f.fallbacks:  # by rule: the rule index answers it
+        where.append(f"c.rule IN ({', '.join('?' for _ in FALLBACKS)})")
+        params += FALLBACKS
     if f.since is not None:
         where.append("c.received_at >= ?")
         params.append(float(f.since))

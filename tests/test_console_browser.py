@@ -315,7 +315,7 @@ def test_an_operator_uses_the_console_in_a_browser(serve, backend, browser, tmp_
     assert re.search(r"Capped at\s+300 s \(5:00\)\s+by credit", page), page
     for shown in ("ICE", "ACE", "DICE", "allowlist", "credit", "decided", "0.04 USD"):
         assert shown in page, shown
-    assert "billed 120 s at 0.02/min" in page
+    assert "settled: 0.10 USD for 300 s" in page  # the reservation, from credit
     op.shot("call")
 
     # the overview, and the keyboard: the first Tab reaches the skip link
@@ -328,6 +328,7 @@ def test_an_operator_uses_the_console_in_a_browser(serve, backend, browser, tmp_
     # top up an account
     op.click_link("Accounts")
     op.click_link("demo")
+    assert "billed 120 s at 0.02/min; granted 300 s" in op.text()  # web-1 on the ledger
     op.shot("account")
     balance = browser.find_element(by.CSS_SELECTOR, ".figures .figure").text
     browser.find_element(by.ID, "topup-amount").send_keys("10.00")

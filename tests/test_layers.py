@@ -74,6 +74,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "core.cli",
             "core.cli.main",
             "core.cli.context",
+            "core.cli.calls",
             "core.cli.commands",
             "core.cli.simulate",
             "core.cli.report",

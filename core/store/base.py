@@ -155,9 +155,8 @@ CORE_MIGRATIONS = (
             # redeliveries of this callback; on the ICE's row, of all the call's callbacks
             "ALTER TABLE callbacks ADD COLUMN redeliveries INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE callbacks ADD COLUMN call_redeliveries INTEGER NOT NULL DEFAULT 0",
-            # the calls: one ICE row each, listed newest first (core.calls); partial
-            # indexes, so that the other events' rows cost them nothing
-            "CREATE INDEX calls_started ON callbacks (received_at, callid) WHERE event = 'ice'",
+            # the calls (core.calls): partial indexes of the ICE rows, so that the other
+            # events' rows cost them nothing; the list itself walks callbacks_received
             (
                 "CREATE INDEX calls_caller ON callbacks (caller, received_at, callid) "
                 "WHERE event = 'ice'"
@@ -166,14 +165,9 @@ CORE_MIGRATIONS = (
                 "CREATE INDEX calls_destination ON callbacks (destination, received_at, callid) "
                 "WHERE event = 'ice'"
             ),
-            "CREATE INDEX calls_rule ON callbacks (rule, received_at, callid) WHERE event = 'ice'",
-            (
-                "CREATE INDEX calls_outcome ON callbacks (outcome, received_at, callid) "
-                "WHERE event = 'ice'"
-            ),
-            (
-                "CREATE INDEX calls_fallback ON callbacks (received_at, callid) "
-                "WHERE event = 'ice' AND fallback = 1"
+            (  # entered once the ICE is answered, not at its claim
+                "CREATE INDEX calls_rule ON callbacks (rule, received_at, callid) "
+                "WHERE event = 'ice' AND rule IS NOT NULL"
             ),
             (
                 "CREATE INDEX calls_redelivered ON callbacks (received_at, callid) "

@@ -1,5 +1,6 @@
 """credit in the operator console: the Accounts page (balances, open reservations, the
-ledger, a top-up form), its Overview panel, and what a call cost (call details).
+ledger, a top-up form) and its Overview panel. What each call cost is shown beside the
+call by ``ledger.call_details`` (``switchboard_call_details``).
 
 Built with the console hook like any plugin's pages (``core.ConsolePage``). Every read
 is one ``store.query`` on an indexed column (the account, the call id, the ledger's
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from core import ConsolePage, ConsoleRequest, Store
+from core import ConsolePage, ConsoleRequest
 from plugins.credit import ledger
 from plugins.credit.rating import fmt, parse_amount
 from plugins.credit.settings import CreditSettings
@@ -302,48 +303,3 @@ def _counted(counter: Any) -> int:
     return int(
         sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
     )
-
-
-# ---------------------------------------------------------------------------- call details
-
-
-def call_details(
-    s: CreditSettings, store: Store, callids: Sequence[str]
-) -> dict[str, dict[str, str]]:
-    """What each call cost and the state of its reservation, for the calls view."""
-    if not callids:
-        return {}
-    marks = ", ".join("?" * len(callids))
-    out: dict[str, dict[str, str]] = {}
-    for callid, account, amount, status, seconds in store.query(
-        "SELECT callid, account, amount, status, max_duration FROM credit_reservations "
-        f"WHERE callid IN ({marks})",
-        tuple(callids),
-    ):
-        out[callid] = {
-            "account": str(account),
-            "reservation": f"{status}: {_money(amount, s)} for {int(seconds)} s",
-        }
-        if status == "open":
-            out[callid]["charge"] = "not settled yet"
-        elif status == "released":
-            out[callid]["charge"] = _money(0, s)
-    for callid, account, amount, status, details in store.query(
-        "SELECT callid, account, amount, status, details FROM credit_settled "
-        f"WHERE callid IN ({marks})",
-        tuple(callids),
-    ):
-        labels = out.setdefault(callid, {})
-        if status == "unreserved":
-            labels["charge"] = "not charged (no reservation)"
-            continue
-        labels["charge"] = _money(amount, s)
-        try:
-            parsed = json.loads(details) if details else {}
-        except ValueError:
-            parsed = {}
-        if isinstance(parsed, dict) and parsed:
-            labels["settlement"] = settlement_text(parsed)
-        if account:
-            labels.setdefault("account", str(account))
-    return out

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, NamedTuple
 
@@ -370,3 +370,55 @@ def settle(
             "VALUES (?, ?, ?, 'settled', ?, ?)",
             (event.callid, account, applied, now, json.dumps(details)),
         )
+
+
+# ------------------------------------------------------------------ the calls view
+
+
+def call_details(
+    store: Store, settings: CreditSettings, callids: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """What the books say of these calls, for the calls view: the account, the charge
+    (or what is reserved while the call runs), the reservation's state and an overrun.
+    One query for the whole page: settlements and reservations by primary key."""
+    if not callids:
+        return {}
+    marks = ", ".join("?" for _ in callids)
+    rows = store.query(
+        "SELECT s.callid, COALESCE(s.account, r.account), s.amount, s.status, s.details, "
+        "r.amount, r.status, r.max_duration FROM credit_settled s "
+        f"LEFT JOIN credit_reservations r ON r.callid = s.callid WHERE s.callid IN ({marks}) "
+        "UNION ALL "
+        "SELECT r.callid, r.account, NULL, NULL, NULL, r.amount, r.status, r.max_duration "
+        f"FROM credit_reservations r WHERE r.callid IN ({marks}) AND NOT EXISTS "
+        "(SELECT 1 FROM credit_settled s WHERE s.callid = r.callid)",
+        [*callids, *callids],
+    )
+    d, currency = settings.decimals, settings.currency
+    out: dict[str, dict[str, str]] = {}
+    for callid, account, charged, settled, notes, reserved, status, seconds in rows:
+        shown = out[callid] = {}
+        if account is not None:
+            shown["account"] = account
+        if settled == "unreserved":
+            shown["charge"] = "none (no reservation: not charged)"
+            continue
+        if charged is not None:
+            shown["charge"] = f"{fmt(int(charged), d)} {currency}"
+        elif status == "open":
+            shown["charge"] = f"pending ({fmt(int(reserved), d)} {currency} reserved)"
+        elif status is not None:
+            shown["charge"] = f"none (reservation {status})"
+        if status is not None:
+            shown["reservation"] = f"{status}: {fmt(int(reserved), d)} {currency} for {seconds} s"
+        facts = json.loads(notes) if notes else {}
+        overrun = facts.get("overrun") if isinstance(facts, dict) else None
+        if overrun:
+            shown["overrun"] = (
+                f"{overrun['reported_seconds']} s reported against {overrun['granted_seconds']} s "
+                f"granted; asked {fmt(int(overrun['asked']), d)}, charged at most "
+                f"{fmt(int(overrun['limit']), d)} {currency}"
+            )
+        if isinstance(facts, dict) and facts.get("uncollected"):
+            shown["uncollected"] = f"{fmt(int(facts['uncollected']), d)} {currency}"
+    return out

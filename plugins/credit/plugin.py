@@ -113,12 +113,6 @@ class Credit:
     def switchboard_console_pages(self) -> list[ConsolePage]:
         return console.pages(self)
 
-    @hookimpl
-    def switchboard_call_details(
-        self, store: Store, callids: Sequence[str]
-    ) -> dict[str, dict[str, str]]:
-        return console.call_details(self.settings, store, callids)
-
     # ------------------------------------------------------------------ ICE: reserve
 
     @hookimpl
@@ -190,6 +184,12 @@ class Credit:
             self._overruns.inc()
 
     # ------------------------------------------------------------------ operator tools
+
+    @hookimpl
+    def switchboard_call_details(
+        self, store: Store, callids: Sequence[str]
+    ) -> Mapping[str, Mapping[str, str]]:
+        return ledger.call_details(store, self.settings, callids)
 
     def sweep(self, now: float | None = None) -> list[str]:
         """Expire open reservations past maxDuration + grace; return their call ids."""

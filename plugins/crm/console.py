@@ -1,6 +1,6 @@
 """crm in the operator console: the CRM outbox page (records waiting for delivery, dead
-letters, with retry and replay buttons), its Overview panel, and each call's delivery
-state (call details).
+letters, with retry and replay buttons) and its Overview panel. Each call's delivery
+state is shown beside the call by ``record.delivery`` (``switchboard_call_details``).
 
 Built with the console hook like any plugin's pages (``core.ConsolePage``). Reads are
 one ``store.query`` each, on the outbox's due index or the tables' call-id keys, a page
@@ -11,11 +11,10 @@ in the worker, never on the console's request.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING
 
-from core import ConsolePage, ConsoleRequest, Store
+from core import ConsolePage, ConsoleRequest
 
 if TYPE_CHECKING:
     from plugins.crm.outbox import Outbox
@@ -200,31 +199,3 @@ def panel(plugin: Crm, request: ConsoleRequest) -> str:
         f"{escape(age)}{delivery}</li>"
         f'<li><a href="{escape(url)}#dead">{int(dead)} dead letter(s)</a></li></ul>'
     )
-
-
-# ---------------------------------------------------------------------------- call details
-
-
-def call_details(store: Store, callids: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Each call's CRM record: delivered when, waiting (attempts, last error), or dead."""
-    if not callids:
-        return {}
-    marks = ", ".join("?" * len(callids))
-    ids = tuple(callids)
-    out: dict[str, dict[str, str]] = {}
-    for callid, delivered in store.query(
-        f"SELECT callid, delivered_at FROM crm_calls WHERE callid IN ({marks})", ids
-    ):
-        out[callid] = {
-            "crm": f"delivered {_when(delivered)}" if delivered is not None else "recorded"
-        }
-    for callid, attempts, error in store.query(
-        f"SELECT callid, attempts, last_error FROM crm_outbox WHERE callid IN ({marks})", ids
-    ):
-        text = f"waiting for delivery ({int(attempts)} attempt(s)"
-        out[callid] = {"crm": text + (f"; {error})" if error else ")")}
-    for callid, attempts, error in store.query(
-        f"SELECT callid, attempts, last_error FROM crm_dead WHERE callid IN ({marks})", ids
-    ):
-        out[callid] = {"crm": f"dead letter after {int(attempts)} attempt(s): {error or '-'}"}
-    return out

@@ -69,18 +69,18 @@ class Crm:
         return console.pages(self)
 
     @hookimpl
-    def switchboard_call_details(
-        self, store: Store, callids: Sequence[str]
-    ) -> dict[str, dict[str, str]]:
-        return console.call_details(store, callids)
-
-    @hookimpl
     def switchboard_dice(self, event: Dice, ctx: CallContext) -> None:
         deliver = bool(self.config["webhook_url"])
         if record.save(ctx.store, record.build(event, ctx.store), deliver) and self.outbox:
             self.outbox.wake()
 
     # ------------------------------------------------------------------ operator tools
+
+    @hookimpl
+    def switchboard_call_details(
+        self, store: Store, callids: Sequence[str]
+    ) -> Mapping[str, Mapping[str, str]]:
+        return record.delivery(store, callids)
 
     def drain(self, now: float | None = None, only: str | None = None) -> int:
         """Attempt up to ``batch`` due records now; return how many were attempted."""
