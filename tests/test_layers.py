@@ -2,7 +2,9 @@
 
 From the bottom: the protocol (Sinch's events, SVAML, signing), the foundation the
 contract stands on (the store, the configuration, logging, metrics), the plugin contract
-and the merge, dispatch and the pipeline, the web app, and the server and command line.
+and the merge, dispatch and the pipeline, the web app, the operator console (its own app
+and listener; what a plugin's console page is belongs to the contract), and the server
+and command line.
 A module may import from its own layer or below, never above, and the core's modules
 import each other without cycles. Plugins import only ``core`` (tests/test_public_api.py);
 the core never imports a plugin.

@@ -309,6 +309,8 @@ class Console:
         def headers() -> None:
             for name, value in HEADERS.items():
                 bottle.response.set_header(name, value)
+            if bottle.request.path.startswith("/static/"):  # the stylesheet, not a page
+                bottle.response.set_header("Cache-Control", "max-age=3600")
 
         @app.get("/static/<name>")
         def static(name: str) -> Any:
