@@ -340,7 +340,10 @@ def test_every_page_renders_and_none_shows_a_secret(backend):
         store={"url": f"postgresql://switchboard:{store_password}@db.example:5432/sb"},
         plugins={
             **PLUGINS,
-            "crm": {"webhook_url": "http://127.0.0.1:9/crm", "webhook_secret": CRM_SECRET},
+            "crm": {
+                "webhook_url": "http://crm:url-password-77@127.0.0.1:9/crm",
+                "webhook_secret": CRM_SECRET,
+            },
             "vault": {"api_key": secret_setting},
         },
     )
@@ -349,6 +352,7 @@ def test_every_page_renders_and_none_shows_a_secret(backend):
         _traffic(rt)
         login(app, PASSWORD, name="alice")
         secrets = [TOKEN, SECRET, CRM_SECRET, store_password, secret_setting, digest, PASSWORD]
+        secrets.append("url-password-77")  # in a URL whose key is not marked secret
         paths = [
             "/",
             "/?hours=24",

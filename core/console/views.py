@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -324,8 +325,13 @@ class PluginView:
     pages: list[Mounted] = field(default_factory=list)
 
 
+_URL_PASSWORD = re.compile(r"(://[^/@:\s\"]*):[^/@\s\"]*@")
+
+
 def _shown(value: Any) -> str:
-    return json.dumps(value, default=str, ensure_ascii=False)
+    """A setting as JSON, with the password of any URL in it removed (a webhook URL may
+    carry one even though its key is not marked secret)."""
+    return _URL_PASSWORD.sub(r"\1:***@", json.dumps(value, default=str, ensure_ascii=False))
 
 
 def plugins(req: Req) -> str:

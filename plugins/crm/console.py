@@ -10,6 +10,7 @@ in the worker, never on the console's request.
 
 from __future__ import annotations
 
+import re
 import time
 from html import escape
 from typing import TYPE_CHECKING
@@ -61,7 +62,8 @@ def outbox_page(plugin: Crm, request: ConsoleRequest) -> str:
             "kept in the store only, nothing is delivered.</p>"
         )
     else:
-        out.append(f"<p>Records are delivered to <code>{escape(url)}</code>.</p>")
+        shown = re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)  # no password in a URL
+        out.append(f"<p>Records are delivered to <code>{escape(shown)}</code>.</p>")
     (pending,), = store.query("SELECT COUNT(*) FROM crm_outbox")
     (dead,), = store.query("SELECT COUNT(*) FROM crm_dead")
     out.append(
