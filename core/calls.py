@@ -70,6 +70,7 @@ log = logging.getLogger("switchboard.calls")
 DETAILS_HOOK = "switchboard_call_details"
 FALLBACKS = sorted(FALLBACK_RULES)  # the rules of an answer that is the configured fallback
 MAX_LIMIT = 1000
+MAX_MINUTES = 7 * 24 * 60  # a longer overview lists only the minutes that had calls
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -150,7 +151,8 @@ class Timeline:
 class Overview:
     since: float
     until: float
-    per_minute: tuple[tuple[float, int], ...]  # (minute start, calls) for the window
+    per_minute: tuple[tuple[float, int], ...]  # (minute start, calls), every minute of
+    # the window (of a window over MAX_MINUTES long: only the minutes with calls)
     outcomes: Mapping[str, int]  # ICE answer action -> calls
     denials: Mapping[tuple[str, str], int]  # (plugin, kind) -> calls denied
     fallbacks: Mapping[str, int]  # rule -> callbacks
@@ -417,7 +419,8 @@ def overview(store: Store, since: float, until: float) -> Overview:
         window,
     )
     first = math.floor(window[0] / 60) * 60
-    minutes = {first + 60 * i: 0 for i in range(max(0, math.ceil((window[1] - first) / 60)))}
+    count = max(0, math.ceil((window[1] - first) / 60))
+    minutes = {first + 60 * i: 0 for i in range(count)} if count <= MAX_MINUTES else {}
     latencies = []
     for at, elapsed in ice:
         minute = math.floor(at / 60) * 60
