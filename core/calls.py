@@ -41,6 +41,9 @@ waited past half its budget for a server thread, a store that cannot be reached,
 internal error); ``switchboard_fallbacks_total`` counts those. Calls recorded before
 migration 4 are listed without their summary columns; their traces are in the timeline.
 
+Every query is a ``Store.inspect``: on SQLite a read connection of its own, so that an
+overview scanning a day of calls never holds up a callback's reads.
+
 Plugins add what they know of a call (a charge, a delivery state) with
 ``switchboard_call_details``, called once per page or timeline with its call ids.
 """
@@ -191,6 +194,18 @@ def recent_calls(
     callid)``: no call is listed twice or skipped while new calls arrive. ``plugins``
     (the enabled ones) fill each row's ``details``. A bad cursor is a ``ValueError``."""
     limit = max(1, min(int(limit), MAX_LIMIT))
+    sql, params = page_query(filters, limit=limit, after=after)
+    found = [_row(r) for r in store.inspect(sql, params)]
+    rows, more = found[:limit], len(found) > limit
+    rows = _with_details(rows, store, plugins)
+    return Page(tuple(rows), encode_cursor(rows[-1]) if more and rows else None)
+
+
+def page_query(
+    filters: Filters = Filters(), *, limit: int = 50, after: str | None = None
+) -> tuple[str, list[Any]]:
+    """The SQL of a page (one row more than ``limit``: whether there is a next page)
+    and its parameters; ``bench/console.py`` shows its plan."""
     where, params = where_of(filters)
     if after is not None:
         at, callid = decode_cursor(after)
@@ -199,12 +214,9 @@ def recent_calls(
         params += [at, at, callid]
     sql = (
         f"SELECT {_ROW} {_FROM} WHERE {' AND '.join(where)} "
-        f"ORDER BY c.received_at DESC, c.callid DESC LIMIT {limit + 1}"
+        f"ORDER BY c.received_at DESC, c.callid DESC LIMIT {int(limit) + 1}"
     )
-    found = [_row(r) for r in store.query(sql, params)]
-    rows, more = found[:limit], len(found) > limit
-    rows = _with_details(rows, store, plugins)
-    return Page(tuple(rows), encode_cursor(rows[-1]) if more and rows else None)
+    return sql, params
 
 
 def where_of(filters: Filters) -> tuple[list[str], list[Any]]:
@@ -360,14 +372,17 @@ def _replace_details(row: CallRow, details: Mapping[str, str] | None) -> CallRow
 # ---------------------------------------------------------------------------- one call
 
 
+TIMELINE = (
+    "SELECT event, sub, state, received_at, answer, trace, outcome, redeliveries, "
+    "attempts, last_error FROM callbacks WHERE callid = ? ORDER BY received_at, event"
+)
+CALL = f"SELECT {_ROW} {_FROM} WHERE c.callid = ? AND c.event = 'ice' AND c.sub = ''"
+
+
 def timeline(store: Store, callid: str, plugins: Plugins | None = None) -> Timeline | None:
     """Every recorded callback of the call, in arrival order, with its answer and
     trace; the call's row; what the plugins say of it. None when nothing is recorded."""
-    rows = store.query(
-        "SELECT event, sub, state, received_at, answer, trace, outcome, redeliveries, "
-        "attempts, last_error FROM callbacks WHERE callid = ? ORDER BY received_at, event",
-        (callid,),
-    )
+    rows = store.inspect(TIMELINE, (callid,))
     if not rows:
         return None
     callbacks = []
@@ -387,10 +402,7 @@ def timeline(store: Store, callid: str, plugins: Plugins | None = None) -> Timel
                 redeliveries=int(again or 0),
             )
         )
-    found = store.query(
-        f"SELECT {_ROW} {_FROM} WHERE c.callid = ? AND c.event = 'ice' AND c.sub = ''",
-        (callid,),
-    )
+    found = store.inspect(CALL, (callid,))
     details = call_details(store, [callid], plugins)[callid]
     row = _replace_details(_row(found[0]), details) if found else None
     return Timeline(callid, tuple(callbacks), MappingProxyType(details), row)
@@ -409,15 +421,29 @@ def _trace(text: str | None) -> Trace | None:
 # ---------------------------------------------------------------------------- overview
 
 
+OVERVIEW_CALLS = (
+    "SELECT c.received_at, c.elapsed_ms FROM callbacks c "
+    "WHERE c.event = 'ice' AND c.received_at >= ? AND c.received_at < ?"
+)
+OVERVIEW_ANSWERS = (
+    "SELECT c.outcome, c.rule, c.decided_by, c.failed, COUNT(*) FROM callbacks c "
+    "WHERE c.event = 'ice' AND c.received_at >= ? AND c.received_at < ? "
+    "GROUP BY c.outcome, c.rule, c.decided_by, c.failed"
+)
+OVERVIEW_CALLBACKS = (
+    "SELECT rule, fallback, failed, COUNT(*), SUM(redeliveries) FROM callbacks "
+    "WHERE received_at >= ? AND received_at < ? GROUP BY rule, fallback, failed"
+)
+OVERVIEW_WAITING = (
+    "SELECT state, COUNT(*) FROM callbacks WHERE state IN ('retry', 'parked') GROUP BY state"
+)
+
+
 def overview(store: Store, since: float, until: float) -> Overview:
     """Figures of the calls whose ICE arrived in ``[since, until)``, and of every
     callback received then; ``waiting_retry`` and ``parked`` are as of now."""
     window = (float(since), float(until))
-    ice = store.query(
-        "SELECT c.received_at, c.elapsed_ms FROM callbacks c "
-        "WHERE c.event = 'ice' AND c.received_at >= ? AND c.received_at < ?",
-        window,
-    )
+    ice = store.inspect(OVERVIEW_CALLS, window)
     first = math.floor(window[0] / 60) * 60
     count = max(0, math.ceil((window[1] - first) / 60))
     minutes = {first + 60 * i: 0 for i in range(count)} if count <= MAX_MINUTES else {}
@@ -431,12 +457,7 @@ def overview(store: Store, since: float, until: float) -> Overview:
 
     outcomes: dict[str, int] = {}
     denials: dict[tuple[str, str], int] = {}
-    for outcome, rule, decided_by, failed, count in store.query(
-        "SELECT c.outcome, c.rule, c.decided_by, c.failed, COUNT(*) FROM callbacks c "
-        "WHERE c.event = 'ice' AND c.received_at >= ? AND c.received_at < ? "
-        "GROUP BY c.outcome, c.rule, c.decided_by, c.failed",
-        window,
-    ):
+    for outcome, rule, decided_by, failed, count in store.inspect(OVERVIEW_ANSWERS, window):
         key = outcome or "(pending)"
         outcomes[key] = outcomes.get(key, 0) + count
         if rule in ("deny", "cap-unenforceable"):
@@ -449,23 +470,14 @@ def overview(store: Store, since: float, until: float) -> Overview:
     fallbacks: dict[str, int] = {}
     failures: dict[tuple[str, str], int] = {}
     duplicates = 0
-    for rule, fallback, failed, count, again in store.query(
-        "SELECT rule, fallback, failed, COUNT(*), SUM(redeliveries) FROM callbacks "
-        "WHERE received_at >= ? AND received_at < ? GROUP BY rule, fallback, failed",
-        window,
-    ):
+    for rule, fallback, failed, count, again in store.inspect(OVERVIEW_CALLBACKS, window):
         duplicates += int(again or 0)
         if fallback:
             fallbacks[rule] = fallbacks.get(rule, 0) + count
         for plugin, status in _failures(failed).items():
             failures[(plugin, status)] = failures.get((plugin, status), 0) + count
 
-    waiting = dict(
-        store.query(
-            "SELECT state, COUNT(*) FROM callbacks WHERE state IN ('retry', 'parked') "
-            "GROUP BY state"
-        )
-    )
+    waiting = dict(store.inspect(OVERVIEW_WAITING))
     return Overview(
         since=window[0],
         until=window[1],

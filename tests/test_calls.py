@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -486,3 +487,24 @@ def test_an_operator_answers_the_issues_questions_from_a_real_server(serve, tmp_
         head = run_cli(config, "calls")
         assert head.returncode == 0 and head.stderr == ""
         assert server.stop() == 0
+
+
+def test_an_operators_long_read_never_holds_up_the_callbacks(make, backend):
+    """The calls view reads with ``Store.inspect``: while one scans for a second, the
+    callbacks' own reads and writes go on."""
+    rt, app = make({"router": Fixed(Decision.propose(ConnectPstn(number=DIALLED)))})
+    slow = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) "
+        "SELECT COUNT(*) FROM n"
+    )
+    scanning = threading.Thread(target=rt.store.inspect, args=(slow,))
+    began = time.monotonic()
+    scanning.start()
+    time.sleep(0.05)
+    post(app, ice("during"))
+    post(app, dice("during"))
+    assert rt.store.query("SELECT answer FROM callbacks WHERE callid = 'during'")
+    waited = time.monotonic() - began
+    scanning.join()
+    took = time.monotonic() - began
+    assert took > 2 * waited, (waited, took)  # the scan outlasted the callbacks by far
