@@ -22,19 +22,23 @@ at the finish (an autocommit ``UPDATE`` by primary key) stays one statement; a t
 its own would make it a transaction of two on every callback. The price is that the
 DiCE's duration is on the DiCE's row, joined by primary key for each listed call.
 
-Indexes, kept few because every ICE pays for each: the list walks ``callbacks_received``
-(``received_at``, every event's rows: a page of 50 calls reads a few hundred entries),
-newest first, and pages by keyset on ``(received_at, callid)``. Partial indexes of the
-ICE rows only (``WHERE event = 'ice'``, so the other events' rows cost nothing):
-``(caller, received_at, callid)`` and ``(destination, ...)`` for the number filters,
-``(rule, ...)`` for the rule filter and the fallbacks (``rule IN`` the fallback rules;
-entered once the ICE is answered, ``rule IS NOT NULL``), and ``(received_at, callid)
-WHERE call_redeliveries > 0`` for the calls with a redelivered callback. A number
-prefix is an index range (``caller >= '+44' AND caller < '+45'``) checked exactly with
-``substr``. The outcome and plugin filters have no index of their own: they walk the
-calls newest first and stop at a page's worth, quick for the common answers and
-deciders (connectPstn, hangup; allowlist, credit), slower for rare ones over a long
-history; bound those with ``since``.
+Indexes, kept few because every ICE pays for each (bench/RESULTS.md: about 33 us of
+CPU per ICE on SQLite for all of migration 4, half of it the two number indexes), all
+partial, of the ICE rows only (``WHERE event = 'ice'``: the other events' rows cost
+them nothing): ``calls_started (received_at, callid)``, which the list walks newest
+first, paging by keyset on ``(received_at, callid)`` (without it SQLite's planner
+scanned a number index and sorted every call); ``(caller, received_at, callid)`` and
+``(destination, ...)`` for the number filters; ``(rule, ...)`` for the rule filter and
+the fallbacks (``rule IN`` the fallback rules; an ICE enters it once answered, ``rule
+IS NOT NULL``); and ``(received_at, callid) WHERE call_redeliveries > 0`` for the calls
+with a redelivered callback. A number prefix is an index range (``caller >= '+44' AND
+caller < '+45'``) checked exactly with ``substr`` (so a collation other than the
+binary one cannot widen it). The outcome and plugin filters have no index of their
+own: they walk the calls newest first and stop at a page's worth, quick for the common
+answers and deciders (connectPstn, hangup; allowlist, credit), slower for rare ones
+over a long history; bound those with ``since``. The overview reads the window's rows
+through ``calls_started`` and ``callbacks_received``: tens of milliseconds for an hour,
+most of a second for a busy day.
 
 Not in the store, hence not here: a fallback sent without any write (a callback that
 waited past half its budget for a server thread, a store that cannot be reached, an

@@ -8,6 +8,8 @@ import csv
 import io
 import json
 import math
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,6 +34,7 @@ from tests.helpers import Fixed, Recorder, ace, dice, ice, notify, pie, post
 RICH, LOW, UK = "+12015550001", "+12015550002", "+442071110000"  # credit accounts (cli)
 DIALLED, PREMIUM, LONDON = "+15612600684", "+19005550100", "+442079460000"
 CRM_SECRET = "crm-secret"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def operator_config(tmp_path: Path, store_url: str, crm: str = "") -> Path:
@@ -508,3 +511,24 @@ def test_an_operators_long_read_never_holds_up_the_callbacks(make, backend):
     scanning.join()
     took = time.monotonic() - began
     assert took > 2 * waited, (waited, took)  # the scan outlasted the callbacks by far
+
+
+def test_calls_piped_into_head_end_quietly(tmp_path):
+    db = tmp_path / "many.db"
+    path = operator_config(tmp_path, f"sqlite:///{db}")
+    rt, _ = started(path)  # the schema
+    rt.close()
+    sys.path.insert(0, str(REPO / "bench"))
+    import console  # bench/console.py: its bulk loader
+
+    console.load_sqlite(str(db), 1500, 86400.0)
+    piped = subprocess.run(
+        f"{sys.executable} {REPO / 'serve.py'} --config {path} calls --limit 1000 | head -2",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert piped.stdout.splitlines()[0].startswith("TIME ") and piped.stdout.count("\n") == 2
+    assert piped.stderr == ""
