@@ -22,24 +22,31 @@ at the finish (an autocommit ``UPDATE`` by primary key) stays one statement; a t
 its own would make it a transaction of two on every callback. The price is that the
 DiCE's duration is on the DiCE's row, joined by primary key for each listed call.
 
-Indexes, kept few because every ICE pays for each: the list walks ``callbacks_received``
-(``received_at``, every event's rows: a page of 50 calls reads a few hundred entries),
-newest first, and pages by keyset on ``(received_at, callid)``. Partial indexes of the
-ICE rows only (``WHERE event = 'ice'``, so the other events' rows cost nothing):
-``(caller, received_at, callid)`` and ``(destination, ...)`` for the number filters,
-``(rule, ...)`` for the rule filter and the fallbacks (``rule IN`` the fallback rules;
-entered once the ICE is answered, ``rule IS NOT NULL``), and ``(received_at, callid)
-WHERE call_redeliveries > 0`` for the calls with a redelivered callback. A number
-prefix is an index range (``caller >= '+44' AND caller < '+45'``) checked exactly with
-``substr``. The outcome and plugin filters have no index of their own: they walk the
-calls newest first and stop at a page's worth, quick for the common answers and
-deciders (connectPstn, hangup; allowlist, credit), slower for rare ones over a long
-history; bound those with ``since``.
+Indexes, kept few because every ICE pays for each (bench/RESULTS.md: about 33 us of
+CPU per ICE on SQLite for all of migration 4, half of it the two number indexes), all
+partial, of the ICE rows only (``WHERE event = 'ice'``: the other events' rows cost
+them nothing): ``calls_started (received_at, callid)``, which the list walks newest
+first, paging by keyset on ``(received_at, callid)`` (without it SQLite's planner
+scanned a number index and sorted every call); ``(caller, received_at, callid)`` and
+``(destination, ...)`` for the number filters; ``(rule, ...)`` for the rule filter and
+the fallbacks (``rule IN`` the fallback rules; an ICE enters it once answered, ``rule
+IS NOT NULL``); and ``(received_at, callid) WHERE call_redeliveries > 0`` for the calls
+with a redelivered callback. A number prefix is an index range (``caller >= '+44' AND
+caller < '+45'``) checked exactly with ``substr`` (so a collation other than the
+binary one cannot widen it). The outcome and plugin filters have no index of their
+own: they walk the calls newest first and stop at a page's worth, quick for the common
+answers and deciders (connectPstn, hangup; allowlist, credit), slower for rare ones
+over a long history; bound those with ``since``. The overview reads the window's rows
+through ``calls_started`` and ``callbacks_received``: tens of milliseconds for an hour,
+most of a second for a busy day.
 
 Not in the store, hence not here: a fallback sent without any write (a callback that
 waited past half its budget for a server thread, a store that cannot be reached, an
 internal error); ``switchboard_fallbacks_total`` counts those. Calls recorded before
 migration 4 are listed without their summary columns; their traces are in the timeline.
+
+Every query is a ``Store.inspect``: on SQLite a read connection of its own, so that an
+overview scanning a day of calls never holds up a callback's reads.
 
 Plugins add what they know of a call (a charge, a delivery state) with
 ``switchboard_call_details``, called once per page or timeline with its call ids.
@@ -70,6 +77,7 @@ log = logging.getLogger("switchboard.calls")
 DETAILS_HOOK = "switchboard_call_details"
 FALLBACKS = sorted(FALLBACK_RULES)  # the rules of an answer that is the configured fallback
 MAX_LIMIT = 1000
+MAX_MINUTES = 7 * 24 * 60  # a longer overview lists only the minutes that had calls
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -150,7 +158,8 @@ class Timeline:
 class Overview:
     since: float
     until: float
-    per_minute: tuple[tuple[float, int], ...]  # (minute start, calls) for the window
+    per_minute: tuple[tuple[float, int], ...]  # (minute start, calls), every minute of
+    # the window (of a window over MAX_MINUTES long: only the minutes with calls)
     outcomes: Mapping[str, int]  # ICE answer action -> calls
     denials: Mapping[tuple[str, str], int]  # (plugin, kind) -> calls denied
     fallbacks: Mapping[str, int]  # rule -> callbacks
@@ -189,6 +198,18 @@ def recent_calls(
     callid)``: no call is listed twice or skipped while new calls arrive. ``plugins``
     (the enabled ones) fill each row's ``details``. A bad cursor is a ``ValueError``."""
     limit = max(1, min(int(limit), MAX_LIMIT))
+    sql, params = page_query(filters, limit=limit, after=after)
+    found = [_row(r) for r in store.inspect(sql, params)]
+    rows, more = found[:limit], len(found) > limit
+    rows = _with_details(rows, store, plugins)
+    return Page(tuple(rows), encode_cursor(rows[-1]) if more and rows else None)
+
+
+def page_query(
+    filters: Filters = Filters(), *, limit: int = 50, after: str | None = None
+) -> tuple[str, list[Any]]:
+    """The SQL of a page (one row more than ``limit``: whether there is a next page)
+    and its parameters; ``bench/console.py`` shows its plan."""
     where, params = where_of(filters)
     if after is not None:
         at, callid = decode_cursor(after)
@@ -197,12 +218,9 @@ def recent_calls(
         params += [at, at, callid]
     sql = (
         f"SELECT {_ROW} {_FROM} WHERE {' AND '.join(where)} "
-        f"ORDER BY c.received_at DESC, c.callid DESC LIMIT {limit + 1}"
+        f"ORDER BY c.received_at DESC, c.callid DESC LIMIT {int(limit) + 1}"
     )
-    found = [_row(r) for r in store.query(sql, params)]
-    rows, more = found[:limit], len(found) > limit
-    rows = _with_details(rows, store, plugins)
-    return Page(tuple(rows), encode_cursor(rows[-1]) if more and rows else None)
+    return sql, params
 
 
 def where_of(filters: Filters) -> tuple[list[str], list[Any]]:
@@ -358,14 +376,17 @@ def _replace_details(row: CallRow, details: Mapping[str, str] | None) -> CallRow
 # ---------------------------------------------------------------------------- one call
 
 
+TIMELINE = (
+    "SELECT event, sub, state, received_at, answer, trace, outcome, redeliveries, "
+    "attempts, last_error FROM callbacks WHERE callid = ? ORDER BY received_at, event"
+)
+CALL = f"SELECT {_ROW} {_FROM} WHERE c.callid = ? AND c.event = 'ice' AND c.sub = ''"
+
+
 def timeline(store: Store, callid: str, plugins: Plugins | None = None) -> Timeline | None:
     """Every recorded callback of the call, in arrival order, with its answer and
     trace; the call's row; what the plugins say of it. None when nothing is recorded."""
-    rows = store.query(
-        "SELECT event, sub, state, received_at, answer, trace, outcome, redeliveries, "
-        "attempts, last_error FROM callbacks WHERE callid = ? ORDER BY received_at, event",
-        (callid,),
-    )
+    rows = store.inspect(TIMELINE, (callid,))
     if not rows:
         return None
     callbacks = []
@@ -385,10 +406,7 @@ def timeline(store: Store, callid: str, plugins: Plugins | None = None) -> Timel
                 redeliveries=int(again or 0),
             )
         )
-    found = store.query(
-        f"SELECT {_ROW} {_FROM} WHERE c.callid = ? AND c.event = 'ice' AND c.sub = ''",
-        (callid,),
-    )
+    found = store.inspect(CALL, (callid,))
     details = call_details(store, [callid], plugins)[callid]
     row = _replace_details(_row(found[0]), details) if found else None
     return Timeline(callid, tuple(callbacks), MappingProxyType(details), row)
@@ -407,17 +425,32 @@ def _trace(text: str | None) -> Trace | None:
 # ---------------------------------------------------------------------------- overview
 
 
+OVERVIEW_CALLS = (
+    "SELECT c.received_at, c.elapsed_ms FROM callbacks c "
+    "WHERE c.event = 'ice' AND c.received_at >= ? AND c.received_at < ?"
+)
+OVERVIEW_ANSWERS = (
+    "SELECT c.outcome, c.rule, c.decided_by, c.failed, COUNT(*) FROM callbacks c "
+    "WHERE c.event = 'ice' AND c.received_at >= ? AND c.received_at < ? "
+    "GROUP BY c.outcome, c.rule, c.decided_by, c.failed"
+)
+OVERVIEW_CALLBACKS = (
+    "SELECT rule, fallback, failed, COUNT(*), SUM(redeliveries) FROM callbacks "
+    "WHERE received_at >= ? AND received_at < ? GROUP BY rule, fallback, failed"
+)
+OVERVIEW_WAITING = (
+    "SELECT state, COUNT(*) FROM callbacks WHERE state IN ('retry', 'parked') GROUP BY state"
+)
+
+
 def overview(store: Store, since: float, until: float) -> Overview:
     """Figures of the calls whose ICE arrived in ``[since, until)``, and of every
     callback received then; ``waiting_retry`` and ``parked`` are as of now."""
     window = (float(since), float(until))
-    ice = store.query(
-        "SELECT c.received_at, c.elapsed_ms FROM callbacks c "
-        "WHERE c.event = 'ice' AND c.received_at >= ? AND c.received_at < ?",
-        window,
-    )
+    ice = store.inspect(OVERVIEW_CALLS, window)
     first = math.floor(window[0] / 60) * 60
-    minutes = {first + 60 * i: 0 for i in range(max(0, math.ceil((window[1] - first) / 60)))}
+    count = max(0, math.ceil((window[1] - first) / 60))
+    minutes = {first + 60 * i: 0 for i in range(count)} if count <= MAX_MINUTES else {}
     latencies = []
     for at, elapsed in ice:
         minute = math.floor(at / 60) * 60
@@ -428,12 +461,7 @@ def overview(store: Store, since: float, until: float) -> Overview:
 
     outcomes: dict[str, int] = {}
     denials: dict[tuple[str, str], int] = {}
-    for outcome, rule, decided_by, failed, count in store.query(
-        "SELECT c.outcome, c.rule, c.decided_by, c.failed, COUNT(*) FROM callbacks c "
-        "WHERE c.event = 'ice' AND c.received_at >= ? AND c.received_at < ? "
-        "GROUP BY c.outcome, c.rule, c.decided_by, c.failed",
-        window,
-    ):
+    for outcome, rule, decided_by, failed, count in store.inspect(OVERVIEW_ANSWERS, window):
         key = outcome or "(pending)"
         outcomes[key] = outcomes.get(key, 0) + count
         if rule in ("deny", "cap-unenforceable"):
@@ -446,23 +474,14 @@ def overview(store: Store, since: float, until: float) -> Overview:
     fallbacks: dict[str, int] = {}
     failures: dict[tuple[str, str], int] = {}
     duplicates = 0
-    for rule, fallback, failed, count, again in store.query(
-        "SELECT rule, fallback, failed, COUNT(*), SUM(redeliveries) FROM callbacks "
-        "WHERE received_at >= ? AND received_at < ? GROUP BY rule, fallback, failed",
-        window,
-    ):
+    for rule, fallback, failed, count, again in store.inspect(OVERVIEW_CALLBACKS, window):
         duplicates += int(again or 0)
         if fallback:
             fallbacks[rule] = fallbacks.get(rule, 0) + count
         for plugin, status in _failures(failed).items():
             failures[(plugin, status)] = failures.get((plugin, status), 0) + count
 
-    waiting = dict(
-        store.query(
-            "SELECT state, COUNT(*) FROM callbacks WHERE state IN ('retry', 'parked') "
-            "GROUP BY state"
-        )
-    )
+    waiting = dict(store.inspect(OVERVIEW_WAITING))
     return Overview(
         since=window[0],
         until=window[1],

@@ -213,7 +213,9 @@ def switchboard_call_details(
     console) once per page of calls, or once for one call's timeline, with the call ids
     shown, for every enabled plugin, in precedence order. Never on the callback path.
 
-    :param store: the shared ``core.Store``; read it, never write from here.
+    :param store: the shared ``core.Store``: read it with ``store.inspect(sql, params)``
+        (on SQLite a connection of its own, so an operator's page never holds up the
+        callbacks' reads); never write from here.
     :param callids: the call ids of the page (up to a page's worth, usually 50).
 
     Return a mapping of call id -> {label: display text}, e.g.

@@ -156,7 +156,8 @@ CORE_MIGRATIONS = (
             "ALTER TABLE callbacks ADD COLUMN redeliveries INTEGER NOT NULL DEFAULT 0",
             "ALTER TABLE callbacks ADD COLUMN call_redeliveries INTEGER NOT NULL DEFAULT 0",
             # the calls (core.calls): partial indexes of the ICE rows, so that the other
-            # events' rows cost them nothing; the list itself walks callbacks_received
+            # events' rows cost them nothing
+            "CREATE INDEX calls_started ON callbacks (received_at, callid) WHERE event = 'ice'",
             (
                 "CREATE INDEX calls_caller ON callbacks (caller, received_at, callid) "
                 "WHERE event = 'ice'"
@@ -274,6 +275,12 @@ class Store:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read outside any transaction."""
         raise NotImplementedError
+
+    def inspect(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read for an operator (the calls view, the console), which may scan: it
+        never holds up the callbacks' own reads (SQLite: a connection of its own;
+        PostgreSQL: a pooled connection, as every read)."""
+        return self.query(sql, params)
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         """One statement in a transaction of its own; returns the rows it changed.

@@ -395,7 +395,7 @@ def call_details(
     if not callids:
         return {}
     marks = ", ".join("?" for _ in callids)
-    rows = store.query(
+    rows = store.inspect(
         "SELECT s.callid, COALESCE(s.account, r.account), s.amount, s.status, s.details, "
         "r.amount, r.status, r.max_duration FROM credit_settled s "
         f"LEFT JOIN credit_reservations r ON r.callid = s.callid WHERE s.callid IN ({marks}) "

@@ -95,7 +95,7 @@ def delivery(store: Store, callids: Sequence[str]) -> dict[str, dict[str, str]]:
     if not callids:
         return {}
     marks = ", ".join("?" for _ in callids)
-    rows = store.query(
+    rows = store.inspect(
         "SELECT c.callid, c.delivered_at, o.attempts, o.last_error, d.attempts, d.last_error "
         "FROM crm_calls c LEFT JOIN crm_outbox o ON o.callid = c.callid "
         f"LEFT JOIN crm_dead d ON d.callid = c.callid WHERE c.callid IN ({marks})",
