@@ -357,8 +357,8 @@ def switchboard_console_pages() -> Sequence[ConsolePage]:  # type: ignore[empty-
       listed in the console's navigation as ``title``;
     * ``render(request)`` returns the page's HTML (the content under its heading).
       ``request`` is a ``core.ConsoleRequest``: ``user``, ``params`` (the query string),
-      ``store`` (read with ``store.query``, the read connection, on indexed columns and
-      a page at a time: the console must never slow the callbacks), ``config`` (this
+      ``store`` (read with ``store.inspect``, the operators' reads, which never hold up
+      the callbacks' own, on indexed columns and a page at a time), ``config`` (this
       plugin's settings), ``url()``, ``call_url(callid)``, ``calls_url(**filters)`` and
       ``action_form(action, button, ...)`` (a form carrying the CSRF token). Escape what
       you show (``html.escape``); no script runs in the console (its

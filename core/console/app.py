@@ -13,7 +13,8 @@ server's ``Switch``, whose runtime a reload replaces; ``Fixed(runtime)`` in test
 * Nothing shown comes from a setting marked secret: settings are shown as
   ``Settings.describe()`` redacts them, the store's URL without its password; the
   admin token and the users' hashes are never shown at all.
-* Pages read the store with ``Store.query`` (the read connection), a page at a time.
+* Pages read the store with ``Store.inspect`` (the operators' reads: never on the
+  connection the callbacks read with), on indexed columns, a page at a time.
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ def recent(
     if before is not None:
         sql += " WHERE at < ?"
         params.append(before)
-    rows = store.query(sql + f" ORDER BY at DESC LIMIT {int(limit) + 1}", params)
+    rows = store.inspect(sql + f" ORDER BY at DESC LIMIT {int(limit) + 1}", params)
     entries = [Entry(*row) for row in rows[:limit]]
     more = len(rows) > limit
     return entries, (entries[-1].at if more and entries else None)

@@ -31,9 +31,9 @@ class ConsoleRequest:
     ``user``: who is logged in. ``params``: the query string, one value per name.
     ``form``: the posted fields of an action (without the console's own ``_csrf`` and
     ``_action``); empty for a page. ``store``: the shared store; read with
-    ``store.query`` (the read connection: never the callbacks' writer), on indexed
-    columns, a page at a time. ``config``: the plugin's own settings (read-only).
-    ``plugin``: the plugin's name. ``base``: the console's URL prefix (behind a proxy).
+    ``store.inspect`` (the operators' reads, which never hold up the callbacks' own),
+    on indexed columns, a page at a time. ``config``: the plugin's own settings
+    (read-only). ``plugin``: the plugin's name. ``base``: the console's URL prefix (behind a proxy).
     """
 
     user: str

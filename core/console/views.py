@@ -2,8 +2,8 @@
 SimpleTemplate (``{{value}}`` is escaped; only HTML built here or by a plugin's page is
 inserted raw).
 
-Every read goes through ``Store.query`` (the read connection), on indexed columns, a
-page at a time; the figures of the running server come from its memory
+Every read goes through ``Store.inspect`` (the operators' reads, apart from the
+callbacks' own), on indexed columns, a page at a time; the figures of the running server come from its memory
 (``core.console.health``).
 """
 
@@ -394,7 +394,7 @@ class WaitingRow:
 
 
 def inbox(req: Req) -> str:
-    rows = req.store.query(
+    rows = req.store.inspect(
         "SELECT callid, event, sub, state, attempts, progress, lease_until, last_error "
         "FROM callbacks WHERE state IN ('pending', 'retry', 'parked') "
         f"AND event IN ('dice', 'notify') ORDER BY lease_until LIMIT {INBOX_PAGE + 1}"
@@ -404,7 +404,7 @@ def inbox(req: Req) -> str:
         for c, e, s, st, a, p, lu, le in rows[:INBOX_PAGE]
     ]
     counts = dict(
-        req.store.query(
+        req.store.inspect(
             "SELECT state, COUNT(*) FROM callbacks WHERE state IN ('pending', 'retry', 'parked') "
             "AND event IN ('dice', 'notify') GROUP BY state"
         )
@@ -453,7 +453,7 @@ def retry_one(req: Req, callid: str, event: str, sub: str) -> str:
 
 
 def retry_all(req: Req, limit: int) -> str:
-    rows = req.store.query(
+    rows = req.store.inspect(
         "SELECT callid FROM callbacks WHERE state IN ('retry', 'parked') "
         f"AND event IN ('dice', 'notify') ORDER BY lease_until LIMIT {int(limit)}"
     )

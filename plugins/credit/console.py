@@ -3,7 +3,7 @@ ledger, a top-up form) and its Overview panel. What each call cost is shown besi
 call by ``ledger.call_details`` (``switchboard_call_details``).
 
 Built with the console hook like any plugin's pages (``core.ConsolePage``). Every read
-is one ``store.query`` on an indexed column (the account, the call id, the ledger's
+is one ``store.inspect`` (the operators' reads) on an indexed column (the account, the call id, the ledger's
 ``(account, seq)`` key), a page at a time.
 """
 
@@ -86,7 +86,7 @@ def account_list(s: CreditSettings, request: ConsoleRequest) -> str:
     if prefix:
         where.append("a.account LIKE ? ESCAPE '!'")
         params.append(prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%")
-    rows = request.store.query(
+    rows = request.store.inspect(
         "SELECT a.account, a.currency, a.balance, COALESCE(SUM(r.amount), 0), COUNT(r.callid) "
         "FROM credit_accounts a LEFT JOIN credit_reservations r "
         "ON r.account = a.account AND r.status = 'open' "
@@ -156,7 +156,7 @@ def account_page(s: CreditSettings, request: ConsoleRequest, account: str) -> st
     out.append("<h2>Top up</h2>")
     out.append(_topup_form(s, request, account))
 
-    reservations = store.query(
+    reservations = store.inspect(
         "SELECT callid, amount, rate, max_duration, created_at, expires_at "
         "FROM credit_reservations WHERE account = ? AND status = 'open' "
         f"ORDER BY created_at LIMIT {PAGE}",
@@ -186,7 +186,7 @@ def account_page(s: CreditSettings, request: ConsoleRequest, account: str) -> st
     if before.isdigit():
         where += " AND seq < ?"
         params.append(int(before))  # type: ignore[arg-type]
-    entries = store.query(
+    entries = store.inspect(
         "SELECT seq, at, kind, amount, balance_after, callid, details FROM credit_ledger "
         f"WHERE {where} ORDER BY seq DESC LIMIT {PAGE + 1}",
         params,
@@ -282,7 +282,7 @@ def topup(s: CreditSettings, request: ConsoleRequest) -> str:
 
 def panel(plugin: Credit, request: ConsoleRequest) -> str:
     s = plugin.settings
-    (count, held), = request.store.query(
+    (count, held), = request.store.inspect(
         "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM credit_reservations WHERE status = 'open'"
     )
     overruns = _counted(getattr(plugin, "_overruns", None))

@@ -3,7 +3,7 @@ letters, with retry and replay buttons) and its Overview panel. Each call's deli
 state is shown beside the call by ``record.delivery`` (``switchboard_call_details``).
 
 Built with the console hook like any plugin's pages (``core.ConsolePage``). Reads are
-one ``store.query`` each, on the outbox's due index or the tables' call-id keys, a page
+one ``store.inspect`` each (the operators' reads), on the outbox's due index or the tables' call-id keys, a page
 at a time. The buttons only move records and wake the outbox worker: the delivery runs
 in the worker, never on the console's request.
 """
@@ -64,8 +64,8 @@ def outbox_page(plugin: Crm, request: ConsoleRequest) -> str:
     else:
         shown = re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)  # no password in a URL
         out.append(f"<p>Records are delivered to <code>{escape(shown)}</code>.</p>")
-    (pending,), = store.query("SELECT COUNT(*) FROM crm_outbox")
-    (dead,), = store.query("SELECT COUNT(*) FROM crm_dead")
+    (pending,), = store.inspect("SELECT COUNT(*) FROM crm_outbox")
+    (dead,), = store.inspect("SELECT COUNT(*) FROM crm_dead")
     out.append(
         '<ul class="figures">'
         f'<li><a href="#pending"><span class="figure">{int(pending)}</span>'
@@ -74,7 +74,7 @@ def outbox_page(plugin: Crm, request: ConsoleRequest) -> str:
         '<span class="label">dead letters</span></a></li></ul>'
     )
 
-    rows = store.query(
+    rows = store.inspect(
         "SELECT callid, attempts, next_attempt_at, last_error, created_at FROM crm_outbox "
         f"ORDER BY next_attempt_at LIMIT {PAGE}"
     )
@@ -104,7 +104,7 @@ def outbox_page(plugin: Crm, request: ConsoleRequest) -> str:
         if int(pending) > len(rows):
             out.append(f"<p>The first {len(rows)} of {int(pending)}, next due first.</p>")
 
-    rows = store.query(
+    rows = store.inspect(
         "SELECT callid, attempts, failed_at, last_error FROM crm_dead "
         f"ORDER BY failed_at DESC LIMIT {PAGE}"
     )
@@ -188,7 +188,7 @@ def retry(plugin: Crm, request: ConsoleRequest) -> str:
 
 
 def panel(plugin: Crm, request: ConsoleRequest) -> str:
-    (pending, oldest, dead), = request.store.query(
+    (pending, oldest, dead), = request.store.inspect(
         "SELECT (SELECT COUNT(*) FROM crm_outbox), (SELECT MIN(created_at) FROM crm_outbox), "
         "(SELECT COUNT(*) FROM crm_dead)"
     )
