@@ -10,6 +10,7 @@ docs/plugins.md.
 
 from core.cli import pass_runtime
 from core.config import Key, PluginConfig, between, non_negative, positive
+from core.console.page import ConsolePage, ConsoleRequest
 from core.decisions import Decision
 from core.events import (
     Ace,
@@ -75,6 +76,9 @@ __all__ = [
     "Decision",
     "PluginError",
     "pass_runtime",
+    # the operator console
+    "ConsolePage",
+    "ConsoleRequest",
     # events
     "Event",
     "Ice",

@@ -452,13 +452,74 @@ STORE_KEYS = {
     ),
 }
 
+def console_address(value: str) -> tuple[str, int]:
+    """``admin.console`` as (host, port): ``"HOST:PORT"``, ``"[IPv6]:PORT"`` or a bare
+    ``"PORT"`` (loopback)."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT or PORT (e.g. 127.0.0.1:8081), got {value!r}")
+    return host, int(port)
+
+
+def _console_address(value: str) -> None:
+    console_address(value)
+
+
+SCRYPT_PREFIX = "scrypt$"  # the format of core.console.auth.hash_password
+
+
+def _users(value: list[dict[str, str]]) -> None:
+    seen: set[str] = set()
+    for i, user in enumerate(value):
+        if set(user) != {"name", "password_hash"}:
+            raise ValueError(f"[{i}]: give exactly name and password_hash")
+        if not user["name"] or user["name"] in seen:
+            raise ValueError(f"[{i}].name: must be a non-empty name used once")
+        if not user["password_hash"].startswith(SCRYPT_PREFIX):
+            raise ValueError(
+                f"[{i}].password_hash: not a hash made by `switchboard console hash-password`"
+            )
+        seen.add(user["name"])
+
+
 ADMIN_KEYS = {
     "token": Key(
         str,
         None,
-        "bearer token for GET /admin/trace/<callid>; unset: the endpoint is off",
+        "bearer token for GET /admin/trace/<callid>, and a console login; unset: the endpoint "
+        "is off",
         secret=True,
         env="SWITCHBOARD_ADMIN_TOKEN",
+    ),
+    "console": Key(
+        str,
+        None,
+        "address of the operator console, HOST:PORT or PORT (on 127.0.0.1); its own listener, "
+        "never the callback one; unset: no console",
+        check=_console_address,
+        env="SWITCHBOARD_CONSOLE",
+    ),
+    "users": Key(
+        list[dict[str, str]],
+        [],
+        "console operators: [[admin.users]] name, password_hash (from `switchboard console "
+        "hash-password`)",
+        secret=True,
+        check=_users,
+    ),
+    "console_https": Key(
+        bool,
+        False,
+        "the console is reached over HTTPS (a TLS-terminating proxy): its session cookie is "
+        "Secure (it is anyway for a request with X-Forwarded-Proto: https)",
+    ),
+    "session_minutes": Key(
+        int, 480, "a console session ends after this many minutes without a request", check=positive
     ),
 }
 
@@ -622,6 +683,11 @@ def parse(
     admin = read_section("admin", data.get("admin"), ADMIN_KEYS, env, sources)
     if admin["token"] is not None and len(admin["token"]) < 16:
         raise ConfigError("admin.token: use at least 16 characters")
+    if admin["console"] is not None and not admin["token"] and not admin["users"]:
+        raise ConfigError(
+            "admin.console: nobody could log in; set admin.token (or $SWITCHBOARD_ADMIN_TOKEN) "
+            "or add [[admin.users]]"
+        )
 
     plugins_table = data.get("plugins") or {}
     if not isinstance(plugins_table, dict):

@@ -61,6 +61,7 @@ import pluggy
 from prometheus_client import CollectorRegistry
 
 from core.config import Settings
+from core.console.page import ConsolePage
 from core.context import CallContext
 from core.decisions import Decision
 from core.events import Ace, Dice, Event, Ice, Notify, Pie
@@ -202,6 +203,34 @@ def switchboard_after_answer(
     """
 
 
+@hookspec
+def switchboard_call_details(
+    store: Store, callids: Sequence[str]
+) -> Mapping[str, Mapping[str, str]] | None:
+    """Say what this plugin knows of some calls, for an operator listing them.
+
+    Called by the calls view (``core.calls``: ``switchboard calls`` and the operator
+    console) once per page of calls, or once for one call's timeline, with the call ids
+    shown, for every enabled plugin, in precedence order. Never on the callback path.
+
+    :param store: the shared ``core.Store``: read it with ``store.inspect(sql, params)``
+        (on SQLite a connection of its own, so an operator's page never holds up the
+        callbacks' reads); never write from here.
+    :param callids: the call ids of the page (up to a page's worth, usually 50).
+
+    Return a mapping of call id -> {label: display text}, e.g.
+    ``{"c1": {"charge": "0.40 USD", "reservation": "settled"}}``: short, human-readable
+    text, shown as is next to the call (labels in the order given). Leave out the calls
+    this plugin knows nothing of. Answer a whole page with one indexed query (``WHERE
+    callid IN (...)``), not one per call: a page is rendered while an operator waits.
+
+    Return ``None`` (or do not implement) for no details. Results merge by label in
+    precedence order: a label already given by a plugin of higher precedence is kept.
+    A plugin that raises is logged, and its label shows "details unavailable" for the
+    page; the other plugins' details are still shown.
+    """
+
+
 # --------------------------------------------------------------------------- lifecycle
 
 
@@ -308,4 +337,44 @@ def switchboard_register_commands(cli: click.Group) -> None:
     as ``error: ...``; raising ``click.ClickException`` also works.
 
     Return nothing.
+    """
+
+
+# --------------------------------------------------------------------------- console
+
+
+@hookspec
+def switchboard_console_pages() -> Sequence[ConsolePage]:  # type: ignore[empty-body]
+    """Add pages to the operator console, and panels to its Overview.
+
+    Called once per enabled plugin, in precedence order, when the operator console
+    (``admin.console``) starts, and again after a reload (the new configuration's plugin
+    instances serve the pages from then on). Not called when the console is off.
+
+    Return a list of ``core.ConsolePage(path, title, render, actions={}, panel=None)``:
+
+    * the page is served at ``/plugins/<plugin>/<path>`` to logged-in operators, and
+      listed in the console's navigation as ``title``;
+    * ``render(request)`` returns the page's HTML (the content under its heading).
+      ``request`` is a ``core.ConsoleRequest``: ``user``, ``params`` (the query string),
+      ``store`` (read with ``store.inspect``, the operators' reads, which never hold up
+      the callbacks' own, on indexed columns and a page at a time), ``config`` (this
+      plugin's settings), ``url()``, ``call_url(callid)``, ``calls_url(**filters)`` and
+      ``action_form(action, button, ...)`` (a form carrying the CSRF token). Escape what
+      you show (``html.escape``); no script runs in the console (its
+      Content-Security-Policy forbids it), and never show a secret setting;
+    * ``actions`` maps a name to ``function(request) -> str``, run for a form that posts
+      ``_action=<name>`` to the page. The console runs it only for a logged-in operator
+      whose form carries the right CSRF token (else 403, nothing run), writes who, when,
+      the action and the form's fields to its audit log before it runs, and the returned
+      text (say what changed) after; then it redirects back to the page, showing that
+      text. ``request.form`` holds the posted fields. Raise ``ValueError`` to refuse (the
+      message is shown and audited); any other exception is logged and shown as a
+      failure;
+    * ``panel(request)``, optional, returns a little HTML drawn on the Overview: a few
+      figures, each linking to the page or the calls behind it.
+
+    A page that raises is shown as failed; the console and other pages go on. Return
+    ``None`` (or do not implement) for no pages. Pages of several plugins never merge:
+    each lives under its own plugin's name.
     """

@@ -34,12 +34,12 @@ from core.dispatch import Call, Running, dispatch
 from core.context import CallContext
 from core.config import PluginConfig, Settings
 from core.decisions import Decision, Outcome, merge
-from core.events import DECISION_EVENTS, Event, EventError, excerpt, parse_event
+from core.events import DECISION_EVENTS, Dice, Event, EventError, Ice, excerpt, parse_event
 from core.logs import CALLID
 from core.metrics import FALLBACK_RULES, Metrics
 from core.plugins import Impl, Plugins
 from core.signing import SignatureError, Verifier
-from core.store import Claim, Store, Waiting
+from core.store import Claim, Received, Store, Summary, Waiting
 from core.svaml import Svaml, SvamlError, dumps
 from core.trace import PluginResult, Trace, frozen
 
@@ -200,7 +200,9 @@ class Pipeline:
             trace["notes"].append(f"waited {queued:.3f} s for a server thread")
             return self._fallback(event, trace, started, rule="budget")
         with self.store.until(cutoff):  # a store that cannot answer in time: the fallback
-            claim = self.store.claim(event.callid, event.name, sub, lease=self.lease)
+            claim = self.store.claim(
+                event.callid, event.name, sub, lease=self.lease, received=arrival(event)
+            )
         if claim.status == "done":
             return self._duplicate(event, claim.answer, trace, started)
         if claim.status == "busy":
@@ -296,7 +298,14 @@ class Pipeline:
         text = body.decode()  # parse_event checked it is UTF-8
         with self.store.deferred_flush() as mine:
             with self.store.until(deadline):
-                claim = self.store.claim(event.callid, event.name, sub, lease=self.lease, body=text)
+                claim = self.store.claim(
+                    event.callid,
+                    event.name,
+                    sub,
+                    lease=self.lease,
+                    body=text,
+                    received=arrival(event),
+                )
                 if claim.status == "busy":  # processed elsewhere now: wait, or take it over
                     claim = self._wait_for_claim(event, sub, text, deadline)
             if claim.status == "new":
@@ -317,7 +326,9 @@ class Pipeline:
             time.sleep(max(0.0, min(POLL_INTERVAL * 5, until - time.monotonic())))
             if time.monotonic() >= until:
                 return Claim("busy")
-            claim = self.store.claim(event.callid, event.name, sub, lease=self.lease, body=body)
+            claim = self.store.claim(  # the same delivery again: not counted again
+                event.callid, event.name, sub, lease=self.lease, body=body, redelivery=False
+            )
             if claim.status != "busy":
                 return claim
 
@@ -657,8 +668,23 @@ class Pipeline:
     def _finish(
         self, event: Event, sub: str, body: str | None, trace: Trace, attempts: int
     ) -> None:
-        outcome = trace.answer["action"]["name"] if trace.answer else (trace.rule or "")
-        self.store.finish(event.callid, event.name, sub, body, trace.to_json(), outcome, attempts)
+        action = trace.answer["action"] if trace.answer else None
+        outcome = action["name"] if action else (trace.rule or "")
+        summary = Summary(
+            rule=trace.rule,
+            decided_by=",".join(trace.decided_by) or None,
+            capped_at=action.get("maxDuration") if action else None,
+            capped_by=trace.capped_by,
+            fallback=trace.rule in FALLBACK_RULES,
+            elapsed_ms=trace.elapsed_ms,
+            failed=",".join(
+                f"{p.plugin}:{p.status}" for p in trace.plugins if p.status not in _FINE
+            )
+            or None,
+        )
+        self.store.finish(
+            event.callid, event.name, sub, body, trace.to_json(), outcome, attempts, summary
+        )
 
     def _respond(self, event: Event, body: str, trace: Trace, started: float) -> Response:
         latency = time.monotonic() - started
@@ -776,6 +802,26 @@ def _observer(impl: Impl, event: Event, answer: Any, trace: Any) -> None:
         )
     finally:
         CALLID.reset(bound)
+
+
+_FINE = frozenset({"decided", "abstained", "ok"})  # plugin statuses that are no failure
+
+
+def arrival(event: Event) -> Received | None:
+    """What the calls view keeps of a callback when it is claimed: the ICE's and the
+    DiCE's numbers, the DiCE's duration and result."""
+    if isinstance(event, Ice):
+        to = event.to
+        return Received(event.cli_e164 or event.cli, (to.e164 or to.endpoint) if to else None)
+    if isinstance(event, Dice):
+        to = event.to
+        return Received(
+            event.from_e164 or event.from_,
+            (to.e164 or to.endpoint) if to else None,
+            None if event.duration is None else int(event.duration),
+            event.result,
+        )
+    return None
 
 
 def _ms(seconds: float) -> float:

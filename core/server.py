@@ -21,7 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from core.config import load
+from core.config import console_address, load
 from core.logs import Sparse
 from core.runtime import Runtime
 
@@ -29,6 +29,7 @@ log = logging.getLogger("switchboard")
 MAX_HEADER_BYTES = 16384  # request line and headers together (waitress's default: 256 kB)
 QUEUE_WARNING_INTERVAL = 10.0  # seconds between waitress's "Task queue depth" warnings
 FRESH_CONNECTION_WAIT = 1.0  # seconds a drained connection may take to show its request
+CONSOLE_GRACE = 5.0  # seconds the console's requests may take to finish at shutdown
 
 
 class ServerError(Exception):
@@ -49,6 +50,8 @@ class Switch:
         runtime.start()
         self.app = make_app(runtime)
         self.retired: list[Runtime] = []
+        self.loaded_at = time.time()  # of the running configuration (shown by the console)
+        self.refused: tuple[float, str] | None = None  # the last reload refused since
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         return self.app(environ, start_response)
@@ -73,13 +76,17 @@ class Switch:
                 raise
         except Exception as exc:
             log.error("reload refused, the running configuration stays: %s", exc)
+            self.refused = (time.time(), str(exc))
             return False
+        if settings.admin["console"] != old.settings.admin["console"]:
+            changed.append("admin.console")
         if changed:
             log.warning(
-                "reload: server.%s changes need a restart; the rest applies now",
-                ", server.".join(changed),
+                "reload: %s changes need a restart; the rest applies now",
+                ", ".join(k if "." in k else f"server.{k}" for k in changed),
             )
         self.runtime, self.app = runtime, app
+        self.loaded_at, self.refused = time.time(), None
         old.retire(close_store=not same_store)
         self.retired.append(old)
         log.info("reloaded %s: plugins %s", config_path, ", ".join(runtime.plugins.order) or "none")
@@ -323,6 +330,21 @@ def _listen(switch: Switch, host: str, port: int) -> Any:
     return server
 
 
+def _console(switch: Switch) -> Any:
+    """The operator console's own listener, started, when ``admin.console`` is set."""
+    address = switch.runtime.settings.admin["console"]
+    if not address:
+        return None
+    from core.console.server import ConsoleError, ConsoleServer
+
+    console = ConsoleServer(switch, console_address(address))
+    try:
+        console.start()
+    except ConsoleError as exc:
+        raise ServerError(str(exc)) from None
+    return console
+
+
 def serve(
     runtime: Runtime,
     config_path: str,
@@ -345,6 +367,11 @@ def serve(
         switch = Switch(runtime)
         logging.getLogger("waitress.queue").addFilter(Sparse(QUEUE_WARNING_INTERVAL))
         server = _listen(switch, host, port)
+        try:
+            console = _console(switch)
+        except BaseException:
+            server.close()
+            raise
     except BaseException:
         runtime.close()
         raise
@@ -355,6 +382,8 @@ def serve(
     _record_listening(where, url_of(loopback, server.effective_port, server_cfg["callback_path"]))
     enabled = ", ".join(runtime.plugins.order) or "none"
     print(f"switchboard listening on {url} (plugins: {enabled})", flush=True)
+    if console is not None:
+        print(f"switchboard console on {console.url}", flush=True)
     loop = server.asyncore.loop
     try:
         while not signals.stopping:
@@ -386,6 +415,8 @@ def serve(
             )
     finally:
         server.task_dispatcher.shutdown(timeout=1)
+        if console is not None:
+            console.stop(min(server_cfg["shutdown_grace"], CONSOLE_GRACE))
         for old in switch.retired:
             old.close_retired()
         switch.runtime.close()

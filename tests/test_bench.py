@@ -315,3 +315,30 @@ def test_run_smoke_compares_switchboard_with_both_baselines(tmp_path):
             assert row[app]["rps"] > 0
         assert row["vs_samework"]["p99"] > 0 and row["vs_constant"]["cpu"] >= 0
     assert "CPU/req vs samework @16" in run.stdout
+
+
+def test_console_benchmark_fills_a_store_and_times_the_calls_view(tmp_path):
+    out = tmp_path / "console.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "console.py"),
+            *("--calls", "2000", "--runs", "1", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "loaded 2,000 calls" in run.stdout
+    got = json.loads(out.read_text())
+    assert got["calls"] == 2000 and got["callbacks"] > 4000
+    queries = {q["query"]: q for q in got["queries"]}
+    assert queries["first page"]["rows"] == 50
+    assert any("calls_started" in line for line in queries["first page"]["plan"])
+    denied = queries["denied, all time (rule=deny)"]
+    assert denied["rows"] == 50 and any("calls_rule" in line for line in denied["plan"])
+    assert queries["one call's timeline + details"]["rows"] >= 2
+    assert queries["overview, last day"]["rows"] > 200

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from core import guide
+from core import ConsolePage, calls, guide
+from core.console.app import collect_pages
 from core.cli.main import make_cli, register_plugin_commands
 from core.decisions import Decision
 from core.hookspecs import hookimpl
@@ -26,7 +27,7 @@ def test_every_hook_is_documented_in_readme_and_guide():
     readme = (REPO / "README.md").read_text()
     text = (REPO / "docs" / "plugins.md").read_text()
     names = [name for name, _ in guide.specs()]
-    assert len(names) == 13
+    assert len(names) == 15
     for name in names:
         assert f"`{name}(" in readme, f"{name} missing from the README's hook table"
         assert f"### `{name}`" in text
@@ -89,6 +90,16 @@ class Everything:
         self.calls.append(f"after_answer:{event.name}")
 
     @hookimpl
+    def switchboard_call_details(self, store, callids):
+        self.calls.append("call_details")
+        return {callid: {"seen": "yes"} for callid in callids}
+
+    @hookimpl
+    def switchboard_console_pages(self):
+        self.calls.append("console_pages")
+        return [ConsolePage("everything", "Everything", lambda request: "<p>all</p>")]
+
+    @hookimpl
     def switchboard_register_commands(self, cli):
         self.calls.append("register_commands")
         cli.command("everything")(lambda: None)
@@ -112,6 +123,10 @@ def test_the_order_hooks_fire_in_for_a_call():
     ):
         post(app, event)
         rt.pipeline.wait_idle()
+    page = calls.recent_calls(rt.store, plugins=rt.plugins)  # an operator looks
+    assert [(r.callid, dict(r.details)) for r in page.rows] == [("order", {"seen": "yes"})]
+    pages = collect_pages(rt)  # the operator console starts
+    assert [m.path for m in pages.pages] == ["/plugins/everything/everything"]
     cli = make_cli()
     register_plugin_commands(cli, rt.plugins)
     rt.close()
@@ -132,6 +147,8 @@ def test_the_order_hooks_fire_in_for_a_call():
         "notify",
         "after_answer:notify",
         "after_answer:ice",  # a repeated ICE reaches only the observer
+        "call_details",
+        "console_pages",
         "register_commands",
         "shutdown",
     ]

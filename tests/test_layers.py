@@ -2,7 +2,9 @@
 
 From the bottom: the protocol (Sinch's events, SVAML, signing), the foundation the
 contract stands on (the store, the configuration, logging, metrics), the plugin contract
-and the merge, dispatch and the pipeline, the web app, and the server and command line.
+and the merge, dispatch and the pipeline, the web app, the operator console (its own app
+and listener; what a plugin's console page is belongs to the contract), and the server
+and command line.
 A module may import from its own layer or below, never above, and the core's modules
 import each other without cycles. Plugins import only ``core`` (tests/test_public_api.py);
 the core never imports a plugin.
@@ -31,10 +33,42 @@ LAYERS: list[tuple[str, set[str]]] = [
     ),
     (
         "contract",
-        {"core.context", "core.trace", "core.decisions", "core.hookspecs", "core.plugins"},
+        {
+            "core.context",
+            "core.trace",
+            "core.decisions",
+            "core.hookspecs",
+            "core.plugins",
+            # what a plugin's console page is (the rest of core.console is the console layer)
+            "core.console.page",
+        },
     ),
-    ("dispatch", {"core.breaker", "core.dispatch", "core.pipeline", "core.retry", "core.runtime"}),
+    (
+        "dispatch",
+        {
+            "core.breaker",
+            "core.calls",
+            "core.dispatch",
+            "core.pipeline",
+            "core.retry",
+            "core.runtime",
+        },
+    ),
     ("web", {"core.app"}),
+    (
+        "console",  # the operator console: its own app and listener, above the callbacks' app
+        {
+            "core.console",
+            "core.console.auth",
+            "core.console.audit",
+            "core.console.health",
+            "core.console.html",
+            "core.console.views",
+            "core.console.app",
+            "core.console.server",
+            "core.console.cli",
+        },
+    ),
     (
         "server",
         {
@@ -42,6 +76,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "core.cli",
             "core.cli.main",
             "core.cli.context",
+            "core.cli.calls",
             "core.cli.commands",
             "core.cli.simulate",
             "core.cli.report",

@@ -74,6 +74,7 @@ def test_the_contract_depends_only_on_public_types():
     }
     assert imported <= {
         "core.config",
+        "core.console.page",  # ConsolePage, ConsoleRequest: types only
         "core.context",
         "core.decisions",
         "core.events",

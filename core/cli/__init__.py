@@ -6,6 +6,7 @@ module per job:
 ``core.cli.context``   what commands receive: the loaded configuration and the runtime
                        (``pass_runtime``)
 ``core.cli.commands``  the built-in commands
+``core.cli.calls``     ``calls``: recent calls and one call's timeline (``core.calls``)
 ``core.cli.simulate``  simulated, signed callbacks
 ``core.cli.report``    printing answers and decision traces
 

@@ -1,4 +1,4 @@
-"""The built-in commands: serve, plugins, check, trace, inbox and simulate.
+"""The built-in commands: serve, plugins, check, trace, calls, inbox and simulate.
 
 They are registered exactly as plugin commands are, by a
 ``switchboard_register_commands(cli)`` function adding click commands to the group.
@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from core.cli.calls import calls_command
 from core.cli.context import Invocation, invocation, pass_runtime
 from core.cli.report import print_traces
 from core.config import Settings
@@ -24,7 +25,9 @@ _json = click.option("--json", "as_json", is_flag=True, help="machine-readable o
 
 
 def switchboard_register_commands(cli: click.Group) -> None:
-    for command in (serve, plugins, check, trace, inbox, simulate):
+    from core.console.cli import console
+
+    for command in (serve, plugins, check, trace, calls_command, inbox, simulate, console):
         cli.add_command(command)
 
 

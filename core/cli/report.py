@@ -6,6 +6,8 @@ Shared by ``simulate`` (the answer it just got) and ``trace`` (a call's history)
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 from core.store import Store
 
@@ -29,16 +31,24 @@ def print_traces(store: Store, callid: str) -> bool:
         return False
     for row in rows:
         trace = json.loads(row["trace"]) if row["trace"] else {}
-        print(f"trace {row['event']}: rule {trace.get('rule')}, {trace.get('elapsed_ms', '?')} ms")
-        for p in trace.get("plugins", []):
-            detail = p.get("decision") or p.get("error") or ""
-            print(
-                f"  {p['plugin']}: {p['status']} in {p.get('ms')} ms {json.dumps(detail) if detail else ''}"
-            )
-        for c in trace.get("conflicts", []):
-            print(
-                f"  conflict: {c['plugin']} proposed {json.dumps(c['proposed'])}, lost to {c['lost_to']}"
-            )
-        for n in trace.get("notes", []):
-            print(f"  note: {n}")
+        print_trace(row["event"], trace)
     return bool(rows)
+
+
+def print_trace(event: str, trace: Mapping[str, Any], indent: str = "") -> None:
+    """Print one decision trace (its JSON form): the rule, each plugin's result and
+    time, the conflicts and the notes."""
+    print(f"{indent}trace {event}: rule {trace.get('rule')}, {trace.get('elapsed_ms', '?')} ms")
+    for p in trace.get("plugins", []):
+        detail = p.get("decision") or p.get("error") or ""
+        print(
+            f"{indent}  {p['plugin']}: {p['status']} in {p.get('ms')} ms "
+            f"{json.dumps(detail) if detail else ''}".rstrip()
+        )
+    for c in trace.get("conflicts", []):
+        print(
+            f"{indent}  conflict: {c['plugin']} proposed {json.dumps(c['proposed'])}, "
+            f"lost to {c['lost_to']}"
+        )
+    for n in trace.get("notes", []):
+        print(f"{indent}  note: {n}")

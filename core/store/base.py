@@ -68,6 +68,31 @@ class Waiting:
     owner: str | None = None  # the server process that claimed it last
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What a callback says of its call when it arrives, kept with its claim for the
+    calls view (``core.calls``): the numbers (ICE, DiCE), the DiCE's duration and result."""
+
+    caller: str | None = None
+    destination: str | None = None
+    duration: int | None = None
+    result: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What the answer of a callback was and why, kept in columns by ``Store.finish``
+    for the calls view (``core.calls``), from the same write as the trace."""
+
+    rule: str | None = None
+    decided_by: str | None = None  # the deciding plugins, comma-separated
+    capped_at: int | None = None  # the answer's maxDuration
+    capped_by: str | None = None
+    fallback: bool = False  # the answer is the configured fallback
+    elapsed_ms: float | None = None  # to decide the answer
+    failed: str | None = None  # plugins that failed: "name:status,..."
+
+
 CORE_MIGRATIONS = (
     Migration(
         1,
@@ -110,6 +135,47 @@ CORE_MIGRATIONS = (
             )""",
         ),
         "readiness write probe: one row, rewritten by every /readyz",
+    ),
+    Migration(
+        4,
+        (
+            # known when the callback arrives (``Received``): written by the claim
+            "ALTER TABLE callbacks ADD COLUMN caller TEXT",
+            "ALTER TABLE callbacks ADD COLUMN destination TEXT",
+            "ALTER TABLE callbacks ADD COLUMN duration INTEGER",
+            "ALTER TABLE callbacks ADD COLUMN result TEXT",
+            # known once it is answered (``Summary``): written by the finish
+            "ALTER TABLE callbacks ADD COLUMN rule TEXT",
+            "ALTER TABLE callbacks ADD COLUMN decided_by TEXT",
+            "ALTER TABLE callbacks ADD COLUMN capped_at INTEGER",
+            "ALTER TABLE callbacks ADD COLUMN capped_by TEXT",
+            "ALTER TABLE callbacks ADD COLUMN fallback INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE callbacks ADD COLUMN elapsed_ms DOUBLE PRECISION",
+            "ALTER TABLE callbacks ADD COLUMN failed TEXT",
+            # redeliveries of this callback; on the ICE's row, of all the call's callbacks
+            "ALTER TABLE callbacks ADD COLUMN redeliveries INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE callbacks ADD COLUMN call_redeliveries INTEGER NOT NULL DEFAULT 0",
+            # the calls (core.calls): partial indexes of the ICE rows, so that the other
+            # events' rows cost them nothing
+            "CREATE INDEX calls_started ON callbacks (received_at, callid) WHERE event = 'ice'",
+            (
+                "CREATE INDEX calls_caller ON callbacks (caller, received_at, callid) "
+                "WHERE event = 'ice'"
+            ),
+            (
+                "CREATE INDEX calls_destination ON callbacks (destination, received_at, callid) "
+                "WHERE event = 'ice'"
+            ),
+            (  # entered once the ICE is answered, not at its claim
+                "CREATE INDEX calls_rule ON callbacks (rule, received_at, callid) "
+                "WHERE event = 'ice' AND rule IS NOT NULL"
+            ),
+            (
+                "CREATE INDEX calls_redelivered ON callbacks (received_at, callid) "
+                "WHERE event = 'ice' AND call_redeliveries > 0"
+            ),
+        ),
+        "the summary of each callback in columns, and the calls' indexes (core.calls)",
     ),
 )
 
@@ -209,6 +275,12 @@ class Store:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """A read outside any transaction."""
         raise NotImplementedError
+
+    def inspect(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read for an operator (the calls view, the console), which may scan: it
+        never holds up the callbacks' own reads (SQLite: a connection of its own;
+        PostgreSQL: a pooled connection, as every read)."""
+        return self.query(sql, params)
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         """One statement in a transaction of its own; returns the rows it changed.
@@ -373,6 +445,8 @@ class Store:
         now: float | None = None,
         *,
         body: str | None = None,
+        received: Received | None = None,
+        redelivery: bool = True,
     ) -> Claim:
         """Atomically claim ``(callid, event, sub)`` for processing (see ``Claim``).
 
@@ -382,12 +456,31 @@ class Store:
         commit is durable: once flushed (see ``deferred_flush``), it cannot be lost.
         ``Claim.attempts`` is the claim's token: ``finish`` and ``postpone`` apply only
         while no other worker has claimed the callback since.
+
+        ``received`` is kept with the claim (the calls view's numbers). A callback
+        claimed before is a redelivery: counted, in the same transaction, on its row
+        and on the call's ICE row (``redelivery=False``: the same delivery asking again).
         """
         now = time.time() if now is None else now
+        r = received or _NOTHING_RECEIVED
         if self.write(  # the common case, a first delivery: one statement
-            "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body, owner) "
-            "VALUES (?, ?, ?, 'pending', ?, ?, ?, ?) ON CONFLICT (callid, event, sub) DO NOTHING",
-            (callid, event, sub, now, now + lease, body, self.instance),
+            "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body, owner, "
+            "caller, destination, duration, result) "
+            "VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (callid, event, sub) DO NOTHING",
+            (
+                callid,
+                event,
+                sub,
+                now,
+                now + lease,
+                body,
+                self.instance,
+                r.caller,
+                r.destination,
+                r.duration,
+                r.result,
+            ),
             # a claim without a body, lost in a power cut: a redelivery is processed again
             durable=body is not None,
         ):
@@ -401,11 +494,32 @@ class Store:
             )
             if row is None:
                 tx.execute(
-                    "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body, owner) "
-                    "VALUES (?, ?, ?, 'pending', ?, ?, ?, ?)",
-                    (callid, event, sub, now, now + lease, body, self.instance),
+                    "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body, "
+                    "owner, caller, destination, duration, result) "
+                    "VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        callid,
+                        event,
+                        sub,
+                        now,
+                        now + lease,
+                        body,
+                        self.instance,
+                        r.caller,
+                        r.destination,
+                        r.duration,
+                        r.result,
+                    ),
                 )
                 return Claim("new")
+            if redelivery:
+                tx.execute(
+                    "UPDATE callbacks SET "
+                    "redeliveries = redeliveries + CASE WHEN event = ? AND sub = ? THEN 1 ELSE 0 END, "
+                    "call_redeliveries = call_redeliveries + CASE WHEN event = 'ice' THEN 1 ELSE 0 END "
+                    "WHERE callid = ? AND ((event = ? AND sub = ?) OR (event = 'ice' AND sub = ''))",
+                    (event, sub, callid, event, sub),
+                )
             state, answer, lease_until, attempts, progress, stored, owner = row
             if state == "done":
                 return Claim("done", answer)
@@ -443,12 +557,33 @@ class Store:
         trace: str,
         outcome: str,
         attempts: int = 1,
+        summary: Summary | None = None,
     ) -> None:
-        """Record the answer and trace of a claimed callback (the claim's ``attempts``)."""
+        """Record the answer and trace of a claimed callback (the claim's ``attempts``),
+        and its ``summary`` in the columns the calls view reads."""
+        s = summary or _NO_SUMMARY
         self.write(
             "UPDATE callbacks SET state = 'done', answer = ?, trace = ?, outcome = ?, finished_at = ?, "
-            "last_error = NULL WHERE callid = ? AND event = ? AND sub = ? AND attempts = ?",
-            (answer, trace, outcome, time.time(), callid, event, sub, attempts),
+            "last_error = NULL, rule = ?, decided_by = ?, capped_at = ?, capped_by = ?, "
+            "fallback = ?, elapsed_ms = ?, failed = ? "
+            "WHERE callid = ? AND event = ? AND sub = ? AND attempts = ?",
+            (
+                answer,
+                trace,
+                outcome,
+                time.time(),
+                s.rule,
+                s.decided_by,
+                s.capped_at,
+                s.capped_by,
+                1 if s.fallback else 0,
+                s.elapsed_ms,
+                s.failed,
+                callid,
+                event,
+                sub,
+                attempts,
+            ),
             durable=False,  # lost in a power cut, the callback is processed again
         )
 
@@ -581,6 +716,10 @@ class Store:
         )
         keys = ("event", "sub", "state", "answer", "trace", "outcome", "received_at")
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+_NOTHING_RECEIVED = Received()
+_NO_SUMMARY = Summary()
 
 
 def _names(progress: str | None) -> tuple[str, ...]:

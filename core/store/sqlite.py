@@ -177,6 +177,10 @@ class SqliteStore(Store):
         # metrics scrape counting rows) never holds up the callbacks' writes.
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
+        # and operators' reads (``inspect``: the calls view, the console) a third, so
+        # that an overview scanning a day of calls never holds up a callback's read
+        self._inspect_lock = threading.Lock()
+        self._inspector: sqlite3.Connection | None = None
 
     def _connect(self, *pragmas: str) -> sqlite3.Connection:
         if self._closed:
@@ -284,6 +288,12 @@ class SqliteStore(Store):
         with self._read_lock:
             return self._read_conn().execute(sql, params).fetchall()
 
+    def inspect(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._inspect_lock:
+            if self._inspector is None:
+                self._inspector = self._connect("query_only=ON", f"cache_size=-{READ_CACHE_KIB}")
+            return self._inspector.execute(sql, params).fetchall()
+
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         self._acquire()
         try:
@@ -361,7 +371,9 @@ class SqliteStore(Store):
             conn, self._db = self._db, None
         with self._read_lock:
             reader, self._reader = self._reader, None
-        for each in (conn, reader):
+        with self._inspect_lock:
+            inspector, self._inspector = self._inspector, None
+        for each in (conn, reader, inspector):
             if each is not None:
                 try:
                     each.close()

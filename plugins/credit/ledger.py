@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import ROUND_CEILING, Decimal
 from typing import Any, NamedTuple
 
@@ -51,7 +51,18 @@ MIGRATIONS = [
                 at DOUBLE PRECISION NOT NULL, details TEXT)""",
         ),
         "accounts, ledger, reservations, settlements",
-    )
+    ),
+    Migration(
+        2,
+        (
+            # partial: a reservation is in it only while open, so it stays small, and
+            # "the open reservations" (the console's panel, the metrics gauge) is read
+            # from it instead of every reservation ever made
+            "CREATE INDEX credit_reservations_open_at ON credit_reservations (created_at) "
+            "WHERE status = 'open'",
+        ),
+        "the open reservations alone",
+    ),
 ]
 
 
@@ -122,8 +133,15 @@ def open_initial_accounts(store: Store, settings: CreditSettings) -> None:
                     book(tx, account, "initial", minor, None, {"source": "initial_accounts"})
 
 
-def topup(store: Store, settings: CreditSettings, account: str, amount: str) -> int:
-    """Add ``amount`` (major units) to the account, created if new; return the balance."""
+def topup(
+    store: Store,
+    settings: CreditSettings,
+    account: str,
+    amount: str,
+    details: dict[str, Any] | None = None,
+) -> int:
+    """Add ``amount`` (major units) to the account, created if new; return the balance.
+    ``details`` go on the ledger entry (default: ``{"source": "cli"}``)."""
     minor = parse_amount(amount, settings.decimals)
     if minor <= 0:
         raise ValueError(f"amount must be greater than 0, got {amount!r}")
@@ -131,7 +149,7 @@ def topup(store: Store, settings: CreditSettings, account: str, amount: str) -> 
         tx.lock(f"credit:account:{account}")
         if tx.one("SELECT 1 FROM credit_accounts WHERE account = ?", (account,)) is None:
             create(tx, settings, account)
-        return book(tx, account, "topup", minor, None, {"source": "cli"})
+        return book(tx, account, "topup", minor, None, details or {"source": "cli"})
 
 
 def show(store: Store, account: str) -> dict[str, Any] | None:
@@ -363,3 +381,55 @@ def settle(
             "VALUES (?, ?, ?, 'settled', ?, ?)",
             (event.callid, account, applied, now, json.dumps(details)),
         )
+
+
+# ------------------------------------------------------------------ the calls view
+
+
+def call_details(
+    store: Store, settings: CreditSettings, callids: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """What the books say of these calls, for the calls view: the account, the charge
+    (or what is reserved while the call runs), the reservation's state and an overrun.
+    One query for the whole page: settlements and reservations by primary key."""
+    if not callids:
+        return {}
+    marks = ", ".join("?" for _ in callids)
+    rows = store.inspect(
+        "SELECT s.callid, COALESCE(s.account, r.account), s.amount, s.status, s.details, "
+        "r.amount, r.status, r.max_duration FROM credit_settled s "
+        f"LEFT JOIN credit_reservations r ON r.callid = s.callid WHERE s.callid IN ({marks}) "
+        "UNION ALL "
+        "SELECT r.callid, r.account, NULL, NULL, NULL, r.amount, r.status, r.max_duration "
+        f"FROM credit_reservations r WHERE r.callid IN ({marks}) AND NOT EXISTS "
+        "(SELECT 1 FROM credit_settled s WHERE s.callid = r.callid)",
+        [*callids, *callids],
+    )
+    d, currency = settings.decimals, settings.currency
+    out: dict[str, dict[str, str]] = {}
+    for callid, account, charged, settled, notes, reserved, status, seconds in rows:
+        shown = out[callid] = {}
+        if account is not None:
+            shown["account"] = account
+        if settled == "unreserved":
+            shown["charge"] = "none (no reservation: not charged)"
+            continue
+        if charged is not None:
+            shown["charge"] = f"{fmt(int(charged), d)} {currency}"
+        elif status == "open":
+            shown["charge"] = f"pending ({fmt(int(reserved), d)} {currency} reserved)"
+        elif status is not None:
+            shown["charge"] = f"none (reservation {status})"
+        if status is not None:
+            shown["reservation"] = f"{status}: {fmt(int(reserved), d)} {currency} for {seconds} s"
+        facts = json.loads(notes) if notes else {}
+        overrun = facts.get("overrun") if isinstance(facts, dict) else None
+        if overrun:
+            shown["overrun"] = (
+                f"{overrun['reported_seconds']} s reported against {overrun['granted_seconds']} s "
+                f"granted; asked {fmt(int(overrun['asked']), d)}, charged at most "
+                f"{fmt(int(overrun['limit']), d)} {currency}"
+            )
+        if isinstance(facts, dict) and facts.get("uncollected"):
+            shown["uncollected"] = f"{fmt(int(facts['uncollected']), d)} {currency}"
+    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
@@ -10,6 +10,7 @@ import click
 from core import (
     Answer,
     CallContext,
+    ConsolePage,
     Decision,
     Dice,
     Event,
@@ -22,7 +23,7 @@ from core import (
     Trace,
     hookimpl,
 )
-from plugins.credit import ledger
+from plugins.credit import console, ledger
 from plugins.credit.cli import register
 from plugins.credit.rating import Tariffs, account_of, fmt, rate_for
 from plugins.credit.settings import KEYS, CreditSettings, parse
@@ -108,6 +109,10 @@ class Credit:
     def switchboard_register_commands(self, cli: click.Group) -> None:
         register(cli, self)
 
+    @hookimpl
+    def switchboard_console_pages(self) -> list[ConsolePage]:
+        return console.pages(self)
+
     # ------------------------------------------------------------------ ICE: reserve
 
     @hookimpl
@@ -179,6 +184,12 @@ class Credit:
             self._overruns.inc()
 
     # ------------------------------------------------------------------ operator tools
+
+    @hookimpl
+    def switchboard_call_details(
+        self, store: Store, callids: Sequence[str]
+    ) -> Mapping[str, Mapping[str, str]]:
+        return ledger.call_details(store, self.settings, callids)
 
     def sweep(self, now: float | None = None) -> list[str]:
         """Expire open reservations past maxDuration + grace; return their call ids."""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
 
-from core import CallContext, Dice, Key, Migration, Store, StoreGauges, hookimpl
-from plugins.crm import record
+from core import CallContext, ConsolePage, Dice, Key, Migration, Store, StoreGauges, hookimpl
+from plugins.crm import console, record
 from plugins.crm.cli import register
 from plugins.crm.outbox import Outbox
 from plugins.crm.schema import MIGRATIONS
@@ -65,12 +65,22 @@ class Crm:
         register(cli, self)
 
     @hookimpl
+    def switchboard_console_pages(self) -> list[ConsolePage]:
+        return console.pages(self)
+
+    @hookimpl
     def switchboard_dice(self, event: Dice, ctx: CallContext) -> None:
         deliver = bool(self.config["webhook_url"])
         if record.save(ctx.store, record.build(event, ctx.store), deliver) and self.outbox:
             self.outbox.wake()
 
     # ------------------------------------------------------------------ operator tools
+
+    @hookimpl
+    def switchboard_call_details(
+        self, store: Store, callids: Sequence[str]
+    ) -> Mapping[str, Mapping[str, str]]:
+        return record.delivery(store, callids)
 
     def drain(self, now: float | None = None, only: str | None = None) -> int:
         """Attempt up to ``batch`` due records now; return how many were attempted."""

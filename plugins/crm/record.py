@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from core import Dice, Store
@@ -85,3 +85,33 @@ def save(store: Store, record: Mapping[str, Any], deliver: bool) -> bool:
         if deliver:
             enqueue(tx, callid, json.dumps(payload(record), separators=(",", ":")), now)
     return True
+
+
+def delivery(store: Store, callids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The delivery state of these calls' records, for the calls view: ``delivered``,
+    ``pending`` (in the outbox: attempts so far, last error), ``dead`` (in the dead
+    letters: ``crm replay`` sends it again) or ``recorded`` (delivery off). One query
+    for the whole page, by primary key."""
+    if not callids:
+        return {}
+    marks = ", ".join("?" for _ in callids)
+    rows = store.inspect(
+        "SELECT c.callid, c.delivered_at, o.attempts, o.last_error, d.attempts, d.last_error "
+        "FROM crm_calls c LEFT JOIN crm_outbox o ON o.callid = c.callid "
+        f"LEFT JOIN crm_dead d ON d.callid = c.callid WHERE c.callid IN ({marks})",
+        list(callids),
+    )
+    out = {}
+    for callid, delivered, tried, error, died, cause in rows:
+        if delivered is not None:
+            state = "delivered " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(delivered))
+        elif died is not None:
+            state = f"dead after {died} attempts: {cause or 'unknown error'}"
+        elif tried is not None:
+            state = "pending" + (
+                f" after {tried} failed attempt(s), last error: {error}" if tried else ""
+            )
+        else:
+            state = "recorded (delivery off)"
+        out[callid] = {"crm": state}
+    return out

@@ -29,4 +29,9 @@ MIGRATIONS = [
         ("ALTER TABLE crm_outbox ADD COLUMN claim TEXT",),
         "outbox records are claimed one at a time, with a token",
     ),
+    Migration(
+        3,
+        ("CREATE INDEX crm_dead_failed ON crm_dead (failed_at)",),
+        "dead letters newest first (the console's CRM outbox page)",
+    ),
 ]

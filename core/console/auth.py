@@ -1,0 +1,200 @@
+"""Who may use the console: password hashes, logins, sessions, CSRF tokens, a throttle.
+
+* Passwords are hashed with scrypt (``hashlib.scrypt``), salted, in the format
+  ``scrypt$N$r$p$<salt>$<hash>`` (base64) that ``switchboard console hash-password``
+  prints for ``[[admin.users]]``. The admin token logs in as the operator ``token``.
+* Sessions live in this process's memory (``Sessions``), under a random id in an
+  ``HttpOnly``, ``SameSite=Strict`` cookie, and end after ``admin.session_minutes``
+  without a request, at logout, or when the server stops. Each has its own CSRF token.
+* The login form, before there is a session, carries a token derived from a random
+  nonce in a cookie and a key drawn at each start (``LoginTokens``).
+* A client address that fails to log in ``THROTTLE_FAILURES`` times within
+  ``THROTTLE_WINDOW`` seconds is refused until the window has passed (``Throttle``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+TOKEN_ACTOR = "token"  # the operator name of a login with the admin token
+MAX_SESSIONS = 10_000
+THROTTLE_FAILURES = 5
+THROTTLE_WINDOW = 300.0
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4))
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """A salted scrypt hash of ``password`` for ``[[admin.users]] password_hash``."""
+    salt = secrets.token_bytes(16) if salt is None else salt
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32
+    )
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+_DUMMY = hash_password("no such user", salt=b"\0" * 16)  # same work for unknown names
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches a hash made by ``hash_password`` (constant time)."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = _unb64(digest)
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=_unb64(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+            maxmem=256 * 1024 * 1024,
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+def authenticate(
+    name: str, password: str, token: str | None, users: Iterable[Mapping[str, str]]
+) -> str | None:
+    """The operator a login form names, or ``None``: an empty ``name`` logs in with the
+    admin token, any other a configured user with its password."""
+    if not name:
+        if token and hmac.compare_digest(password.encode(), token.encode()):
+            return TOKEN_ACTOR
+        verify_password(password, _DUMMY)  # answer no faster than a user's login
+        return None
+    found = next((u for u in users if u.get("name") == name), None)
+    stored = found["password_hash"] if found is not None else _DUMMY
+    if verify_password(password, stored) and found is not None:
+        return name
+    return None
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+@dataclass
+class Session:
+    sid: str
+    user: str
+    csrf: str
+    created: float
+    seen: float
+    flash: list[tuple[str, str]] = field(default_factory=list)  # (kind, text) to show next
+
+
+class Sessions:
+    """The logged-in sessions of this process, ended after ``idle`` seconds unused."""
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+        self._lock = threading.Lock()
+        self._by_id: OrderedDict[str, Session] = OrderedDict()
+
+    def new(self, user: str, now: float | None = None) -> Session:
+        now = time.time() if now is None else now
+        session = Session(secrets.token_urlsafe(32), user, secrets.token_urlsafe(32), now, now)
+        with self._lock:
+            self._by_id[session.sid] = session
+            while len(self._by_id) > MAX_SESSIONS:
+                self._by_id.popitem(last=False)  # the least recently used
+        return session
+
+    def get(self, sid: str | None, now: float | None = None) -> Session | None:
+        """The live session of this id (and it counts as used now), or ``None``."""
+        if not sid:
+            return None
+        now = time.time() if now is None else now
+        with self._lock:
+            session = self._by_id.get(sid)
+            if session is None:
+                return None
+            if now - session.seen > self.idle:
+                del self._by_id[sid]
+                return None
+            session.seen = now
+            self._by_id.move_to_end(sid)
+            return session
+
+    def end(self, sid: str) -> None:
+        with self._lock:
+            self._by_id.pop(sid, None)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+def csrf_ok(session: Session, given: str | None) -> bool:
+    return bool(given) and hmac.compare_digest(session.csrf.encode(), (given or "").encode())
+
+
+class LoginTokens:
+    """CSRF tokens for the login form, before there is a session: the form carries
+    HMAC(key, nonce), the nonce is in a cookie; the key is drawn at each start."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+
+    def issue(self) -> tuple[str, str]:
+        nonce = secrets.token_urlsafe(24)
+        return nonce, self.token(nonce)
+
+    def token(self, nonce: str) -> str:
+        return hmac.new(self._key, nonce.encode(), hashlib.sha256).hexdigest()
+
+    def check(self, nonce: str | None, given: str | None) -> bool:
+        if not nonce or not given:
+            return False
+        return hmac.compare_digest(self.token(nonce).encode(), given.encode())
+
+
+class Throttle:
+    """Failed logins per client address: too many within the window refuse the next."""
+
+    def __init__(self, failures: int = THROTTLE_FAILURES, window: float = THROTTLE_WINDOW):
+        self.failures, self.window = failures, window
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        recent = self._seen.get(address)
+        if recent is None:
+            recent = self._seen[address] = deque()
+            while len(self._seen) > MAX_SESSIONS:
+                self._seen.popitem(last=False)
+        while recent and recent[0] <= now - self.window:
+            recent.popleft()
+        return recent
+
+    def allows(self, address: str, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        with self._lock:
+            return len(self._recent(address, now)) < self.failures
+
+    def failed(self, address: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._lock:
+            self._recent(address, now).append(now)
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._seen.pop(address, None)

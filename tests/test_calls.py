@@ -1,0 +1,534 @@
+"""The calls view (core.calls) and ``switchboard calls``: recent calls, filters, pages,
+one call's timeline, the overview, the plugins' details; through the real pipeline, on
+both stores, and once through a real server as an operator would use it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import webtest
+
+from core import calls
+from core.app import make_app
+from core.calls import Filters
+from core.config import load
+from core.decisions import Decision
+from core.hookspecs import hookimpl
+from core.runtime import Runtime
+from core.svaml import ConnectPstn
+from core.testing import TEST_KEY, TEST_SECRET
+from tests.cli_runner import cli
+from tests.conftest import run_cli
+from tests.fake_crm import FakeCrm
+from tests.helpers import Fixed, Recorder, ace, dice, ice, notify, pie, post
+
+RICH, LOW, UK = "+12015550001", "+12015550002", "+442071110000"  # credit accounts (cli)
+DIALLED, PREMIUM, LONDON = "+15612600684", "+19005550100", "+442079460000"
+CRM_SECRET = "crm-secret"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def operator_config(tmp_path: Path, store_url: str, crm: str = "") -> Path:
+    """The built-in plugins as an operator runs them: the allowlist (premium numbers
+    denied), prepaid credit per caller (LOW's 0.10 USD buys 300 s), the CRM."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""
+[server]
+port = 0
+[store]
+url = "{store_url}"
+[[sinch.keys]]
+key = "{TEST_KEY}"
+secret = "{TEST_SECRET}"
+[plugins]
+enabled = ["allowlist", "credit", "crm"]
+[plugins.allowlist]
+allow = ["+1561*", "+44*"]
+max_duration = 3600
+[plugins.credit]
+account_from = "cli"
+rates = {{ "+1" = "0.02", "+44" = "0.05" }}
+initial_accounts = {{ "{RICH}" = "5.00", "{LOW}" = "0.10", "{UK}" = "1.00" }}
+[plugins.crm]
+{crm}
+"""
+    )
+    return path
+
+
+def started(path: Path) -> tuple[Runtime, webtest.TestApp]:
+    """The configuration's runtime, started as a command starts it (no background work:
+    the CRM outbox is drained by the test)."""
+    rt = Runtime.build(load(path))
+    rt.start(serving=False)
+    return rt, webtest.TestApp(make_app(rt))
+
+
+def call(app, callid, caller=RICH, to=DIALLED, duration=None, **dice_fields):
+    post(app, ice(callid, cli=caller, to=to))
+    if duration is not None:
+        post(app, dice(callid, duration=duration, from_=caller, to=to, **dice_fields))
+
+
+@pytest.fixture
+def operator(tmp_path, backend):
+    """(config path, runtime, app) on the test's backend; closed after the test."""
+    path = operator_config(tmp_path, backend.url(tmp_path, "calls"))
+    rt, app = started(path)
+    yield path, rt, app
+    rt.close()
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+def test_a_call_is_listed_with_its_answer_rule_cap_and_duration(make, backend):
+    rt, app = make(
+        {
+            "router": Fixed(Decision.propose(ConnectPstn(number=DIALLED))),
+            "cap": Fixed(Decision.cap(300)),
+        }
+    )
+    before = time.time()
+    post(app, ice("c1", cli="+442071234567", to=DIALLED))
+    post(app, dice("c1", duration=95, from_="+442071234567"))
+    rt.pipeline.wait_idle()
+    page = calls.recent_calls(rt.store)
+    assert page.next is None
+    (row,) = page.rows
+    assert (row.callid, row.caller, row.destination) == ("c1", "+442071234567", DIALLED)
+    assert (row.answer, row.rule, row.decided_by) == ("connectPstn", "proposal", ("router",))
+    assert (row.capped_at, row.capped_by, row.duration, row.result) == (300, "cap", 95, "ANSWERED")
+    assert (row.fallback, row.duplicates, dict(row.details)) == (False, 0, {})
+    assert before <= row.started_at <= time.time() and row.elapsed_ms > 0
+
+
+def test_filters_by_number_rule_outcome_plugin_and_time(operator):
+    _, rt, app = operator
+    call(app, "ok-1", RICH, DIALLED)
+    call(app, "premium", RICH, PREMIUM)  # denied by the allowlist
+    call(app, "uk", UK, LONDON)
+    call(app, "broke", "+12015559999", DIALLED)  # no account: denied by credit
+    call(app, "low", LOW, DIALLED)
+    middle = time.time()
+    call(app, "ok-2", RICH, DIALLED)
+
+    def ids(**filters):
+        return [r.callid for r in calls.recent_calls(rt.store, Filters(**filters)).rows]
+
+    assert ids() == ["ok-2", "low", "broke", "uk", "premium", "ok-1"]
+    assert ids(number="+44") == ["uk"] == ids(number="+44*") == ids(caller="+4420")
+    assert ids(destination="+1900") == ["premium"]
+    mine = ["ok-2", "low", "premium", "ok-1"]
+    assert ids(caller="+1201555000") == mine  # a prefix: not "+12015559999"
+    assert ids(number="+120155500") == mine
+    assert ids(caller="+12015550002") == ["low"]  # a whole number is a prefix too
+    assert ids(caller="+1201555999") == ["broke"]  # a prefix ending in 9: its range carries
+    assert ids(rule="deny") == ["broke", "premium"]
+    assert ids(outcome="hangup") == ["broke", "premium"]
+    assert ids(outcome="connectPstn", caller="+1201555000") == ["ok-2", "low", "ok-1"]
+    assert ids(plugin="allowlist", rule="deny") == ["premium"]
+    assert ids(plugin="credit") == ["broke"]
+    assert ids(plugin="cred") == []  # a plugin's name, not a part of one
+    assert ids(since=middle) == ["ok-2"]
+    assert ids(until=middle) == ["low", "broke", "uk", "premium", "ok-1"]
+    assert ids(fallbacks=True) == [] and ids(duplicates=True) == []
+    low = calls.recent_calls(rt.store, Filters(caller=LOW)).rows[0]
+    assert (low.capped_at, low.capped_by, low.decided_by) == (300, "credit", ("allowlist",))
+
+
+def test_pages_never_repeat_or_lose_a_call_across_equal_timestamps(operator):
+    _, rt, app = operator
+    for i in range(9):
+        call(app, f"p{i}", RICH, DIALLED)
+    # several server processes can receive ICEs in the same instant: make four ties
+    rt.store.write(
+        "UPDATE callbacks SET received_at = 1000.0 WHERE event = 'ice' AND callid IN "
+        "('p2', 'p3', 'p4', 'p5')"
+    )
+    everything = [r.callid for r in calls.recent_calls(rt.store, limit=100).rows]
+    for limit in (1, 2, 3, 4):
+        seen, after = [], None
+        while True:
+            page = calls.recent_calls(rt.store, limit=limit, after=after)
+            seen += [r.callid for r in page.rows]
+            if page.next is None:
+                break
+            after = page.next
+        assert seen == everything, limit
+    assert len(everything) == 9 and everything[-4:] == ["p5", "p4", "p3", "p2"]
+    # a call arriving between two pages does not shift the older pages
+    first = calls.recent_calls(rt.store, limit=3)
+    call(app, "newer", RICH, DIALLED)
+    second = calls.recent_calls(rt.store, limit=3, after=first.next)
+    assert [r.callid for r in first.rows + second.rows] == everything[:6]
+    with pytest.raises(ValueError, match="not a cursor"):
+        calls.recent_calls(rt.store, after="garbage!")
+
+
+def test_filtered_pages_use_the_same_cursor(operator):
+    _, rt, app = operator
+    for i in range(5):
+        call(app, f"d{i}", RICH, PREMIUM)
+        call(app, f"a{i}", RICH, DIALLED)
+    seen, after = [], None
+    while True:
+        page = calls.recent_calls(rt.store, Filters(rule="deny"), limit=2, after=after)
+        seen += [r.callid for r in page.rows]
+        if not page.next:
+            break
+        after = page.next
+    assert seen == ["d4", "d3", "d2", "d1", "d0"]
+
+
+# ---------------------------------------------------------------------------- duplicates
+
+
+def test_redeliveries_are_counted_on_the_call_and_marked_on_the_callback(make, backend):
+    recorder = Recorder()
+    rt, app = make({"rec": recorder})
+    post(app, ice("dup", cli=RICH))
+    post(app, ice("dup", cli=RICH))  # Sinch did not get the answer: the same ICE again
+    post(app, ace("dup"))
+    post(app, dice("dup"))
+    post(app, dice("dup"))
+    post(app, dice("dup"))
+    post(app, ice("single", cli=RICH))
+    rt.pipeline.wait_idle()
+    (row,) = calls.recent_calls(rt.store, Filters(duplicates=True)).rows
+    assert (row.callid, row.duplicates) == ("dup", 3)
+    found = calls.timeline(rt.store, "dup")
+    assert [(c.event, c.duplicate, c.redeliveries) for c in found.callbacks] == [
+        ("ice", True, 1),
+        ("ace", False, 0),
+        ("dice", True, 2),
+    ]
+    assert calls.overview(rt.store, 0, time.time() + 1).duplicates == 3
+
+
+# ---------------------------------------------------------------------------- fallbacks
+
+
+class Suppressing:
+    """Proposes, for calls "fb*", an answer that would leave the DiCE unsent: refused,
+    the fallback is sent."""
+
+    @hookimpl
+    def switchboard_ice(self, event):
+        suppress = event.callid.startswith("fb")
+        return Decision.propose(ConnectPstn(number=DIALLED, suppress_callbacks=suppress))
+
+    @hookimpl
+    def switchboard_dice(self, event):
+        pass
+
+
+def test_calls_answered_with_the_fallback(make, backend):
+    rt, app = make({"odd": Suppressing()})
+    post(app, ice("fb1"))
+    post(app, ice("fine"))
+    (row,) = calls.recent_calls(rt.store, Filters(fallbacks=True)).rows
+    assert (row.callid, row.answer, row.rule, row.fallback) == (
+        "fb1",
+        "hangup",
+        "callbacks-suppressed",
+        True,
+    )
+    assert [r.fallback for r in calls.recent_calls(rt.store).rows] == [False, True]
+    assert calls.overview(rt.store, 0, time.time() + 1).fallbacks == {"callbacks-suppressed": 1}
+
+
+# ---------------------------------------------------------------------------- timeline
+
+
+def test_timeline_in_arrival_order_with_answers_and_traces(make, backend):
+    rt, app = make({"router": Fixed(Decision.propose(ConnectPstn(number=DIALLED)))})
+    for event in (ice("t1"), ace("t1"), pie("t1", "2"), dice("t1", duration=30), notify("t1")):
+        post(app, event)
+        time.sleep(0.002)  # distinct arrival times
+    rt.pipeline.wait_idle()
+    found = calls.timeline(rt.store, "t1")
+    assert [c.event for c in found.callbacks] == ["ice", "ace", "pie", "dice", "notify"]
+    first = found.callbacks[0]
+    assert first.answer["action"]["name"] == "connectPstn"
+    assert first.trace.rule == "proposal" and first.trace.plugin("router").status == "decided"
+    assert found.callbacks[3].answer is None and found.callbacks[3].state == "done"
+    assert found.row.callid == "t1" and found.row.duration == 30
+    assert calls.timeline(rt.store, "nobody") is None
+    # a DiCE without its ICE: a timeline, no row
+    post(app, dice("orphan"))
+    orphan = calls.timeline(rt.store, "orphan")
+    assert orphan.row is None and [c.event for c in orphan.callbacks] == ["dice"]
+
+
+# ---------------------------------------------------------------------------- details
+
+
+def test_credit_and_crm_details(tmp_path, backend):
+    with FakeCrm(CRM_SECRET, fail_first=1) as crm:
+        url = backend.url(tmp_path, "details")
+        config = f'webhook_url = "{crm.url}"\nwebhook_secret = "{CRM_SECRET}"\nmax_attempts = 1'
+        rt, app = started(operator_config(tmp_path, url, config))
+        try:
+            plugin = rt.plugins.pm.get_plugin("crm")
+            call(app, "dead", RICH, DIALLED, duration=30)
+            plugin.drain(now=time.time() + 3600)  # the CRM fails it: a dead letter
+            call(app, "paid", RICH, DIALLED, duration=95)
+            plugin.drain(now=time.time() + 3600)  # delivered
+            call(app, "over", LOW, DIALLED, duration=1000)  # granted 300 s
+            call(app, "live", RICH, DIALLED)  # still running: reserved
+            call(app, "denied", RICH, PREMIUM)
+            page = calls.recent_calls(rt.store, plugins=rt.plugins)
+        finally:
+            rt.close()
+    details = {r.callid: dict(r.details) for r in page.rows}
+    assert details["paid"]["charge"] == "0.04 USD"  # 95 s in 60/60 increments at 0.02/min
+    assert details["paid"]["account"] == RICH
+    assert details["paid"]["reservation"].startswith("settled: ")
+    assert details["paid"]["crm"].startswith("delivered ")
+    assert details["dead"]["crm"] == "dead after 1 attempts: HTTP 503"
+    assert details["over"]["crm"] == "pending"
+    assert details["over"]["charge"] == "0.10 USD"
+    assert details["over"]["overrun"].startswith("1000 s reported against 300 s granted")
+    assert details["live"]["charge"].startswith("pending (")
+    assert "crm" not in details["live"]
+    assert details["denied"]["charge"] == "none (reservation released)"
+
+
+class Failing:
+    @hookimpl
+    def switchboard_call_details(self, store, callids):
+        raise RuntimeError("down")
+
+
+class Labels:
+    def __init__(self, labels):
+        self.labels = labels
+
+    @hookimpl
+    def switchboard_call_details(self, store, callids):
+        return {c: self.labels for c in callids} | {"not-on-the-page": {"x": "y"}}
+
+
+def test_details_merge_in_precedence_order_and_survive_a_failing_plugin(make, backend):
+    rt, app = make(
+        {
+            "first": Labels({"charge": "1.00 USD"}),
+            "broken": Failing(),
+            "second": Labels({"charge": "9.99 USD", "note": "hello"}),
+        }
+    )
+    post(app, ice("d1"))
+    (row,) = calls.recent_calls(rt.store, plugins=rt.plugins).rows
+    assert dict(row.details) == {
+        "charge": "1.00 USD",
+        "broken": "details unavailable (RuntimeError)",
+        "note": "hello",
+    }
+    assert dict(calls.timeline(rt.store, "d1", rt.plugins).details) == dict(row.details)
+
+
+# ---------------------------------------------------------------------------- overview
+
+
+def test_overview_of_a_window(operator):
+    _, rt, app = operator
+    start = time.time()
+    call(app, "o1", RICH, DIALLED, duration=10)
+    call(app, "o2", RICH, PREMIUM)
+    call(app, "o3", "+12015559999", DIALLED)
+    post(app, ice("o1", cli=RICH))  # a redelivery
+    seen = calls.overview(rt.store, start - 60, time.time() + 1)
+    assert seen.calls == 3
+    assert seen.outcomes == {"connectPstn": 1, "hangup": 2}
+    assert seen.denials == {("allowlist", "deny"): 1, ("credit", "deny"): 1}
+    assert seen.duplicates == 1 and seen.fallbacks == {}
+    assert sum(n for _, n in seen.per_minute) == 3
+    assert all(m % 60 == 0 for m, _ in seen.per_minute)
+    assert 0 < seen.latency_p50_ms <= seen.latency_p99_ms
+    assert (seen.waiting_retry, seen.parked) == (0, 0)
+    hour = math.floor(start / 60) * 60 - 7200
+    empty = calls.overview(rt.store, hour, hour + 3600)
+    assert (empty.calls, empty.latency_p50_ms, len(empty.per_minute)) == (0, None, 60)
+
+
+def test_prefix_ranges():
+    assert calls._next_prefix("+44") == "+45"
+    assert calls._next_prefix("+449") == "+45"
+    assert calls._next_prefix("+99") is None
+    assert calls._next_prefix("sip:al") is None
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def test_calls_command_text_json_csv_and_timeline(operator):
+    path, rt, app = operator
+    call(app, "c-ok", RICH, DIALLED, duration=95)
+    call(app, "c-low", LOW, DIALLED, duration=200)
+    call(app, "c-premium", RICH, PREMIUM)
+    post(app, ice("c-ok", cli=RICH))
+    rt.pipeline.wait_idle()
+
+    text = cli(path, "calls")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0].split() == [
+        "TIME", "CALLID", "CALLER", "DESTINATION", "ANSWER", "RULE", "BY", "DURATION", "CHARGE", "NOTES"
+    ]  # fmt: skip
+    assert [line.split()[1] for line in lines[1:4]] == ["c-premium", "c-low", "c-ok"]
+    assert "connectPstn 300s" in lines[2] and "0.10 USD" in lines[2]
+    assert "redelivered x1" in lines[3] and lines[-1] == "3 calls"
+
+    got = json.loads(cli(path, "calls", "--json", "--limit", "2").stdout)
+    assert [c["callid"] for c in got["calls"]] == ["c-premium", "c-low"] and got["next"]
+    rest = json.loads(cli(path, "calls", "--json", "--after", got["next"]).stdout)
+    assert [c["callid"] for c in rest["calls"]] == ["c-ok"] and rest["next"] is None
+    assert rest["calls"][0]["details"]["charge"] == "0.04 USD"
+
+    table = list(csv.DictReader(io.StringIO(cli(path, "calls", "--csv", "--rule", "deny").stdout)))
+    assert [(r["callid"], r["rule"], r["decided_by"], r["charge"]) for r in table] == [
+        ("c-premium", "deny", "allowlist", "none (reservation released)")
+    ]
+
+    shown = cli(path, "calls", "c-ok")
+    assert shown.returncode == 0, shown.stderr
+    assert "capped at 3600 s" in shown.stdout and "charge: 0.04 USD" in shown.stdout
+    assert "ICE done [DUPLICATE: delivered 2 times]" in shown.stdout
+    assert "trace ice: rule allow-default" in shown.stdout and "DICE done" in shown.stdout
+    as_json = json.loads(cli(path, "calls", "c-ok", "--json").stdout)
+    assert [c["event"] for c in as_json["callbacks"]] == ["ice", "dice"]
+    assert as_json["callbacks"][0]["trace"]["rule"] == "allow-default"
+
+    assert cli(path, "calls", "nobody").returncode == 1
+    bad = cli(path, "calls", "--after", "nonsense")
+    assert bad.returncode == 2 and "not a cursor" in bad.stderr
+    when = cli(path, "calls", "--since", "yesterday")
+    assert when.returncode == 2 and "not a time" in when.stderr
+    assert "no calls" in cli(path, "calls", "--since", "2999-01-01T00:00").stdout
+    assert len(json.loads(cli(path, "calls", "--json", "--since", "1h").stdout)["calls"]) == 3
+
+
+def test_an_operator_answers_the_issues_questions_from_a_real_server(serve, tmp_path, backend):
+    """Done when: which calls were denied in the last hour and by which rule; why this
+    call was capped at 300 s; what this account was charged and for which calls; which
+    CRM records are stuck. Traffic from `simulate` to a real server, answers from
+    `switchboard calls` run as a subprocess."""
+    with FakeCrm(CRM_SECRET, fail_first=10**6) as crm:  # the CRM is down
+        crm_config = (
+            f'webhook_url = "{crm.url}"\nwebhook_secret = "{CRM_SECRET}"\n'
+            "max_attempts = 1\npoll_interval = 0.05"
+        )
+        path = operator_config(tmp_path, backend.url(tmp_path, "real"), crm_config)
+        server = serve(path.read_text(), name="real")
+        config = server.config
+        for args in (
+            ("ice", "--callid", "r-ok", "--cli", RICH, "--to", DIALLED),
+            ("dice", "--callid", "r-ok", "--cli", RICH, "--to", DIALLED, "--duration", "95"),
+            ("ice", "--callid", "r-premium", "--cli", RICH, "--to", PREMIUM),
+            ("ice", "--callid", "r-broke", "--cli", "+12015559999", "--to", DIALLED),
+            ("ice", "--callid", "r-low", "--cli", LOW, "--to", DIALLED),
+            ("dice", "--callid", "r-low", "--cli", LOW, "--to", DIALLED, "--duration", "250"),
+        ):
+            sent = run_cli(config, "simulate", *args)
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+        deadline = time.time() + 10
+        while time.time() < deadline:  # the CRM worker gives both records up
+            stuck = run_cli(config, "calls", "--json")
+            crm_states = [c["details"].get("crm", "") for c in json.loads(stuck.stdout)["calls"]]
+            if sum(s.startswith("dead") for s in crm_states) == 2:
+                break
+            time.sleep(0.1)
+
+        # which calls were denied in the last hour, and by which rule?
+        denied = run_cli(config, "calls", "--outcome", "hangup", "--since", "1h")
+        assert denied.returncode == 0, denied.stderr
+        rows = [line.split() for line in denied.stdout.splitlines()[1:-1]]
+        assert [(r[1], r[4], r[5], r[6]) for r in rows] == [
+            ("r-broke", "hangup", "deny", "credit"),
+            ("r-premium", "hangup", "deny", "allowlist"),
+        ]
+        shown = run_cli(config, "calls", "r-broke")
+        assert "unknown account +12015559999" in shown.stdout  # credit's reason, in the trace
+
+        # why was this call capped at 300 s?
+        why = run_cli(config, "calls", "r-low")
+        assert "capped at 300 s by credit" in why.stdout
+        assert f"{LOW}: reserved 0.10 USD for 300 s" in why.stdout
+
+        # what was this account charged, and for which calls? (accounts are callers here)
+        charged = run_cli(config, "calls", "--caller", LOW, "--csv")
+        rows = list(csv.DictReader(io.StringIO(charged.stdout)))
+        assert [(r["callid"], r["account"], r["charge"]) for r in rows] == [
+            ("r-low", LOW, "0.10 USD")
+        ]
+        assert "250 s reported against 300 s granted" not in charged.stdout  # no overrun
+        rich = run_cli(config, "calls", "--caller", RICH)
+        assert "r-ok" in rich.stdout and "0.04 USD" in rich.stdout
+
+        # which CRM records are stuck?
+        stuck = run_cli(config, "calls", "--json")
+        dead = {
+            c["callid"]: c["details"]["crm"]
+            for c in json.loads(stuck.stdout)["calls"]
+            if c["details"].get("crm", "").startswith("dead")
+        }
+        assert dead == {
+            "r-ok": "dead after 1 attempts: HTTP 503",
+            "r-low": "dead after 1 attempts: HTTP 503",
+        }
+        head = run_cli(config, "calls")
+        assert head.returncode == 0 and head.stderr == ""
+        assert server.stop() == 0
+
+
+def test_an_operators_long_read_never_holds_up_the_callbacks(make, backend):
+    """The calls view reads with ``Store.inspect``: while one scans for a second, the
+    callbacks' own reads and writes go on."""
+    rt, app = make({"router": Fixed(Decision.propose(ConnectPstn(number=DIALLED)))})
+    slow = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) "
+        "SELECT COUNT(*) FROM n"
+    )
+    scanning = threading.Thread(target=rt.store.inspect, args=(slow,))
+    began = time.monotonic()
+    scanning.start()
+    time.sleep(0.05)
+    post(app, ice("during"))
+    post(app, dice("during"))
+    assert rt.store.query("SELECT answer FROM callbacks WHERE callid = 'during'")
+    waited = time.monotonic() - began
+    scanning.join()
+    took = time.monotonic() - began
+    assert took > 2 * waited, (waited, took)  # the scan outlasted the callbacks by far
+
+
+def test_calls_piped_into_head_end_quietly(tmp_path):
+    db = tmp_path / "many.db"
+    path = operator_config(tmp_path, f"sqlite:///{db}")
+    rt, _ = started(path)  # the schema
+    rt.close()
+    sys.path.insert(0, str(REPO / "bench"))
+    import console  # bench/console.py: its bulk loader
+
+    console.load_sqlite(str(db), 1500, 86400.0)
+    piped = subprocess.run(
+        f"{sys.executable} {REPO / 'serve.py'} --config {path} calls --limit 1000 | head -2",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert piped.stdout.splitlines()[0].startswith("TIME ") and piped.stdout.count("\n") == 2
+    assert piped.stderr == ""

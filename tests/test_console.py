@@ -1,0 +1,536 @@
+"""The operator console in-process: off unless configured, login and sessions, CSRF on
+every change (refused with 403 and nothing changed), the audit log, secrets never
+shown, plugin pages through the hook, and the inbox's retry button."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import webtest
+
+from core import ConsolePage, Decision, Key, hookimpl
+from core.app import make_app
+from core.config import ConfigError, console_address
+from core.console import audit
+from core.console.app import make_console
+from core.console.auth import Sessions, hash_password, verify_password
+from core.console.health import Fixed
+from core.svaml import ConnectPstn
+from plugins.allowlist import Allowlist
+from plugins.credit import Credit
+from plugins.crm import Crm
+from tests.cli_runner import cli as run_cli
+from tests.helpers import SECRET, ace, dice, ice, post, runtime, settings, wait_for, webapp
+
+TOKEN = "console-admin-token-0123456789"
+PASSWORD = "alice's long password"
+CRM_SECRET = "crm-webhook-secret-value"
+ADMIN = {"token": TOKEN, "console": "127.0.0.1:0"}
+PLUGINS = {
+    "allowlist": {"allow": ["+1*"], "max_duration": 600},
+    "credit": {
+        "account_from": "fixed",
+        "account": "demo",
+        "rates": {"+1": "0.02"},
+        "initial_accounts": {"demo": "5.00"},
+    },
+}
+
+
+def money_runtime(make_rt: Any = runtime, **admin: Any) -> Any:
+    return make_rt(
+        {"allowlist": Allowlist(), "credit": Credit(), "crm": Crm()},
+        admin={**ADMIN, **admin},
+        plugins=PLUGINS,
+    )
+
+
+def console_of(rt: Any) -> webtest.TestApp:
+    rt.start()
+    return webtest.TestApp(
+        make_console(Fixed(rt)), extra_environ={"REMOTE_ADDR": "192.0.2.7"}
+    )
+
+
+def login(app: webtest.TestApp, password: str = TOKEN, name: str = "", status: int = 303) -> Any:
+    form = app.get("/login").forms[0]
+    if "name" in form.fields and form["name"].attrs.get("type") != "hidden":
+        form["name"] = name
+    form["password"] = password
+    return form.submit(status=status)
+
+
+def session_cookie(response: Any) -> str:
+    [cookie] = [c for c in response.headers.getall("Set-Cookie") if "switchboard_console=" in c]
+    return cookie
+
+
+def csrf_of(page: Any) -> str:
+    found = re.search(r'name="_csrf" value="([^"]+)"', page.text)
+    assert found, "no CSRF field on the page"
+    return found.group(1)
+
+
+def balance(rt: Any, account: str = "demo") -> int:
+    rows = rt.store.query("SELECT balance FROM credit_accounts WHERE account = ?", (account,))
+    return int(rows[0][0]) if rows else -1
+
+
+def audit_rows(rt: Any) -> list[tuple[Any, ...]]:
+    return rt.store.query(
+        "SELECT actor, action, target, outcome, detail, address FROM console_audit ORDER BY at"
+    )
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def test_the_console_is_off_unless_configured_and_never_on_the_callback_app():
+    rt = runtime({}, admin={"token": TOKEN})
+    try:
+        assert rt.settings.admin["console"] is None
+        callbacks = webapp(rt)
+        for path in ("/", "/login", "/calls", "/plugins", "/inbox", "/static/console.css"):
+            assert callbacks.get(path, status=404).json["error"].startswith("no such path")
+    finally:
+        rt.close()
+    rt = money_runtime()  # on: still nothing of it on the callback listener's app
+    try:
+        callbacks = webapp(rt)
+        for path in ("/", "/login", "/calls", "/plugins/credit/accounts", "/audit"):
+            callbacks.get(path, status=404)
+        callbacks.post("/login", {"password": TOKEN}, status=404)
+    finally:
+        rt.close()
+
+
+def test_console_settings_are_checked():
+    assert console_address("8081") == ("127.0.0.1", 8081)  # loopback unless told otherwise
+    assert console_address("0.0.0.0:9000") == ("0.0.0.0", 9000)
+    assert console_address("[::1]:8081") == ("::1", 8081)
+    with pytest.raises(ConfigError, match="admin.console: expected HOST:PORT"):
+        settings(admin={"token": TOKEN, "console": "localhost"})
+    with pytest.raises(ConfigError, match="admin.console: nobody could log in"):
+        settings(admin={"console": "8081"})
+    with pytest.raises(ConfigError, match=r"admin.users: \[0\].password_hash: not a hash"):
+        settings(admin={"console": "8081", "users": [{"name": "a", "password_hash": "pw"}]})
+    with pytest.raises(ConfigError, match=r"admin.users: \[1\].name"):
+        good = {"name": "a", "password_hash": hash_password("x" * 12)}
+        settings(admin={"console": "8081", "users": [good, good]})
+    s = settings(admin={"console": "8081", "users": [good]})
+    assert s.describe()["admin"]["users"] == "<redacted>"  # hashes are never shown
+
+
+def test_hash_password_command_makes_a_hash_that_verifies(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    ran = run_cli(config, "console", "hash-password", "--stdin", "--name", "alice")
+    assert ran.returncode == 2 and "at least 12 characters" in ran.stdout  # empty stdin
+    from click.testing import CliRunner
+
+    from core.cli.main import make_cli
+
+    result = CliRunner().invoke(
+        make_cli(), ["console", "hash-password", "--stdin", "--name", "alice"], input=PASSWORD
+    )
+    assert result.exit_code == 0, result.output
+    stored = re.search(r'password_hash = "([^"]+)"', result.output).group(1)
+    assert 'name = "alice"' in result.output and PASSWORD not in result.output
+    assert verify_password(PASSWORD, stored) and not verify_password("wrong", stored)
+    assert hash_password(PASSWORD) != hash_password(PASSWORD)  # salted
+
+
+# ---------------------------------------------------------------------------- logging in
+
+
+def test_pages_need_a_login_and_the_token_logs_in():
+    rt = money_runtime()
+    try:
+        app = console_of(rt)
+        assert app.get("/calls?outcome=hangup", status=303).location.endswith(
+            "/login?next=/calls%3Foutcome%3Dhangup"
+        )
+        app.post("/inbox/retry", {"all": "1"}, status=403)  # no session: refused, not run
+        wrong = login(app, "not the token", status=401)
+        assert "Wrong name or password" in wrong.text
+        done = login(app)
+        cookie = session_cookie(done)
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+        assert "Secure" not in cookie  # plain HTTP on loopback
+        page = app.get("/")
+        assert "Plugin health" in page.text and "(token)" in page.text
+        actions = [(a, o, who) for who, a, _, o, _, _ in audit_rows(rt)]
+        assert actions == [("login", "refused", "token"), ("login", "ok", "token")]
+        assert audit_rows(rt)[-1][5] == "192.0.2.7"
+    finally:
+        rt.close()
+
+
+def test_the_cookie_is_secure_behind_tls():
+    rt = money_runtime()
+    try:
+        app = console_of(rt)
+        plain = app.get("/login").headers["Set-Cookie"]
+        assert "HttpOnly" in plain and "Secure" not in plain
+        proxied = app.get("/login", headers={"X-Forwarded-Proto": "https"})
+        assert "; Secure" in proxied.headers["Set-Cookie"]
+        over_tls = webtest.TestApp(app.app, extra_environ={"wsgi.url_scheme": "https"})
+        assert "; Secure" in session_cookie(login(over_tls))
+    finally:
+        rt.close()
+    rt = money_runtime(console_https=True)
+    try:
+        assert "; Secure" in console_of(rt).get("/login").headers["Set-Cookie"]
+    finally:
+        rt.close()
+
+
+def test_operators_log_in_with_their_password_and_are_audited_by_name():
+    users = [{"name": "alice", "password_hash": hash_password(PASSWORD)}]
+    rt = money_runtime(users=users)
+    try:
+        app = console_of(rt)
+        login(app, PASSWORD, name="bob", status=401)  # unknown user
+        login(app, "wrong password", name="alice", status=401)
+        login(app, PASSWORD, name="alice")
+        assert "(alice)" in app.get("/").text
+        assert [(who, o) for who, a, _, o, _, _ in audit_rows(rt)] == [
+            ("bob", "refused"),
+            ("alice", "refused"),
+            ("alice", "ok"),
+        ]
+    finally:
+        rt.close()
+
+
+def test_the_login_form_needs_its_csrf_token_and_failures_are_throttled():
+    rt = money_runtime()
+    try:
+        app = console_of(rt)
+        app.get("/login")
+        app.post("/login", {"name": "", "password": TOKEN}, status=403)  # no token
+        for _ in range(5):
+            login(app, "guess", status=401)
+        throttled = login(app, TOKEN, status=429)  # even the right one, for a while
+        assert "Too many failed logins" in throttled.text
+    finally:
+        rt.close()
+
+
+def test_logout_ends_the_session_and_needs_the_csrf_token():
+    rt = money_runtime()
+    try:
+        app = console_of(rt)
+        login(app)
+        page = app.get("/")
+        app.post("/logout", {}, status=403)  # no token: still logged in
+        assert app.get("/").status_int == 200
+        out = app.post("/logout", {"_csrf": csrf_of(page)}, status=303)
+        assert out.location.endswith("/login?out=1")
+        assert app.get("/", status=303).location.endswith("/login")
+        assert [a for _, a, _, o, _, _ in audit_rows(rt)] == ["login", "logout"]
+    finally:
+        rt.close()
+
+
+def test_sessions_end_when_idle():
+    sessions = Sessions(idle=60)
+    session = sessions.new("alice", now=1000.0)
+    assert sessions.get(session.sid, now=1050.0) is session
+    assert sessions.get(session.sid, now=1109.0) is session  # used at 1050: still alive
+    assert sessions.get(session.sid, now=1170.0) is None
+    assert sessions.get(session.sid, now=1171.0) is None and len(sessions) == 0
+    assert sessions.get("made-up", now=1000.0) is None
+
+
+# ---------------------------------------------------------------------------- changes
+
+
+def _traffic(rt: Any) -> webtest.TestApp:
+    callbacks = webtest.TestApp(make_app(rt))
+    post(callbacks, ice("call-ok"))
+    post(callbacks, ace("call-ok"))
+    post(callbacks, dice("call-ok", duration=95))
+    post(callbacks, ice("call-denied", to="+4420123456"))
+    rt.pipeline.wait_idle()
+    return callbacks
+
+
+def test_a_top_up_needs_the_csrf_token_and_is_audited(backend):
+    rt = money_runtime(backend.runtime)
+    try:
+        app = console_of(rt)
+        login(app)
+        page = app.get("/plugins/credit/accounts?account=demo")
+        token = csrf_of(page)
+        before = balance(rt)
+        url = "/plugins/credit/accounts?account=demo"
+        fields = {"_action": "topup", "account": "demo", "amount": "10.00"}
+        refused = app.post(url, fields, status=403)
+        assert "Nothing was changed" in refused.text
+        app.post(url, {**fields, "_csrf": "forged"}, status=403)
+        app.post(url, {**fields, "_csrf": token + "x"}, status=403)
+        assert balance(rt) == before
+        assert [a for _, a, _, _, _, _ in audit_rows(rt)] == ["login"]  # nothing ran
+
+        done = app.post(url, {**fields, "_csrf": token}, status=303)
+        assert done.location.endswith(url)
+        assert balance(rt) == before + 1000
+        shown = done.follow()
+        assert "topped up demo by 10.00 USD: balance 15.00 USD" in shown.text
+        actor, action, target, outcome, detail, _ = audit_rows(rt)[-1]
+        assert (actor, action, outcome) == ("token", "credit.topup", "ok")
+        assert target == "account=demo, amount=10.00" and "balance 15.00" in detail
+        [entry] = rt.store.query(
+            "SELECT details FROM credit_ledger WHERE account = 'demo' AND kind = 'topup'"
+        )
+        assert '"source": "console"' in entry[0] and '"by": "token"' in entry[0]
+
+        bad = app.post(url, {**fields, "amount": "-3", "_csrf": token}, status=303).follow()
+        assert "amount must be greater than 0" in bad.text
+        assert audit_rows(rt)[-1][3] == "refused" and balance(rt) == before + 1000
+        app.post(url, {**fields, "_action": "nope", "_csrf": token}, status=400)
+    finally:
+        rt.close()
+
+
+def test_nothing_runs_when_the_audit_log_cannot_be_written(monkeypatch):
+    rt = money_runtime()
+    try:
+        app = console_of(rt)
+        login(app)
+        token = csrf_of(app.get("/"))
+
+        def broken(*args: Any) -> str:
+            raise RuntimeError("disk full")
+
+        monkeypatch.setattr(audit, "begin", broken)
+        before = balance(rt)
+        res = app.post(
+            "/plugins/credit/accounts",
+            {"_action": "topup", "account": "demo", "amount": "1", "_csrf": token},
+            status=303,
+        ).follow()
+        assert "audit log cannot be written" in res.text and balance(rt) == before
+    finally:
+        rt.close()
+
+
+def test_every_page_renders_and_none_shows_a_secret(backend):
+    """The admin token, the Sinch secret, the CRM webhook secret, the store URL's
+    password, a plugin setting marked secret, the users' hashes: on no page."""
+    secret_setting = "third-party-api-key-42"
+
+    class Vault:
+        @hookimpl
+        def switchboard_config_keys(self):
+            return {"api_key": Key(str, None, "the vault's key", secret=True)}
+
+        @hookimpl
+        def switchboard_ice(self, event, ctx):
+            return None
+
+    digest = hash_password(PASSWORD)
+    store_password = "pg-password-xyz"
+    rt = backend.runtime(
+        {"allowlist": Allowlist(), "credit": Credit(), "crm": Crm(), "vault": Vault()},
+        admin={**ADMIN, "users": [{"name": "alice", "password_hash": digest}]},
+        store={"url": f"postgresql://switchboard:{store_password}@db.example:5432/sb"},
+        plugins={
+            **PLUGINS,
+            "crm": {
+                "webhook_url": "http://crm:url-password-77@127.0.0.1:9/crm",
+                "webhook_secret": CRM_SECRET,
+            },
+            "vault": {"api_key": secret_setting},
+        },
+    )
+    try:
+        app = console_of(rt)
+        _traffic(rt)
+        login(app, PASSWORD, name="alice")
+        secrets = [TOKEN, SECRET, CRM_SECRET, store_password, secret_setting, digest, PASSWORD]
+        secrets.append("url-password-77")  # in a URL whose key is not marked secret
+        paths = [
+            "/",
+            "/?hours=24",
+            "/calls",
+            "/calls?outcome=hangup&number=%2B44",
+            "/calls/call-ok",
+            "/calls/call-denied",
+            "/plugins",
+            "/inbox",
+            "/audit",
+            "/plugins/credit/accounts",
+            "/plugins/credit/accounts?account=demo",
+            "/plugins/crm/outbox",
+        ]
+        for path in paths:
+            page = app.get(path)
+            assert page.status_int == 200, path
+            assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")
+            for secret in secrets:
+                assert secret not in page.text, (path, secret)
+        plugins_page = app.get("/plugins").text
+        assert "&lt;redacted&gt;" in plugins_page and "switchboard:***@db.example" in plugins_page
+    finally:
+        rt.close()
+
+
+# ---------------------------------------------------------------------------- pages
+
+
+def test_calls_are_listed_filtered_and_each_has_its_page():
+    rt = money_runtime()
+    try:
+        app = console_of(rt)
+        _traffic(rt)
+        login(app)
+        listed = app.get("/calls").text
+        assert "/calls/call-ok" in listed and "/calls/call-denied" in listed
+        assert "0.04 USD" in listed  # the charge, from credit's call details
+        denied = app.get("/calls?outcome=hangup").text
+        assert "/calls/call-denied" in denied and "/calls/call-ok" not in denied
+        by_number = app.get("/calls?number=%2B1561").text
+        assert "/calls/call-ok" in by_number and "/calls/call-denied" not in by_number
+        bad = app.get("/calls?since=yesterday").text
+        assert "since: not a time" in bad
+        one = app.get("/calls/call-ok").text
+        for shown in ("ICE", "ACE", "DICE", "allowlist", "credit", "settled", "0.04 USD"):
+            assert shown in one, shown
+        assert app.get("/calls/no-such-call", status=404)
+        overview = app.get("/").text
+        assert "answer time p99" in overview and "open reservation" in overview
+        assert 'href="/calls?outcome=hangup' in overview  # a figure links to its calls
+    finally:
+        rt.close()
+
+
+class Pages:
+    """A third-party plugin's console pages: a good one, one whose page fails, one
+    whose action refuses or fails."""
+
+    def __init__(self) -> None:
+        self.done: list[str] = []
+
+    @hookimpl
+    def switchboard_console_pages(self):
+        def fine(request):
+            return f"<p>hello {request.user}</p>" + request.action_form("poke", "Poke")
+
+        def poke(request):
+            self.done.append(request.user)
+            return "poked"
+
+        def refuse(request):
+            raise ValueError("not today")
+
+        def explode(request):
+            raise RuntimeError("the secret is 42")
+
+        return [
+            ConsolePage("", "Pages", fine, {"poke": poke, "refuse": refuse, "boom": explode}),
+            ConsolePage("broken", "Broken", explode, panel=explode),
+        ]
+
+
+class BadPages:
+    @hookimpl
+    def switchboard_console_pages(self):
+        return ["not a page"]
+
+
+def test_plugin_pages_come_from_the_hook_and_their_failures_stay_theirs():
+    plugin = Pages()
+    rt = runtime({"pages": plugin, "bad": BadPages()}, admin=ADMIN)
+    try:
+        app = console_of(rt)
+        login(app)
+        page = app.get("/plugins/pages")
+        assert "hello token" in page.text
+        token = csrf_of(page)
+        app.post("/plugins/pages", {"_action": "poke"}, status=403)
+        assert plugin.done == []
+        ok = app.post("/plugins/pages", {"_action": "poke", "_csrf": token}, status=303)
+        assert plugin.done == ["token"] and "poked" in ok.follow().text
+        refused = app.post("/plugins/pages", {"_action": "refuse", "_csrf": token}).follow()
+        assert "not today" in refused.text
+        failed = app.post("/plugins/pages", {"_action": "boom", "_csrf": token}).follow()
+        assert "pages.boom failed (RuntimeError)" in failed.text and "42" not in failed.text
+        assert [(a, o) for _, a, _, o, _, _ in audit_rows(rt)][1:] == [
+            ("pages.poke", "ok"),
+            ("pages.refuse", "refused"),
+            ("pages.boom", "failed"),
+        ]
+        broken = app.get("/plugins/pages/broken", status=500)
+        assert "This page of the plugin pages failed" in broken.text and "42" not in broken.text
+        assert "This panel failed" in app.get("/").text  # the Overview still renders
+        assert "bad: must return a list of core.ConsolePage" in app.get("/plugins").text
+        app.get("/plugins/bad/anything", status=404)
+    finally:
+        rt.close()
+
+
+class Flaky:
+    """A DiCE observer that fails while ``failing`` is set."""
+
+    def __init__(self) -> None:
+        self.failing = True
+
+    @hookimpl
+    def switchboard_dice(self, event, ctx):
+        if self.failing:
+            raise RuntimeError("ledger database is down")
+
+
+def test_parked_work_is_listed_and_retried_from_the_inbox():
+    flaky = Flaky()
+    rt = runtime(
+        {"router": _Router(), "flaky": flaky},
+        admin=ADMIN,
+        policy={"retry_attempts": 1, "retry_backoff": 0.05},
+    )
+    try:
+        app = console_of(rt)
+        callbacks = webtest.TestApp(make_app(rt))
+        post(callbacks, ice("parked-1"))
+        post(callbacks, dice("parked-1"))
+        assert wait_for(lambda: [w.state for w in rt.store.waiting("parked-1")] == ["parked"])
+        login(app)
+        inbox = app.get("/inbox")
+        assert "parked-1" in inbox.text and "ledger database is down" in inbox.text
+        token = csrf_of(inbox)
+        fields = {"callid": "parked-1", "event": "dice", "sub": ""}
+        app.post("/inbox/retry", fields, status=403)
+        assert [w.state for w in rt.store.waiting("parked-1")] == ["parked"]
+        flaky.failing = False
+        done = app.post("/inbox/retry", {**fields, "_csrf": token}, status=303).follow()
+        assert "retried dice of call parked-1: done" in done.text
+        assert rt.store.waiting("parked-1") == []
+        assert audit_rows(rt)[-1][1:4] == ("inbox.retry", "parked-1 dice", "ok")
+    finally:
+        rt.close()
+
+
+class _Router:
+    @hookimpl
+    def switchboard_ice(self, event, ctx):
+        return Decision.propose(ConnectPstn(number="+15612600684", max_duration=300), "route")
+
+
+def test_the_audit_log_pages():
+    rt = money_runtime()
+    try:
+        app = console_of(rt)
+        login(app)
+        rt.start()
+        for i in range(60):
+            audit.record(rt.store, "alice", "test.action", f"item-{i}", "127.0.0.1", "ok")
+        first = app.get("/audit")
+        assert "item-59" in first.text and "item-9<" not in first.text
+        older = first.click(description="Older")
+        assert "item-9<" in older.text and "item-59" not in older.text
+    finally:
+        rt.close()

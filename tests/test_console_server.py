@@ -1,0 +1,141 @@
+"""The console on a real server: its own listener, started and stopped with the server,
+never answering on the callback port; a refused reload shows on its Overview."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import re
+import signal
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from tests.conftest import run_cli
+from tests.helpers import KEY, SECRET, ice, wait_for
+
+TOKEN = "console-admin-token-0123456789"
+
+
+def config(console: str = "127.0.0.1:0", extra: str = "") -> str:
+    return f"""
+[server]
+port = 0
+shutdown_grace = 3
+
+[[sinch.keys]]
+key = "{KEY}"
+secret = "{SECRET}"
+
+[admin]
+token = "{TOKEN}"
+console = "{console}"
+
+[store]
+url = "sqlite:///console.db"
+
+[plugins]
+enabled = ["allowlist"]
+
+[plugins.allowlist]
+allow = ["+1*"]
+{extra}
+"""
+
+
+def console_url(server: Any) -> str:
+    line = server.proc.stdout.readline()
+    assert line.startswith("switchboard console on "), line
+    return line.split()[3].rstrip("/")
+
+
+class Browser:
+    """urllib with cookies: enough to log in and read pages."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with self.opener.open(self.base + path, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            with err:
+                return err.code, err.read().decode()
+
+    def post(self, path: str, fields: dict[str, str]) -> tuple[int, str]:
+        data = urllib.parse.urlencode(fields).encode()
+        try:
+            with self.opener.open(self.base + path, data=data, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            with err:
+                return err.code, err.read().decode()
+
+    def login(self) -> None:
+        _, page = self.get("/login")
+        token = re.search(r'name="_csrf" value="([^"]+)"', page).group(1)
+        status, page = self.post("/login", {"_csrf": token, "name": "", "password": TOKEN})
+        assert status == 200 and "Plugin health" in page, page[:500]
+
+
+def test_the_console_has_its_own_listener_and_stops_with_the_server(serve):
+    server = serve(config())
+    url = console_url(server)
+    callback_port = int(server.url.split(":")[2].split("/")[0])
+    console_port = int(url.rsplit(":", 1)[1])
+    assert console_port != callback_port
+    base = f"http://127.0.0.1:{callback_port}"
+    for path in ("/", "/login", "/calls", "/static/console.css", "/plugins"):
+        try:
+            urllib.request.urlopen(base + path, timeout=5)
+            raise AssertionError(f"{path} answered on the callback port")
+        except urllib.error.HTTPError as err:
+            assert err.code == 404, path
+    browser = Browser(url)
+    assert browser.get("/static/console.css")[0] == 200
+    browser.login()
+    assert server.post(ice("console-call-1"))[0] == 200
+    status, page = browser.get("/calls")
+    assert status == 200 and "console-call-1" in page
+    assert server.stop() == 0
+    with socket.socket() as s:  # the console's port is closed with the server
+        assert s.connect_ex(("127.0.0.1", console_port)) != 0
+    assert "operator console stopped" in server.log
+
+
+def test_a_refused_reload_shows_on_the_overview(serve):
+    server = serve(config())
+    browser = Browser(console_url(server))
+    browser.login()
+    assert "no reload refused" in browser.get("/")[1]
+    server.config.write_text(config(extra="unknown_key = 1"))
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "reload refused" in server.log, timeout=10)
+    page = browser.get("/")[1]
+    assert "refused" in page and "plugins.allowlist.unknown_key" in page
+    server.config.write_text(config())
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "reloaded" in server.log, timeout=10)
+    assert wait_for(lambda: "no reload refused" in browser.get("/")[1], timeout=5)
+    assert "(token)" in browser.get("/")[1]  # the session outlives the reload
+
+
+def test_a_console_address_in_use_stops_the_start(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "config.toml"
+        path.write_text(config(f"127.0.0.1:{port}"))
+        started = time.monotonic()
+        ran = run_cli(path, "serve")
+    assert ran.returncode == 2, ran.stdout + ran.stderr
+    assert f"error: admin.console: cannot listen on 127.0.0.1:{port}: address already in use" in (
+        ran.stderr
+    )
+    assert time.monotonic() - started < 60
