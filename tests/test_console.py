@@ -187,6 +187,33 @@ def test_the_cookie_is_secure_behind_tls():
         rt.close()
 
 
+def test_after_login_only_the_consoles_own_pages_are_redirected_to():
+    rt = money_runtime()
+    try:
+        app = console_of(rt)
+        for target, expected in [
+            ("/calls?outcome=hangup", "/calls?outcome=hangup"),
+            ("/plugins/credit/accounts?account=demo", "/plugins/credit/accounts?account=demo"),
+            ("/%09/evil.host/x", "/"),  # browsers strip the tab: //evil.host/x
+            ("/%0a/evil.host/x", "/"),
+            ("/%0d%0aSet-Cookie:%20x=1", "/"),
+            ("//evil.host/x", "/"),
+            ("/%5Cevil.host", "/"),
+            ("/%20/evil.host", "/"),
+            ("https://evil.host/", "/"),
+            ("/evil", "/"),
+            ("/calls/../../elsewhere", "/"),
+        ]:
+            app.reset()
+            form = app.get("/login?next=" + target).forms[0]
+            form["password"] = TOKEN
+            done = form.submit(status=303)
+            assert done.location == expected, target
+            assert app.get("/login?next=" + target, status=303).location == expected
+    finally:
+        rt.close()
+
+
 def test_operators_log_in_with_their_password_and_are_audited_by_name():
     users = [{"name": "alice", "password_hash": hash_password(PASSWORD)}]
     rt = money_runtime(users=users)

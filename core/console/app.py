@@ -153,9 +153,22 @@ def _fields(forms: Any) -> dict[str, str]:
     return {k: _text(forms, k) for k in forms.keys()}
 
 
+# the console's own pages (a redirect's path must be one of them)
+ROUTES = re.compile(r"/(calls(/[^?#]*)?|plugins(/[^?#]*)?|inbox|audit)?/?")
+# printable ASCII but the space: no control character, no whitespace, nothing a browser
+# strips or rewrites before it resolves the URL
+SAFE_TARGET = re.compile(r"/(?:[^/\\\x00-\x20\x7f-\uffff][\x21-\x7e]*)?")
+
+
 def _local(target: str | None, default: str = "/") -> str:
-    """``target`` if it is a path of this console (for redirects), else ``default``."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """``target`` if it is a path of this console's own pages (for redirects), else
+    ``default``: one "/" then neither "/" nor "\\", no control characters or whitespace
+    (browsers strip tabs and newlines: ``/\t/evil.host`` is ``//evil.host``), no
+    backslash anywhere, and the path one of the console's routes."""
+    if not target or not SAFE_TARGET.fullmatch(target) or "\\" in target:
+        return default
+    path = target.split("?", 1)[0].split("#", 1)[0]
+    if not ROUTES.fullmatch(path) or "/." in path:
         return default
     return target
 
