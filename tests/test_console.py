@@ -272,6 +272,55 @@ def test_sessions_end_when_idle():
     assert sessions.get("made-up", now=1000.0) is None
 
 
+def test_sessions_end_after_their_lifetime_even_when_used():
+    sessions = Sessions(idle=60, lifetime=600)
+    session = sessions.new("alice", now=1000.0)
+    for now in range(1050, 1600, 50):
+        assert sessions.get(session.sid, now=float(now)) is session
+    assert sessions.get(session.sid, now=1601.0) is None and len(sessions) == 0
+    assert Sessions(idle=480 * 60).lifetime == 12 * 3600
+
+
+def test_sessions_end_when_their_credential_changes_at_a_reload():
+    alice = {"name": "alice", "password_hash": hash_password(PASSWORD)}
+    bob = {"name": "bob", "password_hash": hash_password(PASSWORD)}
+    rt = money_runtime(users=[alice, bob])
+    reloaded: list[Any] = []
+    try:
+        host = Fixed(rt)
+        rt.start()
+        console = make_console(host)
+        as_token, as_alice, as_bob = (
+            webtest.TestApp(console, extra_environ={"REMOTE_ADDR": "192.0.2.7"})
+            for _ in range(3)
+        )
+        login(as_token)
+        login(as_alice, PASSWORD, name="alice")
+        login(as_bob, PASSWORD, name="bob")
+        url = "/plugins/credit/accounts?account=demo"
+        pages = {app: app.get(url) for app in (as_token, as_alice, as_bob)}
+        # reload: the token rotated, alice removed, bob's password changed
+        bob2 = {"name": "bob", "password_hash": hash_password("bob's new password")}
+        reloaded.append(money_runtime(token="a-new-admin-token-0123456789", users=[bob2]))
+        host.runtime = reloaded[0]
+        reloaded[0].start()
+        for app, page in pages.items():
+            form = {"_action": "topup", "account": "demo", "amount": "10.00"}
+            app.post(url, {**form, "_csrf": csrf_of(page)}, status=403)
+            assert app.get("/", status=303).location.startswith("/login")
+        assert balance(reloaded[0]) == 500
+        assert not any(a == "credit.topup" for _, a, _, _, _, _ in audit_rows(reloaded[0]))
+        login(as_token, "a-new-admin-token-0123456789")  # the new credentials log in
+        assert as_token.get("/").status_int == 200
+        host.runtime = rt  # and an unchanged credential keeps its session
+        login(as_alice, PASSWORD, name="alice")
+        assert as_alice.get("/").status_int == 200
+    finally:
+        rt.close()
+        for other in reloaded:
+            other.close()
+
+
 # ---------------------------------------------------------------------------- changes
 
 

@@ -34,7 +34,15 @@ from weakref import WeakKeyDictionary, WeakSet
 import bottle
 
 from core.console import audit, views
-from core.console.auth import LoginTokens, Session, Sessions, Throttle, authenticate, csrf_ok
+from core.console.auth import (
+    LoginTokens,
+    Session,
+    Sessions,
+    Throttle,
+    authenticate,
+    credential,
+    csrf_ok,
+)
 from core.console.health import Host
 from core.console.page import ConsolePage, ConsoleRequest
 from core.runtime import Runtime
@@ -234,8 +242,16 @@ class Console:
         )
 
     def _session(self, runtime: Runtime) -> Session | None:
-        self.sessions.idle = runtime.settings.admin["session_minutes"] * 60.0
-        return self.sessions.get(bottle.request.get_cookie(COOKIE))
+        admin = runtime.settings.admin
+        self.sessions.idle = admin["session_minutes"] * 60.0
+        session = self.sessions.get(bottle.request.get_cookie(COOKIE))
+        if session is not None and not session.still_valid(admin["token"], admin["users"]):
+            # logged in with a token or password the settings no longer hold (rotated,
+            # removed, then reloaded): the session ends with its credential
+            log.info("console: the session of %s ended: its credential changed", session.user)
+            self.sessions.end(session.sid)
+            return None
+        return session
 
     def _begin(self, *, post: bool = False) -> Req:
         """The request's runtime and session; for a ``POST``, its CSRF token checked.
@@ -371,7 +387,9 @@ class Console:
                 bottle.response.status = 401
                 return self._login_page(runtime, target, "Wrong name or password.", name)
             self.throttle.succeeded(key)
-            session = self.sessions.new(user)
+            session = self.sessions.new(
+                user, credential=credential(user, not name, admin["token"], admin["users"]) or ""
+            )
             _audit_quietly(runtime.store, user, "login", None, address, "ok")
             log.info("console: %s logged in from %s", user, address)
             self._cookie(runtime, COOKIE, session.sid)

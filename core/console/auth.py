@@ -5,7 +5,9 @@
   prints for ``[[admin.users]]``. The admin token logs in as the operator ``token``.
 * Sessions live in this process's memory (``Sessions``), under a random id in an
   ``HttpOnly``, ``SameSite=Strict`` cookie, and end after ``admin.session_minutes``
-  without a request, at logout, or when the server stops. Each has its own CSRF token.
+  without a request, ``SESSION_LIFETIME`` after the login, at logout, when the server
+  stops, or when the token or password hash it logged in with is no longer configured
+  (``credential``, checked on every request). Each has its own CSRF token.
 * The login form, before there is a session, carries a token derived from a random
   nonce in a cookie and a key drawn at each start (``LoginTokens``).
 * A client address that fails to log in ``THROTTLE_FAILURES`` times within
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 TOKEN_ACTOR = "token"  # the operator name of a login with the admin token
 MAX_SESSIONS = 10_000
+SESSION_LIFETIME = 12 * 3600.0  # a session ends this long after its login, used or not
 THROTTLE_FAILURES = 5
 THROTTLE_WINDOW = 300.0
 
@@ -92,6 +95,26 @@ def authenticate(
 # ---------------------------------------------------------------------------- sessions
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def credential(
+    user: str, by_token: bool, token: str | None, users: Iterable[Mapping[str, str]]
+) -> str | None:
+    """What a session of ``user`` rests on in these settings: a digest of the admin
+    token (a login with the token), or the user's name and a digest of their password
+    hash; ``None`` when that credential is no longer configured. A session whose
+    credential differs from the current one (the token rotated, the user removed or
+    given a new password, then a reload) has ended."""
+    if by_token:
+        return "token " + _digest(token) if token else None
+    found = next((u for u in users if u.get("name") == user), None)
+    if found is None or not found.get("password_hash"):
+        return None
+    return f"user {_digest(found['password_hash'])} {user}"
+
+
 @dataclass
 class Session:
     sid: str
@@ -100,19 +123,37 @@ class Session:
     created: float
     seen: float
     flash: list[tuple[str, str]] = field(default_factory=list)  # (kind, text) to show next
+    credential: str = ""  # see ``credential``: what this session was logged in with
+
+    @property
+    def by_token(self) -> bool:
+        return self.credential.startswith("token ")
+
+    def still_valid(self, token: str | None, users: Iterable[Mapping[str, str]]) -> bool:
+        """Whether the credential this session logged in with is still configured."""
+        now = credential(self.user, self.by_token, token, users)
+        return now is not None and hmac.compare_digest(now.encode(), self.credential.encode())
 
 
 class Sessions:
-    """The logged-in sessions of this process, ended after ``idle`` seconds unused."""
+    """The logged-in sessions of this process, ended after ``idle`` seconds unused or
+    ``lifetime`` seconds after their login."""
 
-    def __init__(self, idle: float) -> None:
-        self.idle = idle
+    def __init__(self, idle: float, lifetime: float = SESSION_LIFETIME) -> None:
+        self.idle, self.lifetime = idle, lifetime
         self._lock = threading.Lock()
         self._by_id: OrderedDict[str, Session] = OrderedDict()
 
-    def new(self, user: str, now: float | None = None) -> Session:
+    def new(self, user: str, now: float | None = None, credential: str = "") -> Session:
         now = time.time() if now is None else now
-        session = Session(secrets.token_urlsafe(32), user, secrets.token_urlsafe(32), now, now)
+        session = Session(
+            secrets.token_urlsafe(32),
+            user,
+            secrets.token_urlsafe(32),
+            now,
+            now,
+            credential=credential,
+        )
         with self._lock:
             self._by_id[session.sid] = session
             while len(self._by_id) > MAX_SESSIONS:
@@ -128,7 +169,7 @@ class Sessions:
             session = self._by_id.get(sid)
             if session is None:
                 return None
-            if now - session.seen > self.idle:
+            if now - session.seen > self.idle or now - session.created > self.lifetime:
                 del self._by_id[sid]
                 return None
             session.seen = now
