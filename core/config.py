@@ -480,6 +480,8 @@ def _users(value: list[dict[str, str]]) -> None:
             raise ValueError(f"[{i}]: give exactly name and password_hash")
         if not user["name"] or user["name"] in seen:
             raise ValueError(f"[{i}].name: must be a non-empty name used once")
+        if len(user["name"]) > 64:  # core.console.auth.NAME_LIMIT
+            raise ValueError(f"[{i}].name: at most 64 characters")
         if not user["password_hash"].startswith(SCRYPT_PREFIX):
             raise ValueError(
                 f"[{i}].password_hash: not a hash made by `switchboard console hash-password`"

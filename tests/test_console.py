@@ -15,7 +15,7 @@ from core.app import make_app
 from core.config import ConfigError, console_address
 from core.console import audit
 from core.console.app import make_console
-from core.console.auth import Sessions, hash_password, verify_password
+from core.console.auth import LoginTokens, Sessions, Throttle, hash_password, verify_password
 from core.console.health import Fixed
 from core.svaml import ConnectPstn
 from plugins.allowlist import Allowlist
@@ -242,6 +242,73 @@ def test_the_login_form_needs_its_csrf_token_and_failures_are_throttled():
             login(app, "guess", status=401)
         throttled = login(app, TOKEN, status=429)  # even the right one, for a while
         assert "Too many failed logins" in throttled.text
+    finally:
+        rt.close()
+
+
+def test_failed_logins_are_throttled_per_address_per_name_and_in_all():
+    users = [{"name": "alice", "password_hash": hash_password(PASSWORD)}]
+    rt = money_runtime(users=users)
+    try:
+        app = console_of(rt)
+        for i in range(5):  # a new name each time: still one address
+            login(app, "guess", name=f"someone-{i}", status=401)
+        assert "Too many failed logins" in login(app, TOKEN, status=429).text
+        for i in range(10):  # one name from many addresses
+            other = webtest.TestApp(app.app, extra_environ={"REMOTE_ADDR": f"198.51.100.{i}"})
+            login(other, "guess", name="alice", status=401)
+        fresh = webtest.TestApp(app.app, extra_environ={"REMOTE_ADDR": "203.0.113.9"})
+        login(fresh, PASSWORD, name="alice", status=429)
+        login(fresh)  # the token is another name: it still logs in
+    finally:
+        rt.close()
+    throttle = Throttle(failures=5, window=300, per_name=10, in_all=20, keys=50)
+    for i in range(20):
+        assert throttle.allows(f"10.0.0.{i}", f"name-{i}", now=1000.0)
+        throttle.failed(f"10.0.0.{i}", f"name-{i}", now=1000.0)
+    assert not throttle.allows("10.9.9.9", "fresh", now=1001.0)  # 20 in all
+    assert throttle.allows("10.9.9.9", "fresh", now=1301.0)  # the window has passed
+    for i in range(5000):  # bounded, however many addresses and names fail
+        throttle.failed(f"10.1.{i // 256}.{i % 256}", "x" * 64 + str(i), now=2000.0)
+    assert len(throttle) <= 50
+
+
+def test_the_login_name_is_capped_and_the_login_form_is_good_once_and_for_a_while():
+    rt = money_runtime(users=[{"name": "alice", "password_hash": hash_password(PASSWORD)}])
+    try:
+        app = console_of(rt)
+        long = login(app, "guess", name="n" * 100_000, status=400)
+        assert "at most 64 characters" in long.text and "n" * 65 not in long.text
+        assert audit_rows(rt) == []
+        form = app.get("/login").forms[0]
+        form["password"] = "guess"
+        form.submit(status=401)
+        form["password"] = TOKEN
+        form.submit(status=403)  # the same form again: its token is used up
+    finally:
+        rt.close()
+    tokens = LoginTokens(ttl=600)
+    nonce, token = tokens.issue(now=1000.0)
+    assert not tokens.check(nonce, token + "x", now=1001.0)  # a wrong token uses it up too
+    nonce, token = tokens.issue(now=1000.0)
+    assert tokens.check(nonce, token, now=1599.0) and not tokens.check(nonce, token, now=1599.0)
+    nonce, token = tokens.issue(now=1000.0)
+    assert not tokens.check(nonce, token, now=1601.0)  # too old
+    assert not tokens.check("made-up", tokens.token("made-up"), now=1000.0)  # not issued here
+    small = LoginTokens(limit=10)
+    for _ in range(1000):
+        small.issue()
+    assert len(small._issued) == 10
+
+
+def test_the_audit_log_keeps_64_characters_of_a_name():
+    rt = money_runtime()
+    try:
+        rt.start()
+        audit.migrate(rt.store)
+        audit.record(rt.store, "a" * 10_000, "login", None, "192.0.2.1", "refused")
+        audit.begin(rt.store, "b" * 10_000, "x", None, "192.0.2.1")
+        assert sorted(len(row[0]) for row in audit_rows(rt)) == [64, 64]
     finally:
         rt.close()
 

@@ -35,6 +35,7 @@ import bottle
 
 from core.console import audit, views
 from core.console.auth import (
+    NAME_LIMIT,
     LoginTokens,
     Session,
     Sessions,
@@ -372,9 +373,14 @@ class Console:
                     "Reload the login page and try again.",
                 )
             name = _text(forms, "name").strip()
-            address = str(bottle.request.environ.get("REMOTE_ADDR") or "?")
-            key = f"{address} {name}"
-            if not self.throttle.allows(key):
+            address = str(bottle.request.environ.get("REMOTE_ADDR") or "?")[:64]
+            if len(name) > NAME_LIMIT:  # no such operator: refused without the hashing
+                self.throttle.failed(address, name[:NAME_LIMIT])
+                bottle.response.status = 400
+                return self._login_page(
+                    runtime, target, f"A name has at most {NAME_LIMIT} characters."
+                )
+            if not self.throttle.allows(address, name):
                 bottle.response.status = 429
                 return self._login_page(
                     runtime, target, "Too many failed logins: wait a few minutes.", name
@@ -382,11 +388,11 @@ class Console:
             admin = runtime.settings.admin
             user = authenticate(name, _text(forms, "password"), admin["token"], admin["users"])
             if user is None:
-                self.throttle.failed(key)
+                self.throttle.failed(address, name)
                 _audit_quietly(runtime.store, name or "token", "login", None, address, "refused")
                 bottle.response.status = 401
                 return self._login_page(runtime, target, "Wrong name or password.", name)
-            self.throttle.succeeded(key)
+            self.throttle.succeeded(address, name)
             session = self.sessions.new(
                 user, credential=credential(user, not name, admin["token"], admin["users"]) or ""
             )

@@ -37,6 +37,7 @@ MIGRATIONS = (
     ),
 )
 DETAIL_LIMIT = 500  # characters of an action's text kept
+ACTOR_LIMIT = 64  # an operator name (core.console.auth.NAME_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def begin(store: Store, actor: str, action: str, target: str | None, address: st
     store.write(
         "INSERT INTO console_audit (id, at, actor, action, target, outcome, address) "
         "VALUES (?, ?, ?, ?, ?, 'started', ?)",
-        (entry, time.time(), actor, action, _cut(target), _cut(address)),
+        (entry, time.time(), _actor(actor), action, _cut(target), _cut(address)),
     )
     return entry
 
@@ -90,7 +91,7 @@ def record(
         (
             uuid.uuid4().hex,
             time.time(),
-            actor,
+            _actor(actor),
             action,
             _cut(target),
             outcome,
@@ -113,6 +114,10 @@ def recent(
     entries = [Entry(*row) for row in rows[:limit]]
     more = len(rows) > limit
     return entries, (entries[-1].at if more and entries else None)
+
+
+def _actor(actor: str) -> str:
+    return actor[:ACTOR_LIMIT]
 
 
 def _cut(text: str | None) -> str | None:

@@ -9,9 +9,11 @@
   stops, or when the token or password hash it logged in with is no longer configured
   (``credential``, checked on every request). Each has its own CSRF token.
 * The login form, before there is a session, carries a token derived from a random
-  nonce in a cookie and a key drawn at each start (``LoginTokens``).
-* A client address that fails to log in ``THROTTLE_FAILURES`` times within
-  ``THROTTLE_WINDOW`` seconds is refused until the window has passed (``Throttle``).
+  nonce in a cookie and a key drawn at each start (``LoginTokens``); it is good for
+  ``LOGIN_TOKEN_TTL`` seconds and one login attempt.
+* Failed logins are counted per client address, per name and in all: too many within
+  ``THROTTLE_WINDOW`` seconds refuse the next ones until the window has passed
+  (``Throttle``), whatever name is tried. Every table here is bounded.
 """
 
 from __future__ import annotations
@@ -30,8 +32,14 @@ SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 TOKEN_ACTOR = "token"  # the operator name of a login with the admin token
 MAX_SESSIONS = 10_000
 SESSION_LIFETIME = 12 * 3600.0  # a session ends this long after its login, used or not
-THROTTLE_FAILURES = 5
+THROTTLE_FAILURES = 5  # per client address
+THROTTLE_NAME_FAILURES = 10  # per name tried, from any address
+THROTTLE_ALL_FAILURES = 100  # in all
 THROTTLE_WINDOW = 300.0
+THROTTLE_KEYS = 10_000  # addresses and names remembered (the oldest are forgotten)
+NAME_LIMIT = 64  # a login name's length
+LOGIN_TOKEN_TTL = 600.0
+LOGIN_TOKENS = 10_000  # login forms outstanding (the oldest are forgotten)
 
 
 def _b64(data: bytes) -> str:
@@ -190,52 +198,104 @@ def csrf_ok(session: Session, given: str | None) -> bool:
 
 class LoginTokens:
     """CSRF tokens for the login form, before there is a session: the form carries
-    HMAC(key, nonce), the nonce is in a cookie; the key is drawn at each start."""
+    HMAC(key, nonce), the nonce is in a cookie; the key is drawn at each start. A nonce
+    is good for ``ttl`` seconds and one check; at most ``limit`` are outstanding (a
+    flood of login pages forgets the oldest: their forms need a reload)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ttl: float = LOGIN_TOKEN_TTL, limit: int = LOGIN_TOKENS) -> None:
         self._key = secrets.token_bytes(32)
+        self.ttl, self.limit = ttl, limit
+        self._lock = threading.Lock()
+        self._issued: OrderedDict[str, float] = OrderedDict()  # nonce -> issued at
 
-    def issue(self) -> tuple[str, str]:
+    def issue(self, now: float | None = None) -> tuple[str, str]:
+        now = time.time() if now is None else now
         nonce = secrets.token_urlsafe(24)
+        with self._lock:
+            self._issued[nonce] = now
+            while len(self._issued) > self.limit:
+                self._issued.popitem(last=False)
         return nonce, self.token(nonce)
 
     def token(self, nonce: str) -> str:
         return hmac.new(self._key, nonce.encode(), hashlib.sha256).hexdigest()
 
-    def check(self, nonce: str | None, given: str | None) -> bool:
+    def check(self, nonce: str | None, given: str | None, now: float | None = None) -> bool:
+        """Whether ``given`` is the form token of ``nonce``, issued here less than
+        ``ttl`` ago and not checked before (it is used up either way)."""
         if not nonce or not given:
+            return False
+        now = time.time() if now is None else now
+        with self._lock:
+            issued = self._issued.pop(nonce, None)
+        if issued is None or now - issued > self.ttl:
             return False
         return hmac.compare_digest(self.token(nonce).encode(), given.encode())
 
 
 class Throttle:
-    """Failed logins per client address: too many within the window refuse the next."""
+    """Failed logins per client address, per name and in all: too many of any within
+    the window refuse the next. Memory is bounded: at most ``keys`` addresses and names
+    (the least recently failed are forgotten), each with at most its limit of times."""
 
-    def __init__(self, failures: int = THROTTLE_FAILURES, window: float = THROTTLE_WINDOW):
+    def __init__(
+        self,
+        failures: int = THROTTLE_FAILURES,
+        window: float = THROTTLE_WINDOW,
+        *,
+        per_name: int = THROTTLE_NAME_FAILURES,
+        in_all: int = THROTTLE_ALL_FAILURES,
+        keys: int = THROTTLE_KEYS,
+    ):
         self.failures, self.window = failures, window
+        self.per_name, self.in_all, self.keys = per_name, in_all, keys
         self._lock = threading.Lock()
         self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+        self._all: deque[float] = deque(maxlen=in_all)
 
-    def _recent(self, address: str, now: float) -> deque[float]:
-        recent = self._seen.get(address)
+    def _recent(self, key: str, limit: int, now: float, add: bool = False) -> int:
+        recent = self._seen.get(key)
         if recent is None:
-            recent = self._seen[address] = deque()
-            while len(self._seen) > MAX_SESSIONS:
+            if not add:
+                return 0
+            recent = self._seen[key] = deque(maxlen=limit)
+            while len(self._seen) > self.keys:
                 self._seen.popitem(last=False)
-        while recent and recent[0] <= now - self.window:
-            recent.popleft()
-        return recent
+        _expire(recent, now - self.window)
+        if add:
+            recent.append(now)
+            self._seen.move_to_end(key)
+        return len(recent)
 
-    def allows(self, address: str, now: float | None = None) -> bool:
+    def _limits(self, address: str, name: str) -> list[tuple[str, int]]:
+        return [("a " + address, self.failures), ("n " + name, self.per_name)]
+
+    def allows(self, address: str, name: str = "", now: float | None = None) -> bool:
         now = time.time() if now is None else now
         with self._lock:
-            return len(self._recent(address, now)) < self.failures
+            _expire(self._all, now - self.window)
+            if len(self._all) >= self.in_all:
+                return False
+            return all(
+                self._recent(key, limit, now) < limit for key, limit in self._limits(address, name)
+            )
 
-    def failed(self, address: str, now: float | None = None) -> None:
+    def failed(self, address: str, name: str = "", now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self._lock:
-            self._recent(address, now).append(now)
+            self._all.append(now)
+            for key, limit in self._limits(address, name):
+                self._recent(key, limit, now, add=True)
 
-    def succeeded(self, address: str) -> None:
+    def succeeded(self, address: str, name: str = "") -> None:
         with self._lock:
-            self._seen.pop(address, None)
+            for key, _ in self._limits(address, name):
+                self._seen.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+def _expire(times: deque[float], before: float) -> None:
+    while times and times[0] <= before:
+        times.popleft()
