@@ -480,11 +480,15 @@ def test_every_page_renders_and_none_shows_a_secret(backend):
     rt = backend.runtime(
         {"allowlist": Allowlist(), "credit": Credit(), "crm": Crm(), "vault": Vault()},
         admin={**ADMIN, "users": [{"name": "alice", "password_hash": digest}]},
-        store={"url": f"postgresql://switchboard:{store_password}@db.example:5432/sb"},
+        store={
+            "url": f"postgresql://switchboard:{store_password}@db.example:5432/sb"
+            "?password=pg-query-password&sslpassword=pg-key-passphrase&sslmode=require"
+        },
         plugins={
             **PLUGINS,
             "crm": {
-                "webhook_url": "http://crm:url-password-77@127.0.0.1:9/crm",
+                "webhook_url": "http://crm-user-token:url-password-77@127.0.0.1:9/crm"
+                "?token=url-query-token&id=1",
                 "webhook_secret": CRM_SECRET,
             },
             "vault": {"api_key": secret_setting},
@@ -496,6 +500,7 @@ def test_every_page_renders_and_none_shows_a_secret(backend):
         login(app, PASSWORD, name="alice")
         secrets = [TOKEN, SECRET, CRM_SECRET, store_password, secret_setting, digest, PASSWORD]
         secrets.append("url-password-77")  # in a URL whose key is not marked secret
+        secrets += ["pg-query-password", "pg-key-passphrase", "crm-user-token", "url-query-token"]
         paths = [
             "/",
             "/?hours=24",
@@ -518,6 +523,7 @@ def test_every_page_renders_and_none_shows_a_secret(backend):
                 assert secret not in page.text, (path, secret)
         plugins_page = app.get("/plugins").text
         assert "&lt;redacted&gt;" in plugins_page and "switchboard:***@db.example" in plugins_page
+        assert "?password=***&amp;sslpassword=***&amp;sslmode=require" in plugins_page
     finally:
         rt.close()
 

@@ -116,6 +116,41 @@ def test_postgres_connection_errors_never_show_the_password():
     assert redact_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("sqlite:///x.db", "sqlite:///x.db"),
+        ("postgresql://app@db/calls", "postgresql://app@db/calls"),
+        ("postgresql://app:s3cret@db:5432/calls", "postgresql://app:***@db:5432/calls"),
+        ("postgresql://app:p@ss:w@rd@db/x", "postgresql://app:***@db/x"),
+        ("postgresql://app:s3/cr?et@db/x", "postgresql://app:***@db/x"),
+        (
+            "postgresql://app@db/calls?password=s3cret&sslmode=require",
+            "postgresql://app@db/calls?password=***&sslmode=require",
+        ),
+        (
+            "postgresql://db/x?sslpassword=s3cret&PASSWORD=s3cret",
+            "postgresql://db/x?sslpassword=***&PASSWORD=***",
+        ),
+        ("postgresql://db/x?password=s3cret&sslcert=/a@b", "postgresql://***@b"),
+        ("host=db user=app password=s3cret dbname=x", "host=db user=app password=*** dbname=x"),
+        ("host=db password='s3 cret' user=x", "host=db password=*** user=x"),
+    ],
+)
+def test_redact_url_removes_every_password(url, shown):
+    assert redact_url(url) == shown
+    assert "s3" not in redact_url(url) and "cret" not in redact_url(url)
+
+
+def test_redact_url_can_hide_the_whole_userinfo_and_secret_parameters():
+    assert redact_url("https://tok3n@hooks.example/x?token=abc&id=3", keep_user=False) == (
+        "https://***@hooks.example/x?token=***&id=3"
+    )
+    assert redact_url("https://u:p@hooks.example/x?api_key=k", keep_user=False) == (
+        "https://***@hooks.example/x?api_key=***"
+    )
+
+
 def test_a_failed_commit_leaves_no_transaction_open_on_sqlite(tmp_path):
     """A COMMIT that fails (here a deferred foreign key; on a full disk or an I/O error
     SQLite may likewise keep the transaction open) is rolled back, so the shared write

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from core.console import html as h
 from core.console.page import ConsoleRequest
 from core.metrics import FALLBACK_RULES
 from core.plugins import list_installed
+from core.store import redact_url
 
 if TYPE_CHECKING:
     from core.console.app import Mounted, Req
@@ -325,13 +325,21 @@ class PluginView:
     pages: list[Mounted] = field(default_factory=list)
 
 
-_URL_PASSWORD = re.compile(r"(://[^/@:\s\"]*):[^/@\s\"]*@")
+def _scrubbed(value: Any, keep_user: bool) -> Any:
+    if isinstance(value, str):
+        return redact_url(value, keep_user=keep_user)
+    if isinstance(value, Mapping):
+        return {k: _scrubbed(v, keep_user) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrubbed(v, keep_user) for v in value]
+    return value
 
 
-def _shown(value: Any) -> str:
-    """A setting as JSON, with the password of any URL in it removed (a webhook URL may
-    carry one even though its key is not marked secret)."""
-    return _URL_PASSWORD.sub(r"\1:***@", json.dumps(value, default=str, ensure_ascii=False))
+def _shown(value: Any, keep_user: bool = False) -> str:
+    """A setting as JSON, with the secrets of any URL in it removed (a webhook URL may
+    carry some even though its key is not marked secret): its whole userinfo (or only
+    the password, ``keep_user``: the store's URL) and parameters named like secrets."""
+    return json.dumps(_scrubbed(value, keep_user), default=str, ensure_ascii=False)
 
 
 def plugins(req: Req) -> str:
@@ -369,7 +377,7 @@ def plugins(req: Req) -> str:
         rows=rows,
         others=others,
         problems=req.pages.problems,
-        core=[(section, _shown(values)) for section, values in core.items()],
+        core=[(section, _shown(values, keep_user=True)) for section, values in core.items()],
     )
 
 

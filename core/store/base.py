@@ -11,6 +11,7 @@ name), applied once at start-up and recorded in ``schema_migrations``.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -733,11 +734,31 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def redact_url(url: str) -> str:
-    """A store URL with any password removed, for messages and logs."""
+# query or conninfo parameters whose values are secrets (``password``, ``sslpassword``,
+# an API key or token...): their values are never shown
+_SECRET_PARAM = re.compile(
+    r"(?i)((?:^|[?&;\s])[\w.-]*(?:pass|pwd|secret|token|key|auth|cred|sig)[\w.-]*\s*=\s*)"
+    r"('(?:[^'\\]|\\.)*'|[^&;\s#]*)"
+)
+
+
+def redact_url(url: str, *, keep_user: bool = True) -> str:
+    """A store (or webhook) URL with its secrets removed, for messages, logs and pages:
+    the password of its userinfo (everything between "://" and the last "@", but the
+    user name unless ``keep_user`` is false), and the values of query or conninfo
+    parameters named like secrets (``password=``, ``sslpassword=``, ``token=``,
+    ``api_key=``...)."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    userinfo, _, host = rest.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user + ':***' if ':' in userinfo else user}@{host}"
+    if sep and "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        if not keep_user:
+            rest = f"***@{host}"
+        elif ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            # a user part that looks like more than a name (a "/" or "?") is not shown
+            user = "***" if re.search(r"[/?#&=]", user) else user
+            rest = f"{user}:***@{host}"
+        elif re.search(r"[/?#&=]", userinfo):  # the last "@" is past the authority
+            rest = f"***@{host}"
+        url = f"{scheme}://{rest}"
+    return _SECRET_PARAM.sub(r"\1***", url)

@@ -10,12 +10,12 @@ in the worker, never on the console's request.
 
 from __future__ import annotations
 
-import re
 import time
 from html import escape
 from typing import TYPE_CHECKING
 
 from core import ConsolePage, ConsoleRequest
+from core.store import redact_url
 
 if TYPE_CHECKING:
     from plugins.crm.outbox import Outbox
@@ -62,7 +62,7 @@ def outbox_page(plugin: Crm, request: ConsoleRequest) -> str:
             "kept in the store only, nothing is delivered.</p>"
         )
     else:
-        shown = re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)  # no password in a URL
+        shown = redact_url(url, keep_user=False)  # no userinfo, no secret parameters
         out.append(f"<p>Records are delivered to <code>{escape(shown)}</code>.</p>")
     (pending,), = store.inspect("SELECT COUNT(*) FROM crm_outbox")
     (dead,), = store.inspect("SELECT COUNT(*) FROM crm_dead")
