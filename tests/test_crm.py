@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import time
 
@@ -141,6 +143,38 @@ def test_dead_letters_after_max_attempts_then_replay(crm_app, caplog):
         assert wait_for(lambda: crm.received == ["r4"], timeout=5)
         assert rt.store.query("SELECT COUNT(*) FROM crm_dead") == [(0,)]
         assert any("dead letters" in r.getMessage() for r in caplog.records)
+
+
+def test_replay_all_moves_every_dead_letter_a_batch_per_transaction(crm_app, monkeypatch):
+    from plugins.crm import outbox as outbox_mod
+
+    rt, _, plugin = crm_app(max_attempts=3)  # no webhook: nothing is delivered
+    callids = sorted(["", *(f"dead-{i:04d}" for i in range(2 * outbox_mod.REPLAY_BATCH + 17))])
+    with rt.store.transaction() as tx:
+        for callid in callids:
+            tx.execute(
+                "INSERT INTO crm_dead (callid, payload, attempts, last_error, failed_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (callid, "{}", 3, "HTTP 503", 1.0),
+            )
+    sizes: list[int] = []
+    real = rt.store.transaction
+
+    @contextlib.contextmanager
+    def counted(*args, **kwargs):
+        with real(*args, **kwargs) as tx:
+            before = tx.all("SELECT COUNT(*) FROM crm_dead")[0][0]
+            yield tx
+            sizes.append(before - tx.all("SELECT COUNT(*) FROM crm_dead")[0][0])
+
+    monkeypatch.setattr(rt.store, "transaction", counted)
+    moved = plugin.replay()
+    monkeypatch.undo()
+    assert sorted(moved) == callids
+    assert rt.store.query("SELECT COUNT(*) FROM crm_dead") == [(0,)]
+    assert rt.store.query("SELECT COUNT(*) FROM crm_outbox") == [(len(callids),)]
+    assert max(sizes) <= outbox_mod.REPLAY_BATCH and sum(sizes) == len(callids)
+    assert len(sizes) == 3
 
 
 def test_unreachable_crm_is_retried_with_backoff(crm_app):

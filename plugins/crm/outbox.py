@@ -29,6 +29,7 @@ from plugins.crm import webhook
 log = logging.getLogger("switchboard.plugin.crm")
 
 LEASE_MARGIN = 5.0  # seconds a claim outlives the longest attempt
+REPLAY_BATCH = 200  # dead letters one transaction of a "replay all" moves
 
 
 def enqueue(tx: Tx, callid: str, payload: str, now: float) -> None:
@@ -186,12 +187,28 @@ class Outbox:
     # ------------------------------------------------------------------ dead letters
 
     def replay(self, callid: str | None = None) -> list[str]:
-        """Move dead letters (one, or all) back to the outbox, due now."""
+        """Move dead letters (one, or all) back to the outbox, due now: all of them in
+        batches of ``REPLAY_BATCH``, one transaction each, in call id order, so the
+        write lock is let go between batches (ICEs and DiCEs wait for one batch at
+        most, not for every dead letter)."""
         now = time.time()
+        sql = "SELECT callid, payload FROM crm_dead"
+        if callid:
+            return self._move(sql + " WHERE callid = ?", (callid,), now)
+        moved: list[str] = []
+        batch = self._move(sql + " ORDER BY callid LIMIT ?", (REPLAY_BATCH,), now)
+        while True:
+            moved += batch
+            if len(batch) < REPLAY_BATCH:
+                return moved
+            batch = self._move(
+                sql + " WHERE callid > ? ORDER BY callid LIMIT ?", (batch[-1], REPLAY_BATCH), now
+            )
+
+    def _move(self, sql: str, params: tuple[object, ...], now: float) -> list[str]:
         with self.store.transaction() as tx:
             tx.lock("crm:outbox")
-            sql = "SELECT callid, payload FROM crm_dead"
-            rows = tx.all(sql + " WHERE callid = ?", (callid,)) if callid else tx.all(sql)
+            rows = tx.all(sql, params)
             for cid, payload in rows:
                 tx.execute("DELETE FROM crm_dead WHERE callid = ?", (cid,))
                 enqueue(tx, cid, payload, now)
