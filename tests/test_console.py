@@ -73,6 +73,12 @@ def csrf_of(page: Any) -> str:
     return found.group(1)
 
 
+def once_of(page: Any) -> str:
+    found = re.search(r'name="_once" value="([^"]+)"', page.text)
+    assert found, "no one-time token on the top-up form"
+    return found.group(1)
+
+
 def balance(rt: Any, account: str = "demo") -> int:
     rows = rt.store.query("SELECT balance FROM credit_accounts WHERE account = ?", (account,))
     return int(rows[0][0]) if rows else -1
@@ -418,7 +424,7 @@ def test_a_top_up_needs_the_csrf_token_and_is_audited(backend):
         assert balance(rt) == before
         assert [a for _, a, _, _, _, _ in audit_rows(rt)] == ["login"]  # nothing ran
 
-        done = app.post(url, {**fields, "_csrf": token}, status=303)
+        done = app.post(url, {**fields, "_csrf": token, "_once": once_of(page)}, status=303)
         assert done.location.endswith(url)
         assert balance(rt) == before + 1000
         shown = done.follow()
@@ -431,10 +437,57 @@ def test_a_top_up_needs_the_csrf_token_and_is_audited(backend):
         )
         assert '"source": "console"' in entry[0] and '"by": "token"' in entry[0]
 
-        bad = app.post(url, {**fields, "amount": "-3", "_csrf": token}, status=303).follow()
+        once = once_of(app.get(url))
+        bad = app.post(url, {**fields, "amount": "-3", "_csrf": token, "_once": once}, status=303)
+        bad = bad.follow()
         assert "amount must be greater than 0" in bad.text
         assert audit_rows(rt)[-1][3] == "refused" and balance(rt) == before + 1000
         app.post(url, {**fields, "_action": "nope", "_csrf": token}, status=400)
+    finally:
+        rt.close()
+
+
+def test_a_top_up_takes_plain_amounts_in_the_accounts_currency_and_books_once(backend):
+    rt = money_runtime(backend.runtime)
+    try:
+        app = console_of(rt)
+        login(app)
+        url = "/plugins/credit/accounts?account=demo"
+        before = balance(rt)
+
+        def top_up(amount: str, **extra: str) -> Any:
+            page = app.get(url)
+            fields = {"_action": "topup", "account": "demo", "amount": amount}
+            fields.update({"_csrf": csrf_of(page), "_once": once_of(page), **extra})
+            return app.post(url, fields, status=303).follow()
+
+        for amount in ("1e3", "1_000", "\u0661\u0662", "１２", "12.345", ".5", "5.", "+5",
+                       "1" * 13, "9" * 4000, "NaN", "Infinity", " 1 2", "0x10"):
+            shown = top_up(amount)
+            assert "amount must be" in shown.text, amount
+        assert balance(rt) == before and "Traceback" not in shown.text
+        assert "topped up demo by 7.50 USD" in top_up("7.5").text
+        assert "topped up demo by 999999999999.99 USD" in top_up("999999999999.99").text
+        with rt.store.transaction() as tx:  # near what an account can hold
+            tx.execute("UPDATE credit_accounts SET balance = ? WHERE account = 'demo'", (10**18,))
+        full = top_up("1")
+        assert "more than it can hold" in full.text and "failed" not in full.text
+        with rt.store.transaction() as tx:
+            tx.execute("UPDATE credit_accounts SET balance = ? WHERE account = 'demo'", (before,))
+        wrong = top_up("5", currency="EUR")
+        assert "account" in wrong.text and "is in" in wrong.text and balance(rt) == before
+        assert "topped up demo by 5.00 USD" in top_up("5", currency="USD").text
+        # the same form twice: booked once
+        page = app.get(url)
+        fields = {"_action": "topup", "account": "demo", "amount": "2.00"}
+        fields.update({"_csrf": csrf_of(page), "_once": once_of(page)})
+        app.post(url, fields, status=303)
+        again = app.post(url, fields, status=303).follow()
+        assert "sent already" in again.text and balance(rt) == before + 700
+        missing = {k: v for k, v in fields.items() if k != "_once"}
+        assert "sent already" in app.post(url, missing, status=303).follow().text
+        assert balance(rt) == before + 700
+        assert all("_once" not in (row[2] or "") for row in audit_rows(rt))
     finally:
         rt.close()
 

@@ -531,7 +531,9 @@ class Console:
             raise Refused(400, "This page has no such action.")
         form = {k: v for k, v in _fields(forms).items() if k not in INTERNAL}
         request = replace(request, form=MappingProxyType(form))
-        target = ", ".join(f"{k}={v}" for k, v in form.items()) or None
+        # fields named "_..." are the page's own (a one-time form token): not audited
+        shown = {k: v for k, v in form.items() if not k.startswith("_")}
+        target = ", ".join(f"{k}={v}" for k, v in shown.items()) or None
         kind, text = self.perform(req, f"{mounted.plugin}.{action}", target, lambda: run(request))
         here = bottle.request.path + (
             "?" + bottle.request.query_string if bottle.request.query_string else ""

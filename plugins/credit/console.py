@@ -10,7 +10,11 @@ is one ``store.inspect`` (the operators' reads) on an indexed column (the accoun
 from __future__ import annotations
 
 import json
+import re
+import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -26,6 +30,39 @@ if TYPE_CHECKING:
 PAGE = 50
 MAX_TOPUP_DIGITS = 12  # major units: a typo of a few zeros is refused, not booked
 ACCOUNT_CHARS = 64
+FORM_TTL = 3600.0  # seconds a top-up form is good for
+FORMS = 10_000  # top-up forms outstanding (the oldest are forgotten)
+
+
+class FormTokens:
+    """One-time tokens, one per top-up form shown: a top-up needs one, and uses it up,
+    so a form sent twice (a double click, a reload that posts again) books once."""
+
+    def __init__(self, ttl: float = FORM_TTL, limit: int = FORMS) -> None:
+        self.ttl, self.limit = ttl, limit
+        self._lock = threading.Lock()
+        self._issued: OrderedDict[str, float] = OrderedDict()
+
+    def issue(self) -> str:
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            self._issued[token] = time.time()
+            while len(self._issued) > self.limit:
+                self._issued.popitem(last=False)
+        return token
+
+    def use(self, token: str) -> bool:
+        with self._lock:
+            issued = self._issued.pop(token, None) if token else None
+        return issued is not None and time.time() - issued <= self.ttl
+
+
+FORM_TOKENS = FormTokens()
+
+
+def _amount_pattern(decimals: int) -> re.Pattern[str]:
+    fraction = rf"(\.[0-9]{{1,{decimals}}})?" if decimals else ""
+    return re.compile(rf"[0-9]{{1,{MAX_TOPUP_DIGITS}}}{fraction}", re.ASCII)
 
 
 def pages(plugin: Credit) -> list[ConsolePage]:
@@ -71,6 +108,8 @@ def _topup_form(s: CreditSettings, request: ConsoleRequest, account: str | None)
         )
     else:
         hidden["account"] = account
+    hidden["currency"] = s.currency
+    hidden["_once"] = FORM_TOKENS.issue()
     fields += (
         f'<p><label for="topup-amount">Amount ({escape(s.currency)})</label>'
         '<input id="topup-amount" name="amount" type="text" inputmode="decimal" required '
@@ -261,13 +300,33 @@ def settlement_text(details: Mapping[str, Any]) -> str:
 
 
 def topup(s: CreditSettings, request: ConsoleRequest) -> str:
+    if not FORM_TOKENS.use(request.form.get("_once", "")):
+        raise ValueError(
+            "this top-up form was sent already (or is out of date): nothing was booked. "
+            "Check the balance, then top up from a fresh form if still needed."
+        )
     account = request.form.get("account", "").strip()
     amount = request.form.get("amount", "").strip()
     if not account or len(account) > ACCOUNT_CHARS or not account.isprintable():
         raise ValueError(f"the account must be 1 to {ACCOUNT_CHARS} printable characters")
+    if amount.startswith("-"):
+        raise ValueError(f"amount must be greater than 0, got {amount[:40]!r}")
+    if not _amount_pattern(s.decimals).fullmatch(amount):
+        raise ValueError(
+            f"amount must be up to {MAX_TOPUP_DIGITS} digits"
+            + (f" and at most {s.decimals} decimals, like 10.00" if s.decimals else "")
+            + f", got {amount[:40]!r}"
+        )
     minor = parse_amount(amount, s.decimals)
-    if minor >= 10 ** (MAX_TOPUP_DIGITS + s.decimals):
-        raise ValueError(f"{amount} {s.currency} is more than a top-up can be")
+    (known,) = request.store.inspect(
+        "SELECT currency FROM credit_accounts WHERE account = ?", (account,)
+    ) or [(s.currency,)]
+    currency = request.form.get("currency", "").strip()
+    if currency and currency != known[0]:
+        raise ValueError(
+            f"the form is in {currency[:8]!r} but account {account!r} is in {known[0]!r}: "
+            "nothing was booked"
+        )
     balance = ledger.topup(
         request.store, s, account, amount, {"source": "console", "by": request.user}
     )

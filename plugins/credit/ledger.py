@@ -29,6 +29,8 @@ from core import Dice, Migration, Store, Tx
 from plugins.credit.rating import Tariff, fmt, parse_amount
 from plugins.credit.settings import CreditSettings
 
+MAX_BALANCE = 10**18  # minor units an account may hold (below 2**63)
+
 MIGRATIONS = [
     Migration(
         1,
@@ -97,6 +99,8 @@ def book(
     balance = current + amount
     if balance < 0:
         raise ValueError(f"account {account!r} would go below zero")
+    if balance > MAX_BALANCE:  # the store's integers are 64-bit: refuse, never overflow
+        raise ValueError(f"account {account!r}: the balance would be more than it can hold")
     seq = tx.one(
         "SELECT COALESCE(MAX(seq), 0) + 1 FROM credit_ledger WHERE account = ?", (account,)
     )
