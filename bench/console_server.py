@@ -19,14 +19,18 @@ port of its own, pinned to one core (wrk and the console's clients on the others
 times ``GET`` of the Overview (the default 3 hours, 1 hour and 24 hours), the Calls page
 (first page, the next page, filtered pages) and one call's page, each ``--runs`` times
 after one warm-up, over one keep-alive connection; each must answer 200 with what it
-should show (the newest call, a denied call, the call's ICE and DiCE), or the run fails.
+should show (the newest call, a denied call, the call's ICE, ACE and DiCE), or the run
+fails.
 
 **Load**: wrk replays pre-signed callbacks (``bench/run.py``'s ICE and call-mix files,
 each request once, 16 connections) in turn: alone, and while another process plays
-operators (``--loads``: ``4xmax`` is 4 operators each loading the next page as soon as
-the last one answered, the console's 4 threads always busy; ``3x1`` is 3 operators each
-loading one page a second). Each operator, logged in with a session of its own, loads
-the Overview, the Calls page and one call's page in turn. The conditions take turns
+operators, each logged in with a session of its own (``--loads``, by default: ``4xmax``,
+4 operators each loading the next page as soon as the last one answered, the console's
+4 threads always busy; ``3x1``, 3 operators each loading one page a second; both load
+the Overview, the Calls page and one call's page in turn; ``3x5:calls``, 3 operators at
+5 pages a second each, the Calls page and one call only). After every run the
+benchmark's own calls are deleted (``--no-prune`` keeps them), so every run finds the
+same store and the Overview's window the same calls. The conditions take turns
 (rotating order) over ``--rounds`` rounds; every figure is the median over rounds and
 every ratio the median of the per-round ratios against the run alone of the same round.
 """
