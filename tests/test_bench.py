@@ -342,3 +342,59 @@ def test_console_benchmark_fills_a_store_and_times_the_calls_view(tmp_path):
     assert denied["rows"] == 50 and any("calls_rule" in line for line in denied["plan"])
     assert queries["one call's timeline + details"]["rows"] >= 2
     assert queries["overview, last day"]["rows"] > 200
+
+
+def test_console_server_benchmark_times_pages_and_callbacks_under_console_load(tmp_path):
+    """bench/console_server.py on 2,000 calls: the real server with its console, logged
+    in over HTTP; every page answered 200 with the calls it must show, and (with wrk)
+    the callbacks ran alone and while operators refreshed the console."""
+    out = tmp_path / "console_server.json"
+    have_wrk = shutil.which("wrk") is not None
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "console_server.py"),
+            *("--smoke", "--json", str(out)),
+            *(() if have_wrk else ("--skip", "load")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "loaded 2,000 calls" in run.stdout
+    got = json.loads(out.read_text())
+    assert got["calls"] == 2000
+    pages = {p["page"]: p for p in got["pages"]}
+    assert {
+        "Overview, last 3 hours (the default)",
+        "Calls, first page",
+        "Calls, denied (rule=deny)",
+        "Calls, the next page (cursor)",
+        "One call",
+    } <= set(pages)
+    for page in pages.values():
+        assert page["status"] == 200 and page["ok"] and not page["missing"], page
+        assert page["ms"] > 0 and page["bytes"] > 1000
+    assert "after=" in pages["Calls, the next page (cursor)"]["path"]
+    assert pages["Overview, last 24 hours"]["window_calls"] > 200
+    if not have_wrk:
+        return
+    rows = {(r["workload"], r["condition"]): r for r in got["load"]["summary"]}
+    assert set(rows) == {
+        (w, c) for w in ("ice@16", "mix@16") for c in ("alone", "2xmax", "2x5:calls")
+    }
+    for (_, condition), row in rows.items():
+        assert row["non_200"] == 0 and row["rps"] > 0 and row["p99_ms"] > 0
+        if condition != "alone":
+            assert row["console"]["non_200"] == 0 and row["console"]["pages_per_s"] > 0
+            assert row["vs_alone"]["p99_us"] > 0
+    flat = rows[("ice@16", "2xmax")]["console"]["by_path"]  # the Overview, Calls, one call
+    assert len(flat) == 3 and {"/", "/calls"} < set(flat)
+    assert all(p["median_ms"] for p in flat.values())  # each was loaded under load
+    # the benchmark's own calls are deleted after each run (a bulk call may have left the
+    # window in between: they are minutes apart)
+    before = pages["Overview, last 3 hours (the default)"]["window_calls"]
+    assert before - 1 <= got["load"]["window_calls_before"] <= before
