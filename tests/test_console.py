@@ -736,3 +736,37 @@ def test_the_audit_log_pages():
         assert "item-9<" in older.text and "item-59" not in older.text
     finally:
         rt.close()
+
+
+def test_a_slow_overview_is_computed_once_for_operators_asking_together(monkeypatch):
+    """Operators refreshing the Overview share one computation; a quick one stays fresh."""
+    import threading as _threading
+    import time as _time
+
+    from core.console import views
+
+    made: list[float] = []
+
+    def slow_overview(store, since, until):
+        made.append(since)
+        _time.sleep(0.1)
+        return ("overview", since)
+
+    monkeypatch.setattr(views.calls_mod, "overview", slow_overview)
+    cache = views.Overviews(fresh=5.0, slow=0.05)
+    store = object()
+    got: list[object] = []
+    workers = [
+        _threading.Thread(target=lambda: got.append(cache.get(store, 60.0, 120.0)))
+        for _ in range(4)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert made == [60.0] and got == [("overview", 60.0)] * 4
+    monkeypatch.setattr(views.calls_mod, "overview", lambda store, since, until: ("quick", since))
+    quick = views.Overviews(fresh=5.0, slow=0.05)
+    assert quick.get(store, 0.0, 60.0) == ("quick", 0.0)
+    monkeypatch.setattr(views.calls_mod, "overview", lambda store, since, until: ("again", since))
+    assert quick.get(store, 0.0, 60.0) == ("again", 0.0)  # quick ones are not kept

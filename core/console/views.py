@@ -127,6 +127,36 @@ WINDOWS = (1, 3, 6, 24)  # hours the Overview can cover
 DEFAULT_WINDOW = 3
 
 
+class Overviews:
+    """The Overview reads every call of its window, on the callbacks' CPU: one is computed
+    at a time (operators asking at once wait for it and share it), and one that took
+    longer than ``slow`` seconds is shown again for ``fresh`` seconds instead of being
+    computed anew, so operators refreshing it cannot multiply that work. A quick one (a
+    small store) is always fresh."""
+
+    def __init__(self, fresh: float = 15.0, slow: float = 0.05) -> None:
+        self.fresh, self.slow = fresh, slow
+        self._lock = threading.Lock()
+        self._kept: dict[tuple[int, float, float], tuple[float, calls_mod.Overview]] = {}
+
+    def get(self, store: Any, since: float, until: float) -> calls_mod.Overview:
+        key = (id(store), since, until)
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None and time.monotonic() < kept[0]:
+                return kept[1]
+            began = time.monotonic()
+            ov = calls_mod.overview(store, since, until)
+            took = time.monotonic() - began
+            self._kept = {k: v for k, v in self._kept.items() if v[0] > began}  # drop stale
+            if took > self.slow:
+                self._kept[key] = (began + took + self.fresh, ov)
+            return ov
+
+
+OVERVIEWS = Overviews()
+
+
 def overview(req: Req, host: health.Host, panels: list[tuple[Mounted, str | None]]) -> str:
     try:
         hours = int(bottle.request.query.getunicode("hours") or DEFAULT_WINDOW)
@@ -136,7 +166,7 @@ def overview(req: Req, host: health.Host, panels: list[tuple[Mounted, str | None
     now = time.time()
     until = (now // 60 + 1) * 60  # to the end of this minute
     since = until - hours * 3600
-    ov = calls_mod.overview(req.store, since, until)
+    ov = OVERVIEWS.get(req.store, since, until)
     window = {"since": h.form_time(since), "until": h.form_time(until)}
     return render(
         "overview",
