@@ -28,37 +28,34 @@ def call_path(callid: str) -> str:
     return "/calls/" + quote(callid, safe="")
 
 
-def when(moment: float | datetime | None) -> str:
-    """A moment as operators read it: ``2026-11-29 08:00:03Z`` (UTC)."""
-    if moment is None:
-        return "-"
+def _utc(moment: float | datetime) -> datetime:
+    """An epoch time or a datetime (naive ones are UTC) as an aware UTC datetime."""
     if isinstance(moment, datetime):
         stamp = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     else:
         stamp = datetime.fromtimestamp(float(moment), UTC)
-    return stamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return stamp.astimezone(UTC)
+
+
+def when(moment: float | datetime | None) -> str:
+    """A moment as operators read it: ``2026-11-29 08:00:03Z`` (UTC)."""
+    if moment is None:
+        return "-"
+    return _utc(moment).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def iso(moment: float | datetime | None) -> str:
     """The machine form of a moment, for ``<time datetime=...>``."""
     if moment is None:
         return ""
-    if isinstance(moment, datetime):
-        stamp = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    else:
-        stamp = datetime.fromtimestamp(float(moment), UTC)
-    return stamp.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return _utc(moment).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def form_time(moment: float | datetime | None) -> str:
     """A moment as a ``datetime-local`` input shows it (UTC, to the minute)."""
     if moment is None:
         return ""
-    if isinstance(moment, datetime):
-        stamp = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    else:
-        stamp = datetime.fromtimestamp(float(moment), UTC)
-    return stamp.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+    return _utc(moment).strftime("%Y-%m-%dT%H:%M")
 
 
 def parse_time(text: str | None) -> datetime | None:

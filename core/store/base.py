@@ -94,6 +94,14 @@ class Summary:
     failed: str | None = None  # plugins that failed: "name:status,..."
 
 
+# a new claim's row (``Store.claim``): its first delivery, and the re-insert of a
+# claim a takeover found gone
+_CLAIM_INSERT = (
+    "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body, owner, "
+    "caller, destination, duration, result) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
 CORE_MIGRATIONS = (
     Migration(
         1,
@@ -464,24 +472,22 @@ class Store:
         """
         now = time.time() if now is None else now
         r = received or _NOTHING_RECEIVED
+        claimed = (
+            callid,
+            event,
+            sub,
+            now,
+            now + lease,
+            body,
+            self.instance,
+            r.caller,
+            r.destination,
+            r.duration,
+            r.result,
+        )
         if self.write(  # the common case, a first delivery: one statement
-            "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body, owner, "
-            "caller, destination, duration, result) "
-            "VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (callid, event, sub) DO NOTHING",
-            (
-                callid,
-                event,
-                sub,
-                now,
-                now + lease,
-                body,
-                self.instance,
-                r.caller,
-                r.destination,
-                r.duration,
-                r.result,
-            ),
+            _CLAIM_INSERT + " ON CONFLICT (callid, event, sub) DO NOTHING",
+            claimed,
             # a claim without a body, lost in a power cut: a redelivery is processed again
             durable=body is not None,
         ):
@@ -494,24 +500,7 @@ class Store:
                 (callid, event, sub),
             )
             if row is None:
-                tx.execute(
-                    "INSERT INTO callbacks (callid, event, sub, state, received_at, lease_until, body, "
-                    "owner, caller, destination, duration, result) "
-                    "VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        callid,
-                        event,
-                        sub,
-                        now,
-                        now + lease,
-                        body,
-                        self.instance,
-                        r.caller,
-                        r.destination,
-                        r.duration,
-                        r.result,
-                    ),
-                )
+                tx.execute(_CLAIM_INSERT, claimed)
                 return Claim("new")
             if redelivery:
                 tx.execute(
