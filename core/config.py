@@ -450,6 +450,13 @@ STORE_KEYS = {
         "of the process but may lose the last commits on power loss",
         choices=("full", "normal"),
     ),
+    "retention_days": Key(
+        float,
+        30.0,
+        "days each recorded callback (its body, answer and trace, with the call's phone "
+        "numbers) is kept; older ones are purged hourly and by serve.py purge",
+        check=positive,
+    ),
 }
 
 def console_address(value: str) -> tuple[str, int]:

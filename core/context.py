@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.config import PluginConfig
@@ -23,6 +24,10 @@ class CallContext:
     deadline: float
     log: logging.Logger
     attempt: int = 1  # DiCE/Notify: 2 and up when an earlier attempt failed (retries)
+    now: Callable[[], float] = time.time
+    """The time of the call's events, as ``time.time()``: use it for whatever a plugin
+    stamps or counts in time (velocity windows, reservations). It is the wall clock on
+    live traffic; ``serve.py replay`` sets it to when each recorded callback arrived."""
 
     def remaining(self) -> float:
         """Seconds left before the answer must be ready."""

@@ -38,6 +38,7 @@ from core.events import DECISION_EVENTS, Dice, Event, EventError, Ice, excerpt, 
 from core.logs import CALLID
 from core.metrics import FALLBACK_RULES, Metrics
 from core.plugins import Impl, Plugins
+from core.revisions import policy_content, revision_of
 from core.signing import SignatureError, Verifier
 from core.store import Claim, Received, Store, Summary, Waiting
 from core.svaml import Svaml, SvamlError, dumps
@@ -92,6 +93,7 @@ class Pipeline:
         self.plugins = plugins
         self.store = store
         self.budget: float = settings.policy["budget"]
+        self.revision = revision_of(policy_content(settings))  # named by every trace
         self.ice_default: str = settings.policy["ice_default"]
         # plugins relying on the DiCE: the merge refuses an answer suppressing callbacks
         self.needs_dice: tuple[str, ...] = (
@@ -156,7 +158,7 @@ class Pipeline:
             if event.name in DECISION_EVENTS:
                 if received is not None and started - self.budget * 4 < received < started:
                     started = received
-                return self._decide(event, sub, started)
+                return self._decide(event, sub, started, body)
             return self._observe(event, sub, started, body)
         except Exception as exc:
             store_down = isinstance(exc, self.store.errors)
@@ -191,7 +193,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ decisions
 
-    def _decide(self, event: Event, sub: str, started: float) -> Response:
+    def _decide(self, event: Event, sub: str, started: float, raw: bytes) -> Response:
         deadline = started + self.budget
         cutoff = deadline - self.budget * MERGE_RESERVE
         trace = self._new_trace(event)
@@ -200,8 +202,14 @@ class Pipeline:
             trace["notes"].append(f"waited {queued:.3f} s for a server thread")
             return self._fallback(event, trace, started, rule="budget")
         with self.store.until(cutoff):  # a store that cannot answer in time: the fallback
-            claim = self.store.claim(
-                event.callid, event.name, sub, lease=self.lease, received=arrival(event)
+            claim = self.store.claim(  # the body is kept for replays (core.replay)
+                event.callid,
+                event.name,
+                sub,
+                lease=self.lease,
+                body=raw.decode(),
+                received=arrival(event),
+                durable=False,
             )
         if claim.status == "done":
             return self._duplicate(event, claim.answer, trace, started)
@@ -634,7 +642,7 @@ class Pipeline:
             "conflicts": [],
             "notes": [],
             "attempt": None,
-        }
+        }  # ``revision`` is the pipeline's own, added by ``_seal``
 
     def _seal(
         self, draft: dict[str, Any], started: float, answer: dict[str, Any] | None = None
@@ -663,6 +671,7 @@ class Pipeline:
             answer=frozen(answer) if answer is not None else None,
             elapsed_ms=_ms(time.monotonic() - started),
             attempt=draft["attempt"],
+            revision=self.revision,
         )
 
     def _finish(

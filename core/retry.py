@@ -9,12 +9,16 @@ died (a crash, ``kill -9``) is found by ``Store.due`` as soon as the store can t
 both, claims each exclusively (several server processes may share the store) and runs
 the plugins that have not succeeded yet, until they do or the work is parked after
 ``policy.retry_attempts`` for an operator (``serve.py inbox``).
+
+Once an hour it also purges the recorded callbacks older than ``store.retention_days``
+(``Store.purge``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from core.metrics import StoreGauges
 from core.pipeline import Pipeline
@@ -24,6 +28,8 @@ log = logging.getLogger("switchboard.retry")
 
 INTERVAL = 0.5  # seconds between looks at the store when there was nothing to do
 BATCH = 20
+PURGE_EVERY = 3600.0  # seconds between purges of callbacks past their retention
+DAY = 86400.0
 
 
 class Retrier:
@@ -32,6 +38,7 @@ class Retrier:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._next_purge = 0.0  # time.monotonic() of the next purge: the first at once
 
     def start(self) -> None:
         self._stop.clear()
@@ -63,10 +70,21 @@ class Retrier:
                 )
         return tried
 
+    def purge_once(self) -> int:
+        """Delete the recorded callbacks older than ``store.retention_days``."""
+        days = self.pipeline.settings.store["retention_days"]
+        deleted = self.pipeline.store.purge(time.time() - days * DAY)
+        if deleted:
+            log.info("purged %d recorded callbacks older than %g days", deleted, days)
+        return deleted
+
     def _loop(self) -> None:
         said = ""
         while not self._stop.is_set():
             try:
+                if time.monotonic() >= self._next_purge:
+                    self._next_purge = time.monotonic() + PURGE_EVERY
+                    self.purge_once()
                 busy = self.run_once()
                 said = ""
             except Exception as exc:  # noqa: BLE001 - a failing store: look again later

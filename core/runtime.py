@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
+from core import revisions
 from core.config import ConfigError, Settings, with_plugins
 from core.metrics import Metrics
 from core.pipeline import Pipeline
@@ -111,10 +112,12 @@ class Runtime:
         }
         return {owner: versions for owner, versions in pending.items() if versions}
 
-    def start(self, *, serving: bool = True) -> Pipeline:
+    def start(self, *, serving: bool = True, how: str = "start") -> Pipeline:
         """Apply migrations, run start-up hooks, and return the callback pipeline.
 
-        ``serving=False`` for commands that use the store but serve no callbacks.
+        ``serving=False`` for commands that use the store but serve no callbacks. A
+        serving runtime records its configuration revision as loaded (``how``: at the
+        server's ``start`` or by a ``reload``; see ``core.revisions``).
         """
         if self.pipeline is not None:
             return self.pipeline
@@ -131,6 +134,9 @@ class Runtime:
             self.settings, self.plugins, self.store, clock=self.clock, metrics=self.metrics
         )
         if serving:
+            revisions.record(
+                self.store, self.pipeline.revision, revisions.policy_content(self.settings), how
+            )
             self.metrics.registry.register(waiting_gauges(self.store))
             self.retrier = Retrier(self.pipeline)
             self.retrier.start()

@@ -69,7 +69,7 @@ class Switch:
             same_store = settings.store["url"] == old.settings.store["url"]
             runtime = Runtime.build(settings, store=old.store if same_store else None)
             try:
-                runtime.start()
+                runtime.start(how="reload")
                 app = make_app(runtime)
             except Exception:
                 runtime.close(close_store=not same_store)

@@ -18,7 +18,8 @@ view (``GET /admin/trace/<callid>``), ``serve.py trace``, the CRM record, the
      "conflicts": [...], "notes": ["..."],
      "answer": {"action": {"name": "connectPstn", ...}},   # the SVAML sent (null for DiCE)
      "elapsed_ms": 3.2,
-     "attempt": 2}                                # only on a DiCE/Notify retried
+     "attempt": 2,                                # only on a DiCE/Notify retried
+     "revision": "3f2a9c0b51de"}                  # the configuration that decided it
 
 A plugin entry's ``status`` is one of ``PLUGIN_STATUSES``; ``error`` and ``on_error`` are
 present when the plugin failed (and ``on_error`` says what it counted as), ``decision``
@@ -115,6 +116,7 @@ class Trace:
     answer: Mapping[str, Any] | None = None
     elapsed_ms: float = 0.0
     attempt: int | None = None
+    revision: str | None = None  # the configuration revision (``core.revisions``)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Trace:
@@ -132,6 +134,7 @@ class Trace:
             answer=frozen(d["answer"]) if d.get("answer") is not None else None,
             elapsed_ms=d.get("elapsed_ms", 0.0),
             attempt=d.get("attempt"),
+            revision=d.get("revision"),
         )
 
     @classmethod
@@ -157,6 +160,8 @@ class Trace:
         }
         if self.attempt is not None:
             out["attempt"] = self.attempt
+        if self.revision is not None:
+            out["revision"] = self.revision
         return out
 
     def to_json(self) -> str:

@@ -266,7 +266,7 @@ class Allowlist:
             )
         if not checks:
             return None
-        now = time.time()
+        now = ctx.now()
         with ctx.store.transaction() as tx:
             for scope, key, _, _ in sorted(checks):  # one order everywhere: no deadlocks
                 tx.lock(f"allowlist:{scope}:{key}")

@@ -38,7 +38,11 @@ def print_traces(store: Store, callid: str) -> bool:
 def print_trace(event: str, trace: Mapping[str, Any], indent: str = "") -> None:
     """Print one decision trace (its JSON form): the rule, each plugin's result and
     time, the conflicts and the notes."""
-    print(f"{indent}trace {event}: rule {trace.get('rule')}, {trace.get('elapsed_ms', '?')} ms")
+    revision = f", revision {trace['revision']}" if trace.get("revision") else ""
+    print(
+        f"{indent}trace {event}: rule {trace.get('rule')}, {trace.get('elapsed_ms', '?')} ms"
+        + revision
+    )
     for p in trace.get("plugins", []):
         detail = p.get("decision") or p.get("error") or ""
         print(

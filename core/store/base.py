@@ -186,6 +186,24 @@ CORE_MIGRATIONS = (
         ),
         "the summary of each callback in columns, and the calls' indexes (core.calls)",
     ),
+    Migration(
+        7,
+        (
+            """CREATE TABLE config_revisions (
+                revision TEXT PRIMARY KEY,
+                content TEXT NOT NULL,
+                first_loaded_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE config_loads (
+                revision TEXT NOT NULL,
+                loaded_at DOUBLE PRECISION NOT NULL,
+                how TEXT NOT NULL,
+                instance TEXT
+            )""",
+            "CREATE INDEX config_loads_at ON config_loads (loaded_at)",
+        ),
+        "the configuration revisions loaded, and when (core.revisions)",
+    ),
 )
 
 HEALTH_UPSERT = (
@@ -456,6 +474,7 @@ class Store:
         body: str | None = None,
         received: Received | None = None,
         redelivery: bool = True,
+        durable: bool | None = None,
     ) -> Claim:
         """Atomically claim ``(callid, event, sub)`` for processing (see ``Claim``).
 
@@ -463,6 +482,8 @@ class Store:
         waiting for its retry or parked, when ``body`` is given (a redelivery). With
         ``body`` (DiCE, Notify) the callback's body is recorded with the claim and the
         commit is durable: once flushed (see ``deferred_flush``), it cannot be lost.
+        ``durable=False`` records a body without that (an ICE, ACE or PIE: kept for
+        ``serve.py replay``; lost in a power cut, the callback is processed again).
         ``Claim.attempts`` is the claim's token: ``finish`` and ``postpone`` apply only
         while no other worker has claimed the callback since.
 
@@ -489,7 +510,7 @@ class Store:
             _CLAIM_INSERT + " ON CONFLICT (callid, event, sub) DO NOTHING",
             claimed,
             # a claim without a body, lost in a power cut: a redelivery is processed again
-            durable=body is not None,
+            durable=body is not None if durable is None else durable,
         ):
             return Claim("new")
         with self.transaction() as tx:
@@ -687,6 +708,32 @@ class Store:
                 "DELETE FROM callbacks WHERE callid = ? AND event = ? AND sub = ? AND state = 'pending'",
                 (callid, event, sub),
             )
+
+    def purge(self, before: float, batch: int = 1000) -> int:
+        """Delete the recorded callbacks of calls received before ``before`` (Unix
+        seconds): their bodies, answers and traces, with the numbers they hold. Work
+        still waiting (pending, retry, parked) is kept. Deletes ``batch`` calls per
+        transaction, so the callbacks' writes are never held up for long; returns the
+        number of callbacks deleted."""
+        deleted = 0
+        while True:
+            with self.transaction() as tx:
+                found = tx.all(  # the oldest first, along callbacks_received
+                    "SELECT callid FROM callbacks WHERE received_at < ? AND state = 'done' "
+                    f"ORDER BY received_at LIMIT {int(batch)}",
+                    (before,),
+                )
+                if not found:
+                    return deleted
+                calls = sorted({callid for (callid,) in found})
+                marks = ", ".join("?" * len(calls))
+                deleted += tx.execute(
+                    f"DELETE FROM callbacks WHERE callid IN ({marks}) AND received_at < ? "
+                    "AND state = 'done'",
+                    (*calls, before),
+                ).rowcount
+                if len(found) < batch:
+                    return deleted
 
     def answer_of(self, callid: str, event: str, sub: str) -> str | None:
         """The answer recorded for a callback once it is done; ``None`` until then."""

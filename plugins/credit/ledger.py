@@ -86,11 +86,13 @@ def book(
     callid: str | None,
     details: Any,
     current: int | None = None,
+    now: float | None = None,
 ) -> int:
     """Write a ledger entry and move the balance by ``amount``; return the new balance.
 
     The caller holds the account's lock (``credit:account:<account>``); ``current``
-    is the balance when the caller has just read it under that lock."""
+    is the balance when the caller has just read it under that lock; ``now`` stamps
+    the entry (default: the time)."""
     if current is None:
         row = tx.one("SELECT balance FROM credit_accounts WHERE account = ?", (account,))
         if row is None:
@@ -104,7 +106,7 @@ def book(
     seq = tx.one(
         "SELECT COALESCE(MAX(seq), 0) + 1 FROM credit_ledger WHERE account = ?", (account,)
     )
-    now = time.time()
+    now = time.time() if now is None else now
     tx.execute(
         "INSERT INTO credit_ledger (account, seq, at, kind, amount, balance_after, callid, details) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -199,11 +201,18 @@ class Reserved(NamedTuple):
 
 
 def reserve(
-    store: Store, settings: CreditSettings, callid: str, account: str, tariff: Tariff
+    store: Store,
+    settings: CreditSettings,
+    callid: str,
+    account: str,
+    tariff: Tariff,
+    *,
+    now: float | None = None,
 ) -> Reserved | str:
     """Reserve for the call what the account's available balance buys at ``tariff``;
-    return the reservation, or the reason there is none."""
-    now = time.time()
+    return the reservation, or the reason there is none. ``now``: the call's time
+    (``CallContext.now``)."""
+    now = time.time() if now is None else now
     with store.transaction() as tx:
         tx.lock(f"credit:account:{account}")
         row: tuple[Any, ...] = tx.one(  # one round trip: earlier reservation, account
@@ -287,10 +296,13 @@ def settle(
     event: Dice,
     log: logging.Logger,
     on_overrun: Callable[[], None],
+    *,
+    now: float | None = None,
 ) -> None:
     """Settle the call of ``event`` exactly once (see the module's docstring);
-    ``on_overrun`` is called when the DiCE reports more than the call was granted."""
-    now = time.time()
+    ``on_overrun`` is called when the DiCE reports more than the call was granted.
+    ``now``: the DiCE's time (``CallContext.now``)."""
+    now = time.time() if now is None else now
     answered = (event.result or "").upper() == "ANSWERED" or (
         event.result is None and (event.duration or 0) > 0
     )
@@ -375,7 +387,7 @@ def settle(
                 account,
             )
         current = int(balance[0]) if balance else None  # None: book names the missing account
-        book(tx, account, "call", -applied, event.callid, details, current)
+        book(tx, account, "call", -applied, event.callid, details, current, now)
         tx.execute(
             "UPDATE credit_reservations SET status = 'settled' WHERE callid = ?",
             (event.callid,),

@@ -125,7 +125,9 @@ class Credit:
         if found is None:
             return s.refusal.deny("no rate for this destination")
         rate, rate_from = found
-        got = ledger.reserve(ctx.store, s, event.callid, account, self._tariffs(rate, s))
+        got = ledger.reserve(
+            ctx.store, s, event.callid, account, self._tariffs(rate, s), now=ctx.now()
+        )
         if isinstance(got, str):
             return s.refusal.deny(got)
         self._remember(event.callid, got.seconds)
@@ -177,7 +179,7 @@ class Credit:
 
     @hookimpl
     def switchboard_dice(self, event: Dice, ctx: CallContext) -> None:
-        ledger.settle(ctx.store, self.settings, event, ctx.log, self._overrun)
+        ledger.settle(ctx.store, self.settings, event, ctx.log, self._overrun, now=ctx.now())
 
     def _overrun(self) -> None:
         if self._overruns is not None:
