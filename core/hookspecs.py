@@ -286,6 +286,21 @@ def switchboard_startup(store: Store, config: Mapping[str, Any], serving: bool) 
 
 
 @hookspec
+def switchboard_replay_rewind(store: Store, since: float) -> None:
+    """Put this plugin's state back as it was at ``since`` (Unix seconds), as well as
+    it can, before ``serve.py replay`` runs the recorded callbacks from then.
+
+    Called once per enabled plugin of the candidate configuration, after
+    ``switchboard_store_migrations`` and before ``switchboard_startup``. ``store`` is the
+    replay's sandbox: a scratch copy of the real store's plugin tables as they are now
+    (never the real store). Undo what happened since: delete the counters, reservations
+    or entries made at or after ``since`` and restore what they changed (the credit
+    plugin restores each balance from its ledger). A plugin without this hook replays
+    from its current state, and the replay's report says so. Return nothing.
+    """
+
+
+@hookspec
 def switchboard_metrics(registry: CollectorRegistry) -> None:
     """Register this plugin's Prometheus collectors.
 

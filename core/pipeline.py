@@ -94,6 +94,7 @@ class Pipeline:
         self.store = store
         self.budget: float = settings.policy["budget"]
         self.revision = revision_of(policy_content(settings))  # named by every trace
+        self.call_clock: Callable[[], float] = time.time  # CallContext.now (see replay)
         self.ice_default: str = settings.policy["ice_default"]
         # plugins relying on the DiCE: the merge refuses an answer suppressing callbacks
         self.needs_dice: tuple[str, ...] = (
@@ -471,6 +472,33 @@ class Pipeline:
         self.metrics.child(self.metrics.retries, event.name, outcome).inc()
         return outcome
 
+    def replay(self, event: Event, at: float) -> Trace:
+        """Run the plugins on a recorded callback again, for ``core.replay``: their hooks
+        are called (``CallContext.now`` is ``at``, when it arrived) and, for an ICE, ACE
+        or PIE, merged into the answer recorded in the returned trace, as for a live
+        callback, and its after-answer observers run (on this thread); but nothing is
+        claimed or recorded by the core. Not for a pipeline serving callbacks: it sets
+        the calls' clock."""
+        started = time.monotonic()
+        deadline = started + self.budget
+        trace = self._new_trace(event)
+        trace["received_at"] = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+        self.call_clock = lambda: at
+        if event.name not in DECISION_EVENTS:
+            self._run_hooks(event, deadline, trace, decision=False)
+            trace["rule"] = "observed"
+            return self._seal(trace, started)
+        results = self._run_hooks(event, deadline, trace, decision=True)
+        if results is None:
+            svaml = self.fallback[event.name]
+            trace.update(rule="budget", notes=[*trace["notes"], "plugins still running at the budget"])
+        else:
+            svaml = self._merge(event, results, trace).svaml
+        sealed = self._seal(trace, started, svaml.to_dict())
+        for impl in self.plugins.impls("switchboard_after_answer"):
+            _observer(impl, event, sealed.answer, sealed)
+        return sealed
+
     # ------------------------------------------------------------------ running hooks
 
     def _run_hooks(
@@ -506,7 +534,7 @@ class Pipeline:
                 continue
             ctx = CallContext(
                 event.callid, event.name, impl.plugin, config, self.store, deadline, plugin_log,
-                attempt,
+                attempt, self.call_clock,
             )
             calls.append((Call(impl, impl.plugin, event, ctx, timeout, self._running), on_error))
 

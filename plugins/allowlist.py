@@ -22,7 +22,6 @@ rules and velocity limits do.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +34,7 @@ from core import (
     Ice,
     Key,
     Migration,
+    Store,
     between,
     hookimpl,
     non_negative,
@@ -178,6 +178,12 @@ class Allowlist:
     @hookimpl
     def switchboard_store_migrations(self) -> list[Migration]:
         return MIGRATIONS
+
+    @hookimpl
+    def switchboard_replay_rewind(self, store: Store, since: float) -> None:
+        """A replay from ``since``: the calls counted since are counted again."""
+        with store.transaction() as tx:
+            tx.execute("DELETE FROM allowlist_hits WHERE at >= ?", (since,))
 
     @hookimpl
     def switchboard_configure(self, config: Mapping[str, Any]) -> None:

@@ -51,6 +51,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "core.calls",
             "core.dispatch",
             "core.pipeline",
+            "core.replay",
             "core.retry",
             "core.runtime",
         },

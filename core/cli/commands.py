@@ -1,5 +1,5 @@
 """The built-in commands: serve, plugins, check, trace, calls, inbox, simulate, console,
-revisions and purge.
+replay, revisions and purge.
 
 They are registered exactly as plugin commands are, by a
 ``switchboard_register_commands(cli)`` function adding click commands to the group.
@@ -26,11 +26,12 @@ _json = click.option("--json", "as_json", is_flag=True, help="machine-readable o
 
 
 def switchboard_register_commands(cli: click.Group) -> None:
-    from core.cli.policy import purge, revisions
+    from core.cli.policy import purge, replay, revisions
     from core.console.cli import console
 
     for command in (
-        serve, plugins, check, trace, calls_command, inbox, simulate, console, revisions, purge
+        serve, plugins, check, trace, calls_command, inbox, simulate, console, replay,
+        revisions, purge,
     ):
         cli.add_command(command)
 

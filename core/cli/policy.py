@@ -1,5 +1,7 @@
-"""Commands for changing policy safely: ``revisions`` (which configurations were loaded,
-and what changed between two) and ``purge`` (recorded callbacks past their retention).
+"""Commands for changing policy safely: ``replay`` (what a candidate configuration
+would have answered to the recorded calls), ``revisions`` (which configurations were
+loaded, and what changed between two) and ``purge`` (recorded callbacks past their
+retention).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from typing import Any
 import click
 
 from core import revisions as revs
-from core.cli.context import CliError, pass_runtime
+from core.cli.context import CliError, invocation, pass_runtime
 from core.runtime import Runtime
-from core.store import Store, redact_url
+from core.store import Store, open_store, redact_url
+from core.cli.calls import When
 from core.cli.calls import iso as utc
 
 _json = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -93,4 +96,89 @@ def purge(runtime: Runtime, days: float | None) -> int:
     days = runtime.settings.store["retention_days"] if days is None else days
     deleted = runtime.store.purge(time.time() - days * 86400)
     print(f"purged {deleted} recorded callback(s) older than {days:g} days")
+    return 0
+
+
+@click.command(help="what a candidate configuration would have answered to the recorded calls")
+@click.option(
+    "--config",
+    "candidate",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="the candidate configuration (its store is not used: a sandbox is)",
+)
+@click.option("--since", type=When(), help="calls whose ICE arrived at or after (ISO, epoch, 1h)")
+@click.option("--until", type=When(), help="calls whose ICE arrived before")
+@click.option("--callid", help="only this call")
+@click.option("--limit", type=click.IntRange(1), help="at most this many calls (the oldest)")
+@click.option("--all", "show_all", is_flag=True, help="list every answer, not only the changed")
+@_json
+def replay(
+    candidate: str,
+    since: float | None,
+    until: float | None,
+    callid: str | None,
+    limit: int | None,
+    show_all: bool,
+    as_json: bool,
+) -> int:
+    """Runs the candidate's plugins on the recorded ICE, ACE, PIE, DiCE and Notify
+    callbacks of the calls in the window, in their original order, in a sandbox (a
+    scratch copy of the store's plugin tables: nothing of the real store changes and
+    nothing is sent), and compares each answer with the recorded one. The real store
+    is the one of the running configuration (the top-level --config)."""
+    from core.config import ConfigError
+    from core.plugins import PluginError
+    from core.replay import candidate_settings, describe_answer
+    from core.replay import replay as run_replay
+
+    try:
+        settings = candidate_settings(candidate)
+    except ConfigError as exc:
+        raise CliError(f"candidate configuration: {exc}") from None
+    real = invocation().settings
+    store = open_store(real.store["url"], real.base_dir, pool_size=2)
+    try:
+        if "callbacks" not in store.tables():
+            raise CliError(
+                f"no recorded callbacks in {redact_url(real.store['url'])}: "
+                "is --config (before replay) the running server's configuration?"
+            )
+        try:
+            report = run_replay(
+                settings, store, since=since, until=until, callid=callid, limit=limit
+            )
+        except (ConfigError, PluginError) as exc:
+            raise CliError(f"candidate configuration: {exc}") from None
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+        return 0
+    recorded = ", ".join(report.recorded_revisions) or "unknown"
+    print(
+        f"replayed {report.calls} call(s), {report.replayed} callback(s), with candidate "
+        f"revision {report.candidate}; recorded answers from revision(s) {recorded}"
+    )
+    if report.rewound:
+        print(f"state put back to the window's start: {', '.join(report.rewound)}")
+    if report.without_body:
+        print(f"{report.without_body} callback(s) had no recorded body: not replayed")
+    print(f"{len(report.changed)} of {len(report.results)} answer(s) would change")
+    for group in report.groups:
+        print(f"  {group.text}")
+    shown = report.results if show_all else report.changed
+    if shown:
+        print()
+    for r in shown:
+        cause = f"  [{r.plugin}: {r.rule}]" if r.plugin or r.rule else ""
+        cause = cause.replace("[None: ", "[")
+        print(
+            f"{utc(r.at)} {r.callid} {r.event} {r.caller or '-'} -> {r.destination or '-'}: "
+            f"{describe_answer(r.recorded)} (revision {r.revision or '?'}) => "
+            f"{describe_answer(r.candidate)}{cause}"
+        )
+    print("\nlimits of a replay:")
+    for line in report.limits():
+        print(f"  - {line}")
     return 0

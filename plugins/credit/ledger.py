@@ -449,3 +449,31 @@ def call_details(
         if isinstance(facts, dict) and facts.get("uncollected"):
             shown["uncollected"] = f"{fmt(int(facts['uncollected']), d)} {currency}"
     return out
+
+
+# ------------------------------------------------------------------ replay
+
+
+def rewind(store: Store, since: float) -> None:
+    """Put the accounts back as they were at ``since``, in a replay's sandbox
+    (``switchboard_replay_rewind``): the ledger entries, reservations and settlements
+    made since are removed, a reservation settled since is open again, and each
+    balance is the one its last remaining ledger entry left (an account with none
+    left did not exist yet). Reservations released or expired since stay so: when
+    they were is not recorded."""
+    with store.transaction() as tx:
+        tx.execute(
+            "UPDATE credit_reservations SET status = 'open' WHERE created_at < ? "
+            "AND callid IN (SELECT callid FROM credit_settled WHERE at >= ?)",
+            (since, since),
+        )
+        tx.execute("DELETE FROM credit_settled WHERE at >= ?", (since,))
+        tx.execute("DELETE FROM credit_reservations WHERE created_at >= ?", (since,))
+        tx.execute("DELETE FROM credit_ledger WHERE at >= ?", (since,))
+        tx.execute(
+            "DELETE FROM credit_accounts WHERE account NOT IN (SELECT account FROM credit_ledger)"
+        )
+        tx.execute(
+            "UPDATE credit_accounts SET balance = (SELECT balance_after FROM credit_ledger AS l "
+            "WHERE l.account = credit_accounts.account ORDER BY seq DESC LIMIT 1)"
+        )

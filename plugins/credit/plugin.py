@@ -76,6 +76,10 @@ class Credit:
             self._sweeper.start()
 
     @hookimpl
+    def switchboard_replay_rewind(self, store: Store, since: float) -> None:
+        ledger.rewind(store, since)
+
+    @hookimpl
     def switchboard_metrics(self, registry: Any) -> None:
         from prometheus_client import Counter
 
