@@ -487,14 +487,17 @@ class Pipeline:
         if event.name not in DECISION_EVENTS:
             self._run_hooks(event, deadline, trace, decision=False)
             trace["rule"] = "observed"
-            return self._seal(trace, started)
-        results = self._run_hooks(event, deadline, trace, decision=True)
-        if results is None:
-            svaml = self.fallback[event.name]
-            trace.update(rule="budget", notes=[*trace["notes"], "plugins still running at the budget"])
+            sealed = self._seal(trace, started)
         else:
-            svaml = self._merge(event, results, trace).svaml
-        sealed = self._seal(trace, started, svaml.to_dict())
+            results = self._run_hooks(event, deadline, trace, decision=True)
+            if results is None:
+                svaml = self.fallback[event.name]
+                trace.update(
+                    rule="budget", notes=[*trace["notes"], "plugins still running at the budget"]
+                )
+            else:
+                svaml = self._merge(event, results, trace).svaml
+            sealed = self._seal(trace, started, svaml.to_dict())
         for impl in self.plugins.impls("switchboard_after_answer"):
             _observer(impl, event, sealed.answer, sealed)
         return sealed

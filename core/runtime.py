@@ -58,6 +58,7 @@ class Runtime:
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self._close_store_on_retire = True
+        self._migrations: dict[str, list[Migration]] | None = None
 
     @classmethod
     def build(
@@ -94,7 +95,9 @@ class Runtime:
         return cls(settings, plugins, store, clock=clock)
 
     def migrations(self) -> dict[str, list[Migration]]:
-        """Every owner's migrations: the core's and each enabled plugin's."""
+        """Every owner's migrations: the core's and each enabled plugin's (asked once)."""
+        if self._migrations is not None:
+            return self._migrations
         out: dict[str, list[Migration]] = {"core": list(CORE_MIGRATIONS)}
         for name, items in self.plugins.call_each("switchboard_store_migrations").items():
             items = list(items or ())
@@ -103,6 +106,7 @@ class Runtime:
                     f"plugin {name!r}: switchboard_store_migrations must return Migration objects"
                 )
             out[name] = items
+        self._migrations = out
         return out
 
     def pending_migrations(self) -> dict[str, list[int]]:

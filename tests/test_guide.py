@@ -12,6 +12,7 @@ from core.console.app import collect_pages
 from core.cli.main import make_cli, register_plugin_commands
 from core.decisions import Decision
 from core.hookspecs import hookimpl
+from core.replay import replay
 from core.store import Migration
 from tests.helpers import ace, dice, ice, notify, pie, post, runtime, webapp
 
@@ -27,7 +28,7 @@ def test_every_hook_is_documented_in_readme_and_guide():
     readme = (REPO / "README.md").read_text()
     text = (REPO / "docs" / "plugins.md").read_text()
     names = [name for name, _ in guide.specs()]
-    assert len(names) == 15
+    assert len(names) == 16
     for name in names:
         assert f"`{name}(" in readme, f"{name} missing from the README's hook table"
         assert f"### `{name}`" in text
@@ -59,6 +60,10 @@ class Everything:
     @hookimpl
     def switchboard_startup(self, store, config, serving):
         self.calls.append(f"startup(serving={serving})")
+
+    @hookimpl
+    def switchboard_replay_rewind(self, store, since):
+        self.calls.append("replay_rewind")
 
     @hookimpl
     def switchboard_metrics(self, registry):
@@ -129,6 +134,9 @@ def test_the_order_hooks_fire_in_for_a_call():
     assert [m.path for m in pages.pages] == ["/plugins/everything/everything"]
     cli = make_cli()
     register_plugin_commands(cli, rt.plugins)
+    # the same calls replayed (serve.py replay): in a sandbox, from the window's start
+    again = Everything()
+    report = replay(rt.settings, rt.store, given={"everything": again})
     rt.close()
     assert plugin.calls == [
         "config_keys",
@@ -152,6 +160,26 @@ def test_the_order_hooks_fire_in_for_a_call():
         "register_commands",
         "shutdown",
     ]
-    hooks = {name.removeprefix("switchboard_") for name, _ in guide.specs()}
-    assert hooks == {c.split(":")[0].split("(")[0] for c in plugin.calls}, "a hook no test fires"
     assert isinstance(cli.commands["everything"], click.Command)
+    assert again.calls == [
+        "config_keys",
+        "configure",
+        "store_migrations",
+        "replay_rewind",
+        "startup(serving=False)",
+        "ice",
+        "after_answer:ice",
+        "ace",
+        "after_answer:ace",
+        "pie",
+        "after_answer:pie",
+        "dice",
+        "after_answer:dice",
+        "notify",
+        "after_answer:notify",
+        "shutdown",
+    ]
+    assert [r.change for r in report.results] == ["same"] * 3
+    hooks = {name.removeprefix("switchboard_") for name, _ in guide.specs()}
+    fired = {c.split(":")[0].split("(")[0] for c in plugin.calls + again.calls}
+    assert hooks == fired, "a hook no test fires"
