@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ MERGE_RESERVE = 0.05  # of the budget, kept for merging, storing and sending
 POLL_INTERVAL = 0.01
 LEASE_MARGIN = 2.0  # seconds a claim outlives the budget
 QUEUED_LIMIT = 0.5  # of the budget: a decision callback queued longer gets the fallback
+UNRECORDED_LIMIT = 1000  # fallbacks kept in memory until the store can record them
 
 
 @dataclass
@@ -121,6 +123,10 @@ class Pipeline:
             name: logging.getLogger(f"switchboard.plugin.{name}") for name in plugins.order
         }
         self._pending_after: set[Future[Any]] = set()
+        # fallbacks sent while the store could not record them (``_record_fallback``)
+        self._unrecorded: deque[tuple[Event, str, bytes, str, Trace]] = deque(
+            maxlen=UNRECORDED_LIMIT
+        )
         self._slow_observers: set[str] = set()  # plugins whose after-answer runs in the pool
         self._rank = {name: i for i, name in enumerate(plugins.order)}
         self._plans = {name: self._plan(name) for name in (*DECISION_EVENTS, "dice", "notify")}
@@ -171,7 +177,9 @@ class Pipeline:
                 log.exception("internal error on %s for call %s", event.name, event.callid)
             if event.name in DECISION_EVENTS:  # an answer Sinch can obey beats an error
                 rule = "store-unavailable" if store_down else "internal-error"
-                return self._fallback(event, self._new_trace(event), started, rule=rule)
+                return self._fallback(
+                    event, self._new_trace(event), started, unrecorded=(sub, body), rule=rule
+                )
             # a DiCE or Notify that is not safely stored is never answered 200
             self.count_reject(503)
             return Response(503, error_body("the callback could not be stored; send it again"))
@@ -201,17 +209,9 @@ class Pipeline:
         queued = time.monotonic() - started
         if queued > self.budget * QUEUED_LIMIT:  # too late to ask the plugins: answer now
             trace["notes"].append(f"waited {queued:.3f} s for a server thread")
-            return self._fallback(event, trace, started, rule="budget")
+            return self._fallback(event, trace, started, unrecorded=(sub, raw), rule="budget")
         with self.store.until(cutoff):  # a store that cannot answer in time: the fallback
-            claim = self.store.claim(  # the body is kept for replays (core.replay)
-                event.callid,
-                event.name,
-                sub,
-                lease=self.lease,
-                body=raw.decode(),
-                received=arrival(event),
-                durable=False,
-            )
+            claim = self._claim_decision(event, sub, raw)
         if claim.status == "done":
             return self._duplicate(event, claim.answer, trace, started)
         if claim.status == "busy":
@@ -246,15 +246,92 @@ class Pipeline:
             raise
         return self._respond(event, body, sealed, started)
 
+    def _claim_decision(
+        self, event: Event, sub: str, raw: bytes, *, redelivery: bool = True
+    ) -> Claim:
+        """Claim an ICE, ACE or PIE, its body kept for replays (``core.replay``) without a
+        flush of its own: lost in a power cut, a redelivery is processed again."""
+        return self.store.claim(
+            event.callid,
+            event.name,
+            sub,
+            lease=self.lease,
+            body=raw.decode(),
+            received=arrival(event),
+            redelivery=redelivery,
+            durable=False,
+        )
+
     def _fallback(
-        self, event: Event, trace: dict[str, Any], started: float, **why: Any
+        self,
+        event: Event,
+        trace: dict[str, Any],
+        started: float,
+        unrecorded: tuple[str, bytes] | None = None,
+        **why: Any,
     ) -> Response:
         """Answer a decision callback with the configured fallback; ``why`` goes into the
-        trace (``rule``, ``duplicate``)."""
+        trace (``rule``, ``duplicate``). ``unrecorded``: the callback's ``(sub, body)``
+        when it was answered before its claim was recorded (queued too long, the store
+        failing): it is recorded once the answer is sent (``_record_fallback``)."""
         svaml = self.fallback[event.name]
         trace.update(why)
         sealed = self._seal(trace, started, svaml.to_dict())
-        return self._respond(event, svaml.to_json(), sealed, started)
+        answer = svaml.to_json()
+        response = self._respond(event, answer, sealed, started)
+        if unrecorded is not None:
+            sub, raw = unrecorded
+            observers = response.after
+
+            def after() -> None:
+                self._record_fallback(event, sub, raw, answer, sealed)
+                if observers is not None:
+                    observers()
+
+            response.after = after
+        return response
+
+    def _record_fallback(
+        self, event: Event, sub: str, raw: bytes, answer: str, trace: Trace
+    ) -> None:
+        """Record a fallback answered without a claim, after it was sent, so that the
+        calls view (and a replay) has it: unless the callback was recorded meanwhile (a
+        redelivery processed it). If the store still cannot take it, it waits in memory
+        (the latest ``UNRECORDED_LIMIT``) for the retry worker (``record_fallbacks``)."""
+        if not self._try_record(event, sub, raw, answer, trace):
+            self._unrecorded.append((event, sub, raw, answer, trace))
+
+    def record_fallbacks(self) -> int:
+        """Record the fallbacks the store could not take when they were sent, now that
+        it may (the retry worker calls this); returns how many were recorded."""
+        done = 0
+        while self._unrecorded:
+            item = self._unrecorded.popleft()
+            if not self._try_record(*item):
+                self._unrecorded.appendleft(item)
+                break
+            done += 1
+        return done
+
+    def _try_record(self, event: Event, sub: str, raw: bytes, answer: str, trace: Trace) -> bool:
+        try:
+            with self.store.until(time.monotonic() + self.budget / 2):
+                claim = self._claim_decision(event, sub, raw, redelivery=False)
+                if claim.status == "new":
+                    try:
+                        self._finish(event, sub, answer, trace, claim.attempts)
+                    except Exception:
+                        self.store.release(event.callid, event.name, sub)  # tried again
+                        raise
+        except Exception as exc:  # noqa: BLE001 - the answer is sent; recorded later
+            log.warning(
+                "the fallback answer to %s of call %s is not recorded yet: %s",
+                event.name,
+                event.callid,
+                exc,
+            )
+            return False
+        return True
 
     def _merge(
         self, event: Event, results: list[tuple[str, Decision | None]], trace: dict[str, Any]

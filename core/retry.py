@@ -10,8 +10,9 @@ both, claims each exclusively (several server processes may share the store) and
 the plugins that have not succeeded yet, until they do or the work is parked after
 ``policy.retry_attempts`` for an operator (``serve.py inbox``).
 
-Once an hour it also purges the recorded callbacks older than ``store.retention_days``
-(``Store.purge``).
+It also records the fallback answers sent while the store could not record them
+(``Pipeline.record_fallbacks``), and once an hour purges the recorded callbacks older
+than ``store.retention_days`` (``Store.purge``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Retrier:
                 if time.monotonic() >= self._next_purge:
                     self._next_purge = time.monotonic() + PURGE_EVERY
                     self.purge_once()
+                self.pipeline.record_fallbacks()
                 busy = self.run_once()
                 said = ""
             except Exception as exc:  # noqa: BLE001 - a failing store: look again later

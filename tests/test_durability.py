@@ -476,3 +476,48 @@ def test_real_server_counts_the_wait_for_a_free_thread_in_the_budget(serve, tmp_
     assert all(took < 1.0 + 0.25 for took, _ in results), results
     answers = sorted(a["action"]["name"] for _, a in results)
     assert "connectPstn" in answers and "hangup" in answers  # the late ones: the fallback
+    # answered before any store write, the late ones are recorded once answered: the
+    # calls view has every call, the fallbacks marked
+    late = answers.count("hangup")
+
+    def listed() -> dict[str, Any]:
+        out = conftest_run_cli(server.config, "calls", "--json", pythonpath=str(site))
+        return {r["callid"]: r for r in json.loads(out.stdout)["calls"]}
+
+    assert wait_for(lambda: {"q0", "q1", "q2"} <= set(listed()), timeout=5), listed()
+    fell_back = [r for c, r in listed().items() if c.startswith("q") and r["fallback"]]
+    assert len(fell_back) == late and {r["rule"] for r in fell_back} == {"budget"}, [
+        (r["callid"], r["rule"], r["fallback"], r["answer"]) for r in listed().values()
+    ]
+
+
+def test_a_fallback_the_store_could_not_take_is_recorded_once_it_can(make, monkeypatch):
+    """An ICE answered with the fallback because the store failed is recorded after the
+    answer, or, while the store still fails, kept in memory until the retry worker
+    (``Pipeline.record_fallbacks``) can record it: the calls view then has the call."""
+    from core import calls
+    from core.store import StoreError
+
+    rt, app = make({"ok": Fixed(Decision.allowed("fine"))})
+    real_claim = rt.store.claim
+    failing = {"on": True}
+
+    def claim(*args: Any, **kwargs: Any) -> Any:
+        if failing["on"]:
+            raise StoreError("disk I/O error")
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(rt.store, "claim", claim)
+    answer = post(app, ice("lost-1"))
+    rt.pipeline.wait_idle()
+    assert answer.json == {"action": {"name": "hangup"}}
+    assert calls.recent_calls(rt.store).rows == ()
+    assert rt.pipeline.record_fallbacks() == 0  # the store still fails: still waiting
+    failing["on"] = False
+    assert rt.pipeline.record_fallbacks() == 1
+    (row,) = calls.recent_calls(rt.store).rows
+    assert (row.callid, row.rule, row.fallback, row.answer) == (
+        "lost-1", "store-unavailable", True, "hangup"
+    )
+    assert rt.pipeline.record_fallbacks() == 0
+    assert json.loads(post(app, ice("lost-1")).text) == {"action": {"name": "hangup"}}

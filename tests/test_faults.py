@@ -744,6 +744,17 @@ def test_stalled_store_ice_gets_the_fallback_in_time_and_dice_gets_503(backend, 
     redeliver_until_acked([server], {"stall-1": dice("stall-1", duration=90)})
     wait_for_invariants(url, ["stall-1"], INITIAL)
     assert_charges(url, {"stall-1": cost(90)})
+    # the fallback the stalled store could not record is recorded once it answers again
+    from tests.conftest import run_cli
+
+    def recorded() -> list[Any]:
+        out = run_cli(server.config, "calls", "--fallbacks", "--json")
+        return [r for r in json.loads(out.stdout)["calls"] if r["callid"] == "stall-2"]
+
+    end = time.monotonic() + 10
+    while not recorded() and time.monotonic() < end:
+        time.sleep(0.3)
+    assert [(r["rule"], r["answer"]) for r in recorded()] == [("store-unavailable", "hangup")]
 
 
 # ------------------------------------------------------------------ failed DiCE work is retried, or parked
