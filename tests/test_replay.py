@@ -4,6 +4,7 @@ server, in a sandbox (core.replay)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -11,15 +12,18 @@ from core.replay import compare, mask
 from core.store import open_store
 from core.trace import Trace
 from tests.conftest import run_cli
+from tests.fake_crm import FakeCrm
 from tests.helpers import KEY, SECRET, dice, ice
+from tests.test_plugins import make_dist
 
 pytestmark = pytest.mark.usefixtures("backend")
 
+CRM_SECRET = "a-crm-secret"
 UK = "+4420794600"  # + two digits: the calls a candidate's new rule denies
 US = "+1561260068"  # + one digit
 
 
-def _config(url: str, *, allowlist: str = "", credit: bool = True) -> str:
+def _config(url: str, *, allowlist: str = "", credit: bool = True, crm: str = "") -> str:
     enabled = '"allowlist", "credit", "crm"' if credit else '"allowlist", "crm"'
     text = (
         f'[server]\nport = 0\n[sinch]\nkeys = [{{ key = "{KEY}", secret = "{SECRET}" }}]\n'
@@ -28,6 +32,8 @@ def _config(url: str, *, allowlist: str = "", credit: bool = True) -> str:
         '[plugins.allowlist]\nallow = ["+1561260068*", "+4420794600*"]\nmax_duration = 600\n'
         f"{allowlist}"
     )
+    if crm:
+        text += f'[plugins.crm]\nwebhook_url = "{crm}"\nwebhook_secret = "{CRM_SECRET}"\n'
     if credit:
         text += (
             '[plugins.credit]\ncurrency = "USD"\naccount_from = "fixed"\naccount = "demo"\n'
@@ -194,3 +200,51 @@ def test_compare_names_the_change_and_its_cause():
     fell_back = trace(rule="budget")
     assert compare(connect, hangup, fell_back) == ("now-denied", None, "rule budget")
     assert mask("+442079460000 denied by rule '+44*'") == "<number> denied by rule '+44*'"
+
+
+def test_a_replay_sends_nothing_to_the_crm(serve, tmp_path, backend):
+    with FakeCrm(CRM_SECRET) as crm:
+        url = backend.url(tmp_path, "replay")
+        server = serve(_config(url, crm=crm.url), name="live")
+        _traffic(server, 8)
+        deadline = time.monotonic() + 10
+        while len(crm.received) < 8 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(crm.received) == [f"call-{n:03d}" for n in range(8)]
+        out = run_cli(server.config, "replay", "--config", str(server.config), "--json")
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["replayed"] == 16  # 8 ICE, 8 DiCE
+        server.stop()
+        time.sleep(0.5)
+        assert len(crm.received) == 8 and crm.attempts == 8
+
+
+def test_a_plugin_not_yet_enabled_is_replayed_with_its_own_tables(serve, tmp_path, backend):
+    """A third-party plugin installed but not enabled: its migrations are applied to
+    the sandbox only, its decisions change the answers, and the real store never gets
+    its table."""
+    site = make_dist(tmp_path / "site", "switchboard-vip", "vip = tests.vip_plugin")
+    url = backend.url(tmp_path, "replay")
+    server = serve(_config(url, credit=False), name="live", pythonpath=str(site))
+    _traffic(server, 10)
+    candidate = tmp_path / "candidate.toml"
+    candidate.write_text(
+        _config(url, credit=False).replace('enabled = ["allowlist"', 'enabled = ["vip", "allowlist"')
+        + '[plugins.vip]\ncallers = ["+12015550100"]\nline = "+15612600600"\n'
+    )
+    out = run_cli(
+        server.config, "replay", "--config", str(candidate), "--json", pythonpath=str(site)
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    vip = {"call-000", "call-005"}  # every fifth call is from +12015550100
+    assert {r["callid"] for r in report["results"] if r["change"] != "same"} == vip
+    assert {(g["change"], g["plugin"]) for g in report["summary"]} == {
+        ("action-changed", "vip")
+    }
+    server.stop()
+    store = open_store(url, tmp_path)
+    try:
+        assert "vip_calls" not in store.tables()
+    finally:
+        store.close()
