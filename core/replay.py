@@ -23,7 +23,10 @@ compares each ICE, ACE and PIE answer with the one recorded:
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -241,7 +244,7 @@ def replay(
             ),
         )
         seen_revisions: dict[str, None] = {}
-        for row in _callbacks(store, [c for c, _ in calls]):
+        for row in _callbacks(store, calls):
             cid, event_name, body, answer, trace_text, at, caller, destination = row
             if body is None:
                 report.without_body += 1
@@ -313,27 +316,32 @@ def _calls(
     return [(c, at) for c, at in store.query(sql, params)]
 
 
-def _callbacks(store: Store, callids: Sequence[str]) -> Iterator[tuple[Any, ...]]:
-    """Every recorded callback of these calls, in the order they arrived. Read in
-    chunks of calls; a later chunk's calls all began after an earlier chunk's, and
-    callbacks of a call are kept together with the calls around them."""
-    rows: list[tuple[Any, ...]] = []
-    for i in range(0, len(callids), CHUNK):
-        chunk = list(callids[i : i + CHUNK])
+def _callbacks(store: Store, calls: Sequence[tuple[str, float]]) -> Iterator[tuple[Any, ...]]:
+    """Every recorded callback of these calls (``(callid, ICE time)``, oldest first), in
+    the order they arrived, read ``CHUNK`` calls at a time: a chunk's callbacks are
+    given out up to where the next chunk's calls begin, the later ones held back to be
+    merged with that chunk's, so memory holds about one chunk whatever the window."""
+    held: list[tuple[Any, ...]] = []
+    seq = itertools.count()  # callbacks stamped alike keep the order they were read in
+    for i in range(0, len(calls), CHUNK):
+        chunk = [callid for callid, _ in calls[i : i + CHUNK]]
         marks = ", ".join("?" * len(chunk))
-        rows.extend(
-            store.query(
-                "SELECT callid, event, body, answer, trace, received_at, caller, destination "
-                f"FROM callbacks WHERE callid IN ({marks})",
-                chunk,
-            )
+        rows = store.query(
+            "SELECT callid, event, body, answer, trace, received_at, caller, destination "
+            f"FROM callbacks WHERE callid IN ({marks})",
+            chunk,
         )
-    # the ICE's numbers for every callback of its call (only the ICE and DiCE have them)
-    numbers = {r[0]: (r[6], r[7]) for r in rows if r[1] == "ice"}
-    rows.sort(key=lambda r: (r[5], _ORDER.get(r[1], 9)))
-    for r in rows:
-        caller, destination = numbers.get(r[0], (r[6], r[7]))
-        yield (*r[:6], caller, destination)
+        # the ICE's numbers for every callback of its call (only the ICE and DiCE have them)
+        numbers = {r[0]: (r[6], r[7]) for r in rows if r[1] == "ice"}
+        for r in rows:
+            caller, destination = numbers.get(r[0], (r[6], r[7]))
+            row = (*r[:6], caller, destination)
+            heapq.heappush(held, (r[5], _ORDER.get(r[1], 9), next(seq), row))
+        upto = calls[i + CHUNK][1] if i + CHUNK < len(calls) else math.inf
+        while held and held[0][0] < upto:
+            yield heapq.heappop(held)[3]
+    while held:
+        yield heapq.heappop(held)[3]
 
 
 _ORDER = {"ice": 0, "ace": 1, "pie": 2, "notify": 3, "dice": 4}  # for callbacks stamped alike

@@ -248,3 +248,21 @@ def test_a_plugin_not_yet_enabled_is_replayed_with_its_own_tables(serve, tmp_pat
         assert "vip_calls" not in store.tables()
     finally:
         store.close()
+
+
+def test_callbacks_are_read_a_chunk_of_calls_at_a_time_in_arrival_order(monkeypatch):
+    from core import replay as replay_mod
+    from core.store import SqliteStore, CORE_MIGRATIONS
+
+    store = SqliteStore(":memory:")
+    store.migrate("core", CORE_MIGRATIONS)
+    arrivals = [("a", "ice", 1.0), ("b", "ice", 2.0), ("a", "dice", 3.0), ("c", "ice", 4.0),
+                ("b", "ace", 4.5), ("b", "dice", 5.0), ("c", "dice", 6.0), ("a", "notify", 7.0)]
+    for callid, event, at in arrivals:
+        store.claim(callid, event, "", lease=5, now=at, body="{}")
+    monkeypatch.setattr(replay_mod, "CHUNK", 1)
+    calls = replay_mod._calls(store, None, None, None, None)
+    assert calls == [("a", 1.0), ("b", 2.0), ("c", 4.0)]
+    got = [(r[0], r[1], r[5]) for r in replay_mod._callbacks(store, calls)]
+    assert got == arrivals
+    store.close()
