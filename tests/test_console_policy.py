@@ -171,7 +171,7 @@ def test_the_revisions_page_lists_the_loads_and_what_changed(serve, tmp_path, ba
     status, page = browser.get("/revisions")
     assert status == 200, page
     assert 'aria-current="page">Revisions' in page
-    loads = re.findall(r'<td data-label="Revision"><a href="/revisions\?show=([0-9a-f]{12})"', page)
+    loads = re.findall(r'<td data-label="Revision"><span><a href="/revisions\?show=([0-9a-f]{12})"', page)
     assert len(loads) == 2 and loads[0] != loads[1]
     new, old = loads
     hows = re.findall(r'<td data-label="How">(\w+)</td>', page)

@@ -52,11 +52,11 @@
 % for i, x in enumerate(loads):
 <tr{{!' class="running"' if x.revision == running else ''}}>
   <td data-label="Loaded"><time datetime="{{h.iso(x.loaded_at)}}">{{h.when(x.loaded_at)}}</time></td>
-  <td data-label="Revision"><a href="{{c.url('/revisions', show=x.revision)}}" class="mono">{{x.revision}}</a>
+  <td data-label="Revision"><span><a href="{{c.url('/revisions', show=x.revision)}}" class="mono">{{x.revision}}</a>
   % if x.revision == running:
     <span class="badge ok">running</span>
   % end
-  </td>
+  </span></td>
   <td data-label="How">{{x.how}}</td>
   <td data-label="Server" class="mono">{{x.instance or '-'}}</td>
   <td data-label="Changes">
