@@ -8,7 +8,9 @@ compares each ICE, ACE and PIE answer with the one recorded:
   plugins' migrations applied, then every plugin table the real store has copied into
   it as it is now, then each plugin's ``switchboard_replay_rewind`` puts its state back
   as it was when the window starts (credit restores balances from its ledger; allowlist
-  forgets the velocity counts made since). The real store is only read: no balance,
+  forgets the velocity counts made since). The real store is only read, with the
+  operators' reads (``Store.inspect``: never the connection the callbacks read with, so a
+  replay run from a live server's console does not hold up its callbacks): no balance,
   reservation, counter, call record or outbox row of it changes.
 * Each recorded callback goes to the candidate's plugins as it would live
   (``Pipeline.replay``: the same timeouts, on_error and merge), with ``CallContext.now``
@@ -313,7 +315,7 @@ def _calls(
     )
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    return [(c, at) for c, at in store.query(sql, params)]
+    return [(c, at) for c, at in store.inspect(sql, params)]
 
 
 def _callbacks(store: Store, calls: Sequence[tuple[str, float]]) -> Iterator[tuple[Any, ...]]:
@@ -326,7 +328,7 @@ def _callbacks(store: Store, calls: Sequence[tuple[str, float]]) -> Iterator[tup
     for i in range(0, len(calls), CHUNK):
         chunk = [callid for callid, _ in calls[i : i + CHUNK]]
         marks = ", ".join("?" * len(chunk))
-        rows = store.query(
+        rows = store.inspect(
             "SELECT callid, event, body, answer, trace, received_at, caller, destination "
             f"FROM callbacks WHERE callid IN ({marks})",
             chunk,
@@ -357,23 +359,25 @@ def _copy(real: Store, sandbox: Store) -> None:
     for table in sandbox.tables():
         if table in CORE_TABLES or table.startswith(("console_", "sqlite_")) or table not in present:
             continue
-        wanted = [c for c in _columns(sandbox, table) if c in set(_columns(real, table))]
+        wanted = [c for c in _columns(sandbox, table) if c in set(_columns(real, table, real=True))]
         if not wanted:
             continue
         names = ", ".join(wanted)
-        rows = real.query(f"SELECT {names} FROM {table}")
+        rows = real.inspect(f"SELECT {names} FROM {table}")
         insert = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(wanted))})"
         with sandbox.transaction() as tx:
             for row in rows:
                 tx.execute(insert, [_plain(v) for v in row])
 
 
-def _columns(store: Store, table: str) -> list[str]:
+def _columns(store: Store, table: str, *, real: bool = False) -> list[str]:
+    """A table's columns; the real store's read as an operator's (``Store.inspect``)."""
+    read = store.inspect if real else store.query  # the sandbox is in memory: its own connection
     if store.backend == "sqlite":
-        return [r[1] for r in store.query(f"PRAGMA table_info({table})")]
+        return [r[1] for r in read(f"PRAGMA table_info({table})")]
     return [
         r[0]
-        for r in store.query(
+        for r in read(
             "SELECT column_name FROM information_schema.columns "
             "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
             (table,),

@@ -4,7 +4,8 @@ after simulated traffic.
 
 An operator logs in, sees the calls just made, filters them, opens one call's timeline
 and trace, tops up an account (a POST without the CSRF token is refused and changes
-nothing), replays a CRM dead letter, reads the audit log and logs out. No page may show
+nothing), replays a CRM dead letter, reads the audit log, replays a candidate
+configuration through the Replay form, reads the Revisions page and logs out. No page may show
 a configured secret. A screenshot of every page is saved under the test run's base
 temporary directory, in ``console-screenshots/`` (the path is printed).
 
@@ -386,10 +387,41 @@ def test_an_operator_uses_the_console_in_a_browser(serve, backend, browser, tmp_
     assert "amount=50.00" not in audit  # the forged POSTs never ran
     op.shot("audit")
 
+    # replay a candidate that denies web-3's number, through the form
+    op.click_link("Replay")
+    op.shot("replay-form")
+    candidate = (
+        '[plugins]\nenabled = ["allowlist", "credit"]\n'
+        '[plugins.allowlist]\nallow = ["+1*"]\ndeny = ["+15612600685"]\nmax_duration = 600\n'
+        '[plugins.credit]\naccount_from = "fixed"\naccount = "demo"\n'
+        'rates = { "+1" = "0.02", "+44" = "0.05" }\nmax_duration = 300\n'
+    )
+    browser.find_element(by.ID, "r-config").send_keys(candidate)
+    browser.find_element(by.XPATH, "//button[text()='Replay']").click()
+    op.until(lambda: browser.find_elements(by.ID, "replay-report"))
+    op.check()
+    report = op.text()
+    assert "now denied by allowlist" in report, report
+    changed = browser.find_element(by.ID, "replay-changed")
+    assert changed.find_elements(by.CSS_SELECTOR, 'a[href="/calls/web-3"]')
+    assert browser.find_element(by.ID, "r-config").get_attribute("value") == ""  # not echoed
+    assert "deny" not in browser.page_source
+    op.shot("replay-report")
+    op.click_link("Revisions")
+    assert "running" in op.text() and "start" in op.text()
+    op.shot("revisions")
+    browser.find_element(by.CSS_SELECTOR, "#loads a.mono").click()
+    op.until(lambda: browser.find_elements(by.ID, "revision-content"))
+    op.check()
+    op.shot("revision-content")
+    op.click_link("Audit log")
+    assert "replay" in op.text() and "would change" in op.text()
+
     # readable on a phone
     browser.set_window_size(390, 844)
     for path, name in (("/", "phone-overview"), ("/calls", "phone-calls"),
-                       ("/calls/web-1", "phone-call")):
+                       ("/calls/web-1", "phone-call"), ("/replay", "phone-replay"),
+                       ("/revisions", "phone-revisions")):
         op.open(path)
         width = browser.execute_script("return document.documentElement.scrollWidth")
         assert width <= 400, f"{path} is {width}px wide on a phone"

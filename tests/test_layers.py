@@ -66,6 +66,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "core.console.health",
             "core.console.html",
             "core.console.views",
+            "core.console.policy",
             "core.console.app",
             "core.console.server",
             "core.console.cli",

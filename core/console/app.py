@@ -6,7 +6,7 @@ server's ``Switch``, whose runtime a reload replaces; ``Fixed(runtime)`` in test
 
 * Every page needs a session; without one a ``GET`` is sent to ``/login``, anything
   else gets 403.
-* Every ``POST`` (login, logout, retry, a plugin's action) must carry the form's CSRF
+* Every ``POST`` (login, logout, retry, a replay, a plugin's action) must carry the form's CSRF
   token; a request without it, or with a wrong one, is refused with 403 before
   anything runs.
 * Every change is audited before it runs (``core.console.audit``).
@@ -33,7 +33,7 @@ from weakref import WeakKeyDictionary, WeakSet
 
 import bottle
 
-from core.console import audit, views
+from core.console import audit, policy, views
 from core.console.auth import (
     NAME_LIMIT,
     LoginTokens,
@@ -163,7 +163,7 @@ def _fields(forms: Any) -> dict[str, str]:
 
 
 # the console's own pages (a redirect's path must be one of them)
-ROUTES = re.compile(r"/(calls(/[^?#]*)?|plugins(/[^?#]*)?|inbox|audit)?/?")
+ROUTES = re.compile(r"/(calls(/[^?#]*)?|plugins(/[^?#]*)?|inbox|audit|replay|revisions)?/?")
 # printable ASCII but the space: no control character, no whitespace, nothing a browser
 # strips or rewrites before it resolves the URL
 SAFE_TARGET = re.compile(r"/(?:[^/\\\x00-\x20\x7f-\uffff][\x21-\x7e]*)?")
@@ -467,6 +467,22 @@ class Console:
         @guarded
         def audit_log() -> Any:
             return views.audit_log(self._begin())
+
+        @app.get("/replay")
+        @guarded
+        def replay_form() -> Any:
+            return policy.replay_page(self._begin())
+
+        @app.post("/replay")
+        @guarded
+        def replay() -> Any:
+            req = self._begin(post=True)
+            return policy.run_replay(req, bottle.request.forms, self.perform)
+
+        @app.get("/revisions")
+        @guarded
+        def revisions() -> Any:
+            return policy.revisions_page(self._begin())
 
         # ------------------------------------------------------------ plugins' pages
 

@@ -70,7 +70,12 @@ class Chrome:
 
 
 CORE_NAV = (("/", "Overview"), ("/calls", "Calls"), ("/inbox", "Inbox"))
-END_NAV = (("/plugins", "Plugins"), ("/audit", "Audit log"))
+END_NAV = (
+    ("/replay", "Replay"),
+    ("/revisions", "Revisions"),
+    ("/plugins", "Plugins"),
+    ("/audit", "Audit log"),
+)
 
 
 def chrome(req: Req, *, wide: bool = False) -> Chrome:
@@ -355,13 +360,14 @@ class PluginView:
     pages: list[Mounted] = field(default_factory=list)
 
 
-def _scrubbed(value: Any, keep_user: bool) -> Any:
+def scrubbed(value: Any, keep_user: bool) -> Any:
+    """``value`` with the secrets of any URL in it removed (see ``_shown``)."""
     if isinstance(value, str):
         return redact_url(value, keep_user=keep_user)
     if isinstance(value, Mapping):
-        return {k: _scrubbed(v, keep_user) for k, v in value.items()}
+        return {k: scrubbed(v, keep_user) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_scrubbed(v, keep_user) for v in value]
+        return [scrubbed(v, keep_user) for v in value]
     return value
 
 
@@ -369,7 +375,7 @@ def _shown(value: Any, keep_user: bool = False) -> str:
     """A setting as JSON, with the secrets of any URL in it removed (a webhook URL may
     carry some even though its key is not marked secret): its whole userinfo (or only
     the password, ``keep_user``: the store's URL) and parameters named like secrets."""
-    return json.dumps(_scrubbed(value, keep_user), default=str, ensure_ascii=False)
+    return json.dumps(scrubbed(value, keep_user), default=str, ensure_ascii=False)
 
 
 def plugins(req: Req) -> str:

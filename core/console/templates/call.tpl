@@ -61,6 +61,9 @@
   % t = cb.trace
   % if t is not None:
   <p><strong>Trace:</strong> rule <code>{{t.rule or '-'}}</code>{{', decided by ' + ', '.join(t.decided_by) if t.decided_by else ''}}{{', capped by ' + t.capped_by if t.capped_by else ''}}, {{h.ms(t.elapsed_ms)}}{{', attempt %d' % t.attempt if t.attempt else ''}}</p>
+  % if t.revision:
+  <p class="meta">Configuration revision <a href="{{c.url('/revisions', show=t.revision)}}" class="mono">{{t.revision}}</a></p>
+  % end
   % if t.plugins:
   <div class="scroll">
   <table class="trace">
