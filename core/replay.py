@@ -451,8 +451,16 @@ _AMOUNT = re.compile(r"(?<![+\w*.])\d+(?:\.\d+)?")  # an amount, a duration
 def mask(reason: str) -> str:
     """A decision's reason with its call's numbers and amounts masked, so that the
     same rule gives the same text for every call: ``+442079460000 denied by rule
-    '+44*'`` -> ``<number> denied by rule '+44*'``."""
-    return _AMOUNT.sub("<n>", _NUMBER.sub("<number>", reason))
+    '+44*'`` -> ``<number> denied by rule '+44*'``. Quoted text (a rule, a name) is
+    kept as it is: ``denied by rule '+442079460000'`` names its rule."""
+    parts = _QUOTED.split(reason)
+    return "".join(
+        part if i % 2 else _AMOUNT.sub("<n>", _NUMBER.sub("<number>", part))
+        for i, part in enumerate(parts)
+    )
+
+
+_QUOTED = re.compile(r"""('[^']*'|"[^"]*")""")
 
 
 def _common(numbers: Sequence[str | None]) -> str | None:

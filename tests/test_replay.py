@@ -200,6 +200,9 @@ def test_compare_names_the_change_and_its_cause():
     fell_back = trace(rule="budget")
     assert compare(connect, hangup, fell_back) == ("now-denied", None, "rule budget")
     assert mask("+442079460000 denied by rule '+44*'") == "<number> denied by rule '+44*'"
+    exact = "+442079460000 denied by rule '+442079460000'"
+    assert mask(exact) == "<number> denied by rule '+442079460000'"
+    assert mask("demo: reserved 4.80 USD for 14400 s") == "demo: reserved <n> USD for <n> s"
 
 
 def test_a_replay_sends_nothing_to_the_crm(serve, tmp_path, backend):
