@@ -716,12 +716,13 @@ class Store:
         transaction, so the callbacks' writes are never held up for long; returns the
         number of callbacks deleted."""
         deleted = 0
+        oldest = "SELECT callid FROM callbacks WHERE received_at < ? AND state = 'done' "
+        if not self.query(oldest + "LIMIT 1", (before,)):
+            return 0  # the common case: no write, no flush
         while True:
             with self.transaction() as tx:
                 found = tx.all(  # the oldest first, along callbacks_received
-                    "SELECT callid FROM callbacks WHERE received_at < ? AND state = 'done' "
-                    f"ORDER BY received_at LIMIT {int(batch)}",
-                    (before,),
+                    oldest + f"ORDER BY received_at LIMIT {int(batch)}", (before,)
                 )
                 if not found:
                     return deleted
