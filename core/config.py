@@ -450,6 +450,13 @@ STORE_KEYS = {
         "of the process but may lose the last commits on power loss",
         choices=("full", "normal"),
     ),
+    "inspect_timeout": Key(
+        float,
+        10.0,
+        "seconds an operator's read (a console page, switchboard calls) may run before it is "
+        "stopped with a message to narrow the filters",
+        check=positive,
+    ),
 }
 
 def console_address(value: str) -> tuple[str, int]:

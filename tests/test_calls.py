@@ -24,6 +24,7 @@ from core.config import load
 from core.decisions import Decision
 from core.hookspecs import hookimpl
 from core.runtime import Runtime
+from core.store import InspectTimeout
 from core.svaml import ConnectPstn
 from core.testing import TEST_KEY, TEST_SECRET
 from tests.cli_runner import cli
@@ -532,3 +533,53 @@ def test_calls_piped_into_head_end_quietly(tmp_path):
     )
     assert piped.stdout.splitlines()[0].startswith("TIME ") and piped.stdout.count("\n") == 2
     assert piped.stderr == ""
+
+
+SLOW = (  # a read that runs for seconds on either store
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000000) "
+    "SELECT COUNT(*) FROM n"
+)
+
+
+def test_an_operators_read_is_stopped_at_its_time_limit(backend):
+    """``Store.inspect`` ends a read that runs past ``inspect_timeout`` (PostgreSQL:
+    ``SET LOCAL statement_timeout``; SQLite: the progress handler), and the store goes
+    on: the connection is back, the next read runs in full."""
+    store = backend.store()
+    try:
+        assert store.inspect_timeout == 10.0
+        store.inspect_timeout = 0.2
+        began = time.monotonic()
+        with pytest.raises(InspectTimeout, match=r"took longer than 0\.2 s; narrow the filters"):
+            store.inspect(SLOW)
+        assert time.monotonic() - began < 3
+        for _ in range(20):  # as many as the pool holds, and more: none was kept
+            assert store.inspect("SELECT 1") == [(1,)]
+        assert store.query("SELECT 2") == [(2,)]  # the callbacks' reads never had a limit
+        store.inspect_timeout = 30.0
+        assert store.inspect(SLOW.replace("30000000", "1000")) == [(1000,)]
+    finally:
+        store.close()
+
+
+def test_a_calls_command_past_its_time_limit_says_so(tmp_path, backend):
+    """``switchboard calls`` over many calls, with a tiny ``store.inspect_timeout``: one
+    error line, a non-zero exit, no traceback."""
+    url = backend.url(tmp_path, "slow")
+    path = operator_config(tmp_path, url)
+    rt, _ = started(path)  # the schema
+    rt.close()
+    sys.path.insert(0, str(REPO / "bench"))
+    import console  # bench/console.py: its bulk loaders
+
+    if backend.name == "sqlite":
+        console.load_sqlite(str(tmp_path / "slow.db"), 60_000, 86400.0)
+    else:
+        console.load_postgres(url, 60_000, 86400.0)
+    text = path.read_text().replace("[store]\n", "[store]\ninspect_timeout = 0.001\n")
+    path.write_text(text)
+    ran = run_cli(path, "calls", "--outcome", "connectConf")  # no index: every call walked
+    assert ran.returncode != 0, ran.stdout
+    assert ran.stderr.strip().splitlines() == [
+        "error: the query took longer than 0.001 s; narrow the filters"
+    ], ran.stderr

@@ -770,3 +770,31 @@ def test_a_slow_overview_is_computed_once_for_operators_asking_together(monkeypa
     assert quick.get(store, 0.0, 60.0) == ("quick", 0.0)
     monkeypatch.setattr(views.calls_mod, "overview", lambda store, since, until: ("again", since))
     assert quick.get(store, 0.0, 60.0) == ("again", 0.0)  # quick ones are not kept
+
+
+class SlowPage:
+    """A plugin page whose read runs for seconds."""
+
+    @hookimpl
+    def switchboard_console_pages(self):
+        def slow(request):
+            (count,), = request.store.inspect(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                "WHERE i < 30000000) SELECT COUNT(*) FROM n"
+            )
+            return f"<p>{count}</p>"
+
+        return [ConsolePage("", "Slow", slow)]
+
+
+def test_a_page_whose_read_runs_too_long_says_so(backend):
+    rt = backend.runtime({"slow": SlowPage()}, admin=ADMIN)
+    try:
+        app = console_of(rt)
+        login(app)
+        rt.store.inspect_timeout = 0.2
+        page = app.get("/plugins/slow", status=503)
+        assert "The query took longer than 0.2 s; narrow the filters" in page.text
+        assert "Plugin health" in app.get("/").text  # the store is free again
+    finally:
+        rt.close()

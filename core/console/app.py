@@ -47,7 +47,7 @@ from core.console.auth import (
 from core.console.health import Host
 from core.console.page import ConsolePage, ConsoleRequest
 from core.runtime import Runtime
-from core.store import Store
+from core.store import InspectTimeout, Store
 
 log = logging.getLogger("switchboard.console")
 
@@ -301,6 +301,8 @@ class Console:
             text = run()
         except ValueError as exc:
             outcome, kind, text = "refused", "error", str(exc)
+        except InspectTimeout as exc:
+            outcome, kind, text = "failed", "error", f"{action} failed: {exc}"
         except Exception as exc:
             log.exception("console: %s by %s failed", action, req.session.user)
             outcome, kind = "failed", "error"
@@ -333,6 +335,11 @@ class Console:
                 except Refused as refused:
                     bottle.response.status = refused.status
                     return views.message_page(console._base(), refused.text, refused.status)
+                except InspectTimeout as slow:  # stopped: the connection is free again
+                    log.warning("console: %s stopped: %s", bottle.request.path, slow)
+                    bottle.response.status = 503
+                    text = str(slow)
+                    return views.message_page(console._base(), text[:1].upper() + text[1:], 503)
 
             return wrapper
 

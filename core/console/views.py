@@ -26,7 +26,7 @@ from core.console import html as h
 from core.console.page import ConsoleRequest
 from core.metrics import FALLBACK_RULES
 from core.plugins import list_installed
-from core.store import redact_url
+from core.store import InspectTimeout, redact_url
 
 if TYPE_CHECKING:
     from core.console.app import Mounted, Req
@@ -528,6 +528,8 @@ def plugin_page(req: Req, mounted: Mounted, request: ConsoleRequest) -> str:
     body: str | None
     try:
         body = mounted.page.render(request)
+    except InspectTimeout:
+        raise  # the console says so: the query took too long
     except Exception:
         log.exception("console: the page %s failed", mounted.path)
         bottle.response.status = 500
