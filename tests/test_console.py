@@ -798,3 +798,58 @@ def test_a_page_whose_read_runs_too_long_says_so(backend):
         assert "Plugin health" in app.get("/").text  # the store is free again
     finally:
         rt.close()
+
+
+OPERATOR_TABLES = re.compile(r"\b(credit_\w+|crm_\w+|console_\w+)\b")
+
+
+def test_operators_reads_of_the_plugins_tables_are_store_inspect(backend, tmp_path, monkeypatch):
+    """Every console page and every plugin command reads with ``Store.inspect`` (the
+    operators' reads, with their time limit), never ``Store.query`` (the callbacks')."""
+    read: list[str] = []
+    kind = type(backend.store())
+    plain = kind.query
+
+    def spied(self: Any, sql: str, params: Any = ()) -> Any:
+        read.append(sql)
+        return plain(self, sql, params)
+
+    rt = money_runtime(backend.runtime)
+    try:
+        app = console_of(rt)
+        _traffic(rt)
+        login(app)
+        monkeypatch.setattr(kind, "query", spied)
+        for path in (
+            "/",
+            "/calls",
+            "/calls/call-ok",
+            "/inbox",
+            "/audit",
+            "/plugins/credit/accounts",
+            "/plugins/credit/accounts?account=demo",
+            "/plugins/crm/outbox",
+        ):
+            assert app.get(path).status_int == 200, path
+        assert [sql for sql in read if OPERATOR_TABLES.search(sql)] == []
+    finally:
+        rt.close()
+
+    config = tmp_path / "config.toml"
+    url = backend.url(tmp_path, "commands")
+    config.write_text(
+        f'[store]\nurl = "{url}"\n[[sinch.keys]]\nkey = "k"\nsecret = "{SECRET}"\n'
+        '[plugins]\nenabled = ["credit", "crm"]\n'
+        '[plugins.credit]\naccount_from = "fixed"\naccount = "demo"\n'
+        'rates = { "+1" = "0.02" }\ninitial_accounts = { "demo" = "5.00" }\n'
+    )
+    for args in (
+        ("credit", "show", "demo"),
+        ("credit", "ledger", "demo"),
+        ("crm", "outbox"),
+        ("crm", "dead"),
+        ("crm", "export", "--format", "csv"),
+    ):
+        ran = run_cli(config, *args)
+        assert ran.returncode == 0, (args, ran.stdout, ran.stderr)
+    assert [sql for sql in read if OPERATOR_TABLES.search(sql)] == []

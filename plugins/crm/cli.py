@@ -1,4 +1,7 @@
-"""crm's commands: ``switchboard crm outbox | dead | replay | export``."""
+"""crm's commands: ``switchboard crm outbox | dead | replay | export``.
+
+Their reads are an operator's: ``store.inspect``, with its time limit, never the
+callbacks' own read path."""
 
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ def register(cli: click.Group, plugin: Crm) -> None:
     @crm.command(help="records waiting for delivery")
     @pass_runtime
     def outbox(runtime: Any) -> int:
-        rows = runtime.store.query(
+        rows = runtime.store.inspect(
             "SELECT callid, attempts, next_attempt_at, last_error FROM crm_outbox ORDER BY created_at"
         )
         for callid, attempts, due, error in rows:
@@ -61,7 +64,7 @@ def register(cli: click.Group, plugin: Crm) -> None:
     @crm.command(help="records that exhausted their attempts")
     @pass_runtime
     def dead(runtime: Any) -> int:
-        rows = runtime.store.query(
+        rows = runtime.store.inspect(
             "SELECT callid, attempts, failed_at, last_error FROM crm_dead ORDER BY failed_at"
         )
         for callid, attempts, failed, error in rows:
@@ -83,7 +86,7 @@ def register(cli: click.Group, plugin: Crm) -> None:
         failed = 0
         for moved_id in moved:
             plugin.drain(only=moved_id)
-            left = runtime.store.query(
+            left = runtime.store.inspect(
                 "SELECT last_error FROM crm_outbox WHERE callid = ?", (moved_id,)
             )
             if left:
@@ -119,7 +122,7 @@ def register(cli: click.Group, plugin: Crm) -> None:
                 start = start.replace(tzinfo=UTC)
             sql += " WHERE recorded_at >= ?"
             params.append(start.timestamp())
-        rows = runtime.store.query(sql + " ORDER BY recorded_at", params)
+        rows = runtime.store.inspect(sql + " ORDER BY recorded_at", params)
         records = []
         for row in rows:
             record = dict(zip(COLUMNS, row, strict=True))
