@@ -583,3 +583,39 @@ def test_a_calls_command_past_its_time_limit_says_so(tmp_path, backend):
     assert ran.stderr.strip().splitlines() == [
         "error: the query took longer than 0.001 s; narrow the filters"
     ], ran.stderr
+
+
+def _cursor(value: object) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--after", "nonsense"),
+        ("--after", _cursor([1e300, "x"])),
+        ("--after", _cursor(["NaN", "x"])),
+        ("--after", _cursor([2**70, "x"])),
+        ("--after", _cursor([-1, "x"])),
+        ("--after", _cursor([1.5, "a\x00b"])),
+        ("--since", "nan"),
+        ("--since", "inf"),
+        ("--until", "-inf"),
+        ("--until", "1e400"),
+        ("--since", "9" * 400 + "s"),
+        ("--since", "0001-01-01T00:00+14:00"),
+        ("--until", str(2**64)),
+        ("--limit", str(2**63)),
+    ],
+)
+def test_a_cursor_or_time_out_of_range_is_a_usage_error(operator, option, value):
+    """Refused as a usage error naming the option, before any query: a forged cursor
+    (a time past any call's, a call id PostgreSQL cannot compare), a time that is not
+    finite or not in any calendar."""
+    path, _, app = operator
+    call(app, "c-one")
+    ran = cli(path, "calls", option, value)
+    assert ran.returncode == 2, (ran.stdout, ran.stderr)
+    assert f"Invalid value for '{option}'" in ran.stderr, ran.stderr

@@ -597,7 +597,7 @@ def test_calls_are_listed_filtered_and_each_has_its_page():
         assert "/calls/call-denied" in denied and "/calls/call-ok" not in denied
         by_number = app.get("/calls?number=%2B1561").text
         assert "/calls/call-ok" in by_number and "/calls/call-denied" not in by_number
-        bad = app.get("/calls?since=yesterday").text
+        bad = app.get("/calls?since=yesterday", status=400).text
         assert "since: not a time" in bad
         one = app.get("/calls/call-ok").text
         for shown in ("ICE", "ACE", "DICE", "allowlist", "credit", "settled", "0.04 USD"):

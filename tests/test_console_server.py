@@ -185,3 +185,84 @@ def test_a_console_page_past_the_read_time_limit_says_so(serve, tmp_path, backen
     assert "The query took longer than 0.001 s; narrow the filters" in page
     assert browser.get("/plugins")[0] == 200
     assert "stopped: the query took longer" in server.log
+
+
+def _cursor(value: Any) -> str:
+    import base64
+    import json
+
+    raw = json.dumps(value).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+HOSTILE = {
+    "not a number": "abc",
+    "negative": "-1",
+    "2**63": str(2**63),
+    "2**64": str(2**64),
+    "10**30": "9" * 31,
+    "5000 digits": "9" * 5000,
+    "NaN": "nan",
+    "infinity": "inf",
+    "-infinity": "-inf",
+    "1e400": "1e400",
+    "superscript two": "\u00b2",
+    "Arabic-Indic digits": "\u0661\u0662",
+    "a NUL": "a\x00b",
+    "overlong": "x" * 3000,
+    "past the header limit": "x" * 20000,
+    "a formula": "=HYPERLINK(\"http://evil.example\")",
+    "cursor 1e300": _cursor([1e300, "x"]),
+    "cursor NaN": _cursor(["NaN", "x"]),
+    "cursor 2**70": _cursor([2**70, "x"]),
+    "cursor with a NUL": _cursor([1.0, "a\x00"]),
+    "cursor of -1": _cursor([-1, "x"]),
+}
+# every console page, and each of its query parameters; the numeric ones (positions,
+# windows) must answer 400 naming the parameter for a value they cannot take
+PAGES = {
+    "/?hours=": "hours",
+    "/calls?after=": "after",
+    "/calls?since=": "since",
+    "/calls?until=": "until",
+    "/calls?number=": None,
+    "/calls?caller=": None,
+    "/calls?destination=": None,
+    "/calls?outcome=": None,
+    "/calls?rule=": None,
+    "/calls?plugin=": None,
+    "/calls?duplicates=1&fallbacks=": None,
+    "/calls/": None,
+    "/inbox?page=": None,
+    "/audit?before=": "before",
+    "/plugins?x=": None,
+    "/plugins/credit/accounts?after=": None,
+    "/plugins/credit/accounts?q=": None,
+    "/plugins/credit/accounts?account=": None,
+    "/plugins/credit/accounts?account=demo&before=": "before",
+    "/plugins/crm/outbox?x=": None,
+}
+
+
+def test_hostile_parameters_never_make_a_page_fail(serve, tmp_path, backend, subtests):
+    """Every page, every parameter, hostile values: never a 500; a number or position
+    a page cannot take is a 400 that names the parameter."""
+    server = serve(
+        config(store=backend.url(tmp_path, "hostile"), enabled=MONEY, extra=MONEY_CONFIG)
+    )
+    browser = Browser(console_url(server))
+    browser.login()
+    assert server.post(ice("hostile-1"))[0] == 200
+    for path, numeric in PAGES.items():
+        with subtests.test(page=path):
+            wrong = []
+            for label, value in HOSTILE.items():
+                status, page = browser.get(path + urllib.parse.quote(value, safe=""))
+                if status == 500:
+                    wrong.append((label, status))
+                elif numeric and label not in ("a formula", "past the header limit"):
+                    if status != 400 or f"{numeric}: " not in page:
+                        wrong.append((label, status))
+            assert wrong == []
+    assert browser.get("/calls")[0] == 200  # and the console goes on
+    assert "Traceback" not in server.log

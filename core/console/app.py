@@ -10,6 +10,9 @@ server's ``Switch``, whose runtime a reload replaces; ``Fixed(runtime)`` in test
   token; a request without it, or with a wrong one, is refused with 403 before
   anything runs.
 * Every change is audited before it runs (``core.console.audit``).
+* A parameter a page cannot take is a ``400`` that names it, never a ``500``: a number
+  or a position out of range or not one (``BadParameter``), and any parameter or form
+  field holding a NUL character (PostgreSQL takes none in text).
 * Nothing shown comes from a setting marked secret: settings are shown as
   ``Settings.describe()`` redacts them, the store's URL without its password; the
   admin token and the users' hashes are never shown at all.
@@ -45,7 +48,7 @@ from core.console.auth import (
     csrf_ok,
 )
 from core.console.health import Host
-from core.console.page import ConsolePage, ConsoleRequest
+from core.console.page import BadParameter, ConsolePage, ConsoleRequest
 from core.runtime import Runtime
 from core.store import InspectTimeout, Store
 
@@ -162,6 +165,17 @@ def _fields(forms: Any) -> dict[str, str]:
     return {k: _text(forms, k) for k in forms.keys()}
 
 
+def _refuse_nul(*sources: Any) -> None:
+    """Refuse (400, naming it) a parameter or form field holding a NUL character: no
+    operator types one, and PostgreSQL cannot take one in a text value, so it would
+    fail the page's query (a 500) or the audit log's write."""
+    for fields in sources:
+        for name in fields.keys():
+            if "\x00" in name or "\x00" in _text(fields, name):
+                shown = name.replace("\x00", "\\0")[:40]
+                raise Refused(400, f"Refused: {shown}: a NUL character, which no page takes.")
+
+
 # the console's own pages (a redirect's path must be one of them)
 ROUTES = re.compile(r"/(calls(/[^?#]*)?|plugins(/[^?#]*)?|inbox|audit)?/?")
 # printable ASCII but the space: no control character, no whitespace, nothing a browser
@@ -269,6 +283,9 @@ class Console:
             raise bottle.HTTPResponse(
                 status=303, headers={"Location": self._base() + "/login" + _next(here)}
             )
+        if "\x00" in bottle.request.path:
+            raise Refused(400, "Refused: the address holds a NUL character.")
+        _refuse_nul(bottle.request.query, *((bottle.request.forms,) if post else ()))
         if post and not csrf_ok(session, bottle.request.forms.getunicode("_csrf")):
             log.warning(
                 "console: %s %s by %s refused: missing or wrong CSRF token",
@@ -335,6 +352,9 @@ class Console:
                 except Refused as refused:
                     bottle.response.status = refused.status
                     return views.message_page(console._base(), refused.text, refused.status)
+                except BadParameter as bad:
+                    bottle.response.status = 400
+                    return views.message_page(console._base(), f"Refused: {bad}.", 400)
                 except InspectTimeout as slow:  # stopped: the connection is free again
                     log.warning("console: %s stopped: %s", bottle.request.path, slow)
                     bottle.response.status = 503
@@ -371,6 +391,7 @@ class Console:
             runtime = self.host.runtime
             self.prepare(runtime)
             forms = bottle.request.forms
+            _refuse_nul(forms)
             target = _local(forms.getunicode("next"))
             nonce = bottle.request.get_cookie(LOGIN_COOKIE)
             if not self.login_tokens.check(nonce, forms.getunicode("_csrf")):
