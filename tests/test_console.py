@@ -15,14 +15,28 @@ from core.app import make_app
 from core.config import ConfigError, console_address
 from core.console import audit
 from core.console.app import make_console
-from core.console.auth import LoginTokens, Sessions, Throttle, hash_password, verify_password
+from core.console import schema
+from core.console import sessions as sessions_mod
+from core.console.auth import LoginTokens, Throttle, hash_password, verify_password
+from core.console.sessions import Sessions
 from core.console.health import Fixed
 from core.svaml import ConnectPstn
 from plugins.allowlist import Allowlist
 from plugins.credit import Credit
 from plugins.crm import Crm
 from tests.cli_runner import cli as run_cli
-from tests.helpers import SECRET, ace, dice, ice, post, runtime, settings, wait_for, webapp
+from tests.helpers import (
+    SECRET,
+    _build,
+    ace,
+    dice,
+    ice,
+    post,
+    runtime,
+    settings,
+    wait_for,
+    webapp,
+)
 
 TOKEN = "console-admin-token-0123456789"
 PASSWORD = "alice's long password"
@@ -311,7 +325,7 @@ def test_the_audit_log_keeps_64_characters_of_a_name():
     rt = money_runtime()
     try:
         rt.start()
-        audit.migrate(rt.store)
+        schema.migrate(rt.store)
         audit.record(rt.store, "a" * 10_000, "login", None, "192.0.2.1", "refused")
         audit.begin(rt.store, "b" * 10_000, "x", None, "192.0.2.1")
         assert sorted(len(row[0]) for row in audit_rows(rt)) == [64, 64]
@@ -335,23 +349,61 @@ def test_logout_ends_the_session_and_needs_the_csrf_token():
         rt.close()
 
 
-def test_sessions_end_when_idle():
-    sessions = Sessions(idle=60)
-    session = sessions.new("alice", now=1000.0)
-    assert sessions.get(session.sid, now=1050.0) is session
-    assert sessions.get(session.sid, now=1109.0) is session  # used at 1050: still alive
-    assert sessions.get(session.sid, now=1170.0) is None
-    assert sessions.get(session.sid, now=1171.0) is None and len(sessions) == 0
-    assert sessions.get("made-up", now=1000.0) is None
+@pytest.fixture
+def session_store(backend):
+    """A scratch store of the test's backend with the console's tables."""
+    store = backend.store()
+    schema.migrate(store)
+    yield store
+    store.close()
 
 
-def test_sessions_end_after_their_lifetime_even_when_used():
-    sessions = Sessions(idle=60, lifetime=600)
-    session = sessions.new("alice", now=1000.0)
+def test_sessions_end_when_idle(session_store):
+    store, sessions = session_store, Sessions(idle=60)
+    session = sessions.new(store, "alice", "token x", now=1000.0)
+    assert sessions.get(store, session.sid, now=1050.0).user == "alice"  # last use: 1050
+    assert sessions.get(store, session.sid, now=1109.0).csrf == session.csrf
+    assert sessions.get(store, session.sid, now=1170.0) is None
+    assert sessions.get(store, session.sid, now=1171.0) is None and sessions.count(store) == 0
+    assert sessions.get(store, "made-up", now=1000.0) is None
+    assert sessions.get(store, "x" * 100_000, now=1000.0) is None
+
+
+def test_sessions_end_after_their_lifetime_even_when_used(session_store):
+    store, sessions = session_store, Sessions(idle=60, lifetime=600)
+    session = sessions.new(store, "alice", "token x", now=1000.0)
     for now in range(1050, 1600, 50):
-        assert sessions.get(session.sid, now=float(now)) is session
-    assert sessions.get(session.sid, now=1601.0) is None and len(sessions) == 0
+        assert sessions.get(store, session.sid, now=float(now)) is not None
+    assert sessions.get(store, session.sid, now=1601.0) is None and sessions.count(store) == 0
     assert Sessions(idle=480 * 60).lifetime == 12 * 3600
+
+
+def test_a_session_is_stored_as_a_digest_and_its_last_use_written_seldom(session_store):
+    store, sessions = session_store, Sessions(idle=600)
+    session = sessions.new(store, "alice", "user d alice", now=1000.0)
+    rows = store.query("SELECT id, actor, credential, csrf, created_at, seen_at FROM console_sessions")
+    assert rows == [
+        (sessions_mod.digest(session.sid), "alice", "user d alice", session.csrf, 1000.0, 1000.0)
+    ]
+    assert session.sid not in repr(store.query("SELECT * FROM console_sessions"))
+    for now in (1001.0, 1010.0, 1029.0):  # within SEEN_EVERY: a read, no write
+        sessions.get(store, session.sid, now=now)
+    assert store.query("SELECT seen_at FROM console_sessions") == [(1000.0,)]
+    sessions.get(store, session.sid, now=1031.0)
+    assert store.query("SELECT seen_at FROM console_sessions") == [(1031.0,)]
+    sessions.end(store, session.sid)
+    assert sessions.get(store, session.sid, now=1032.0) is None
+
+
+def test_logins_prune_ended_sessions_and_keep_the_table_bounded(session_store, monkeypatch):
+    monkeypatch.setattr(sessions_mod, "MAX_SESSIONS", 20)
+    store, sessions = session_store, Sessions(idle=60)
+    old = sessions.new(store, "old", "token x", now=1000.0)
+    made = [sessions.new(store, f"op-{i}", "token x", now=2000.0 + i) for i in range(50)]
+    assert sessions.count(store) == 20  # the ended one, and the least recently used, gone
+    assert sessions.get(store, old.sid, now=2050.0) is None
+    assert sessions.get(store, made[-1].sid, now=2050.0) is not None
+    assert sessions.get(store, made[0].sid, now=2050.0) is None
 
 
 def test_sessions_end_when_their_credential_changes_at_a_reload():
@@ -374,7 +426,12 @@ def test_sessions_end_when_their_credential_changes_at_a_reload():
         pages = {app: app.get(url) for app in (as_token, as_alice, as_bob)}
         # reload: the token rotated, alice removed, bob's password changed
         bob2 = {"name": "bob", "password_hash": hash_password("bob's new password")}
-        reloaded.append(money_runtime(token="a-new-admin-token-0123456789", users=[bob2]))
+        def same_store(given: Any, **sections: Any) -> Any:  # a reload keeps its store
+            return _build(rt.store, given, sections)
+
+        reloaded.append(
+            money_runtime(same_store, token="a-new-admin-token-0123456789", users=[bob2])
+        )
         host.runtime = reloaded[0]
         reloaded[0].start()
         for app, page in pages.items():
@@ -391,7 +448,7 @@ def test_sessions_end_when_their_credential_changes_at_a_reload():
     finally:
         rt.close()
         for other in reloaded:
-            other.close()
+            other.close(close_store=False)
 
 
 # ---------------------------------------------------------------------------- changes
@@ -853,3 +910,23 @@ def test_operators_reads_of_the_plugins_tables_are_store_inspect(backend, tmp_pa
         ran = run_cli(config, *args)
         assert ran.returncode == 0, (args, ran.stdout, ran.stderr)
     assert [sql for sql in read if OPERATOR_TABLES.search(sql)] == []
+
+
+def test_an_actions_message_shows_on_whichever_process_serves_the_next_page(backend):
+    """Two consoles on one store (two server processes behind one address): a session
+    made by one is known to the other, and the message of an action posted to one is
+    shown once, by the other."""
+    rt = money_runtime(backend.runtime)
+    try:
+        one = console_of(rt)
+        two = webtest.TestApp(make_console(Fixed(rt)), extra_environ={"REMOTE_ADDR": "192.0.2.8"})
+        login(one)
+        two.set_cookie("switchboard_console", one.cookies["switchboard_console"])
+        url = "/plugins/credit/accounts?account=demo"
+        page = two.get(url)
+        fields = {"_action": "topup", "account": "demo", "amount": "1.00", "_once": once_of(page)}
+        done = one.post(url, {**fields, "_csrf": csrf_of(page)}, status=303)
+        assert "topped up demo by 1.00 USD" in two.get(done.location).text
+        assert "topped up demo" not in two.get(url).text  # shown once
+    finally:
+        rt.close()

@@ -3,6 +3,7 @@ never answering on the callback port; a refused reload shows on its Overview."""
 
 from __future__ import annotations
 
+import hashlib
 import http.cookiejar
 import re
 import signal
@@ -27,6 +28,7 @@ def config(
     admin: str = "",
     enabled: str = '"allowlist"',
     store_extra: str = "",
+    token: str = TOKEN,
 ) -> str:
     return f"""
 [server]
@@ -38,7 +40,7 @@ key = "{KEY}"
 secret = "{SECRET}"
 
 [admin]
-token = "{TOKEN}"
+token = "{token}"
 console = "{console}"
 {admin}
 [store]
@@ -94,13 +96,27 @@ class Browser:
             with err:
                 return err.code, err.read().decode()
 
-    def login(self, target: str = "/", shows: str = "Plugin health") -> None:
+    def login(
+        self, target: str = "/", shows: str = "Plugin health", password: str = TOKEN
+    ) -> None:
         _, page = self.get("/login")
         token = re.search(r'name="_csrf" value="([^"]+)"', page).group(1)
         status, page = self.post(
-            "/login", {"_csrf": token, "name": "", "password": TOKEN, "next": target}
+            "/login", {"_csrf": token, "name": "", "password": password, "next": target}
         )
         assert status == 200 and shows in page, page[:500]
+
+    def logged_in(self) -> bool:
+        """Whether a page is shown (else the login form, after the redirect)."""
+        status, page = self.get("/plugins")
+        assert status == 200, page[:300]
+        return "Log out" in page
+
+    def logout(self) -> None:
+        _, page = self.get("/plugins")
+        token = re.search(r'name="_csrf" value="([^"]+)"', page).group(1)
+        status, page = self.post("/logout", {"_csrf": token})
+        assert status == 200 and "Log in" in page, page[:300]
 
 
 def test_the_console_has_its_own_listener_and_stops_with_the_server(serve):
@@ -266,3 +282,69 @@ def test_hostile_parameters_never_make_a_page_fail(serve, tmp_path, backend, sub
             assert wrong == []
     assert browser.get("/calls")[0] == 200  # and the console goes on
     assert "Traceback" not in server.log
+
+
+def test_sessions_outlive_a_restart_and_are_shared_by_the_processes_on_a_store(
+    serve, tmp_path, backend
+):
+    """Sessions are kept in the store: a restarted server knows the cookie it gave, a
+    second server on the same store knows it too, and a logout on one ends it on both."""
+    url = backend.url(tmp_path, "shared")
+    first = serve(config(store=url), name="first")
+    browser = Browser(console_url(first))
+    browser.login()
+    assert first.stop() == 0
+
+    cookie = next(c for c in browser.jar if c.name == "switchboard_console")
+
+    restarted = serve(config(store=url), name="first")
+    browser.base = console_url(restarted)
+    assert browser.logged_in()  # the same cookie, a new process
+    second = serve(config(store=url), name="second")
+    other = Browser(console_url(second))
+    other.jar.set_cookie(cookie)  # the cookie the first process gave, to the second
+    assert other.logged_in() and other.get("/calls")[0] == 200
+
+    other.logout()  # on the second: the session ends on both
+    replayed = Browser(browser.base)
+    replayed.jar.set_cookie(cookie)
+    assert not replayed.logged_in()
+    assert not browser.logged_in()
+    for server in (restarted, second):
+        assert server.stop() == 0
+
+
+def test_stored_sessions_end_when_idle_or_when_their_credential_is_gone(
+    serve, tmp_path, backend
+):
+    """A session past its idle time (its last use moved back in the store) is refused,
+    and so is one whose token was rotated (a reload); the new token logs in."""
+    from core.store import open_store
+
+    url = backend.url(tmp_path, "ending")
+    server = serve(config(store=url))
+    base = console_url(server)
+    idle, revoked = Browser(base), Browser(base)
+    idle.login()
+    revoked.login()
+    store = open_store(url, pool_size=1)
+    try:
+        assert store.query("SELECT COUNT(*) FROM console_sessions") == [(2,)]
+        cookie = next(c for c in idle.jar if c.name == "switchboard_console")
+        assert cookie.value not in repr(store.query("SELECT * FROM console_sessions"))
+        store.write(
+            "UPDATE console_sessions SET seen_at = seen_at - 86400 WHERE id = ?",
+            (hashlib.sha256(cookie.value.encode()).hexdigest(),),
+        )
+        assert not idle.logged_in()
+        assert revoked.logged_in()
+        assert store.query("SELECT COUNT(*) FROM console_sessions") == [(1,)]
+    finally:
+        store.close()
+
+    server.config.write_text(config(store=url, token="a-rotated-admin-token-9876543210"))
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "reloaded" in server.log, timeout=10)
+    assert not revoked.logged_in()
+    revoked.login(password="a-rotated-admin-token-9876543210")
+    assert revoked.logged_in()

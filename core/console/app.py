@@ -36,12 +36,11 @@ from weakref import WeakKeyDictionary, WeakSet
 
 import bottle
 
-from core.console import audit, views
+from core.console import audit, schema, views
 from core.console.auth import (
     NAME_LIMIT,
     LoginTokens,
     Session,
-    Sessions,
     Throttle,
     authenticate,
     credential,
@@ -49,6 +48,7 @@ from core.console.auth import (
 )
 from core.console.health import Host
 from core.console.page import BadParameter, ConsolePage, ConsoleRequest
+from core.console.sessions import Sessions
 from core.runtime import Runtime
 from core.store import InspectTimeout, Store
 
@@ -150,10 +150,15 @@ class Req:
     session: Session
     base: str
     pages: PluginPages
+    sessions: Sessions
 
     @property
     def store(self) -> Store:
         return self.runtime.store
+
+    def take_flash(self) -> tuple[tuple[str, str], ...]:
+        """The messages waiting for this page (an action's outcome), now shown."""
+        return self.sessions.take_flash(self.store, self.session)
 
 
 def _text(forms: Any, name: str) -> str:
@@ -205,7 +210,8 @@ class Refused(Exception):
 
 
 class Console:
-    """The console of one server process: its sessions, and the pages of each runtime."""
+    """The console of one server process: its view of the sessions (kept in the store),
+    its login throttle, and the pages of each runtime."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -219,12 +225,12 @@ class Console:
     # ------------------------------------------------------------------ the runtime
 
     def prepare(self, runtime: Runtime | None = None) -> PluginPages:
-        """The audit table on the runtime's store, and the runtime's plugin pages (both
-        once per store and runtime)."""
+        """The console's tables on the runtime's store (``core.console.schema``), and the
+        runtime's plugin pages (both once per store and runtime)."""
         runtime = runtime or self.host.runtime
         with self._lock:
             if runtime.store not in self._migrated:
-                audit.migrate(runtime.store)
+                schema.migrate(runtime.store)
                 self._migrated.add(runtime.store)
             pages = self._pages.get(runtime)
             if pages is None:
@@ -259,12 +265,12 @@ class Console:
     def _session(self, runtime: Runtime) -> Session | None:
         admin = runtime.settings.admin
         self.sessions.idle = admin["session_minutes"] * 60.0
-        session = self.sessions.get(bottle.request.get_cookie(COOKIE))
+        session = self.sessions.get(runtime.store, bottle.request.get_cookie(COOKIE))
         if session is not None and not session.still_valid(admin["token"], admin["users"]):
             # logged in with a token or password the settings no longer hold (rotated,
             # removed, then reloaded): the session ends with its credential
             log.info("console: the session of %s ended: its credential changed", session.user)
-            self.sessions.end(session.sid)
+            self.sessions.end(runtime.store, session.sid)
             return None
         return session
 
@@ -298,7 +304,7 @@ class Console:
                 "Refused: this form's security token is missing or out of date. Nothing was "
                 "changed. Reload the page and try again.",
             )
-        return Req(runtime, session, self._base(), pages)
+        return Req(runtime, session, self._base(), pages, self.sessions)
 
     # ------------------------------------------------------------------ changes
 
@@ -334,7 +340,10 @@ class Console:
         return kind, text
 
     def _back(self, req: Req, kind: str, text: str, to: str) -> bottle.HTTPResponse:
-        req.session.flash.append((kind, text))
+        try:
+            self.sessions.flash(req.store, req.session, kind, text)
+        except Exception as exc:  # the change was made (and audited): only its message lost
+            log.error("console: cannot keep the message %r for the next page: %s", text, exc)
         return bottle.HTTPResponse(status=303, headers={"Location": req.base + _local(to)})
 
     # ------------------------------------------------------------------ the app
@@ -422,7 +431,9 @@ class Console:
                 return self._login_page(runtime, target, "Wrong name or password.", name)
             self.throttle.succeeded(address, name)
             session = self.sessions.new(
-                user, credential=credential(user, not name, admin["token"], admin["users"]) or ""
+                runtime.store,
+                user,
+                credential(user, not name, admin["token"], admin["users"]) or "",
             )
             _audit_quietly(runtime.store, user, "login", None, address, "ok")
             log.info("console: %s logged in from %s", user, address)
@@ -436,7 +447,7 @@ class Console:
         @guarded
         def logout() -> Any:
             req = self._begin(post=True)
-            self.sessions.end(req.session.sid)
+            self.sessions.end(req.store, req.session.sid)
             address = bottle.request.environ.get("REMOTE_ADDR")
             _audit_quietly(req.store, req.session.user, "logout", None, address, "ok")
             bottle.response.delete_cookie(COOKIE, path=req.base + "/")

@@ -3,11 +3,13 @@
 * Passwords are hashed with scrypt (``hashlib.scrypt``), salted, in the format
   ``scrypt$N$r$p$<salt>$<hash>`` (base64) that ``switchboard console hash-password``
   prints for ``[[admin.users]]``. The admin token logs in as the operator ``token``.
-* Sessions live in this process's memory (``Sessions``), under a random id in an
-  ``HttpOnly``, ``SameSite=Strict`` cookie, and end after ``admin.session_minutes``
-  without a request, ``SESSION_LIFETIME`` after the login, at logout, when the server
-  stops, or when the token or password hash it logged in with is no longer configured
-  (``credential``, checked on every request). Each has its own CSRF token.
+* Sessions are kept in the store (``core.console.sessions``: a digest of each id, never
+  the id), under a random id in an ``HttpOnly``, ``SameSite=Strict`` cookie, so they
+  outlive a restart and every server process on the store knows them. One ends after
+  ``admin.session_minutes`` without a request, ``SESSION_LIFETIME`` after the login, at
+  logout (on any process), or when the token or password hash it logged in with is no
+  longer configured (``credential``, checked on every request). Each has its own CSRF
+  token.
 * The login form, before there is a session, carries a token derived from a random
   nonce in a cookie and a key drawn at each start (``LoginTokens``); it is good for
   ``LOGIN_TOKEN_TTL`` seconds and one login attempt.
@@ -30,8 +32,6 @@ from dataclasses import dataclass, field
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 TOKEN_ACTOR = "token"  # the operator name of a login with the admin token
-MAX_SESSIONS = 10_000
-SESSION_LIFETIME = 12 * 3600.0  # a session ends this long after its login, used or not
 THROTTLE_FAILURES = 5  # per client address
 THROTTLE_NAME_FAILURES = 10  # per name tried, from any address
 THROTTLE_ALL_FAILURES = 100  # in all
@@ -141,55 +141,6 @@ class Session:
         """Whether the credential this session logged in with is still configured."""
         now = credential(self.user, self.by_token, token, users)
         return now is not None and hmac.compare_digest(now.encode(), self.credential.encode())
-
-
-class Sessions:
-    """The logged-in sessions of this process, ended after ``idle`` seconds unused or
-    ``lifetime`` seconds after their login."""
-
-    def __init__(self, idle: float, lifetime: float = SESSION_LIFETIME) -> None:
-        self.idle, self.lifetime = idle, lifetime
-        self._lock = threading.Lock()
-        self._by_id: OrderedDict[str, Session] = OrderedDict()
-
-    def new(self, user: str, now: float | None = None, credential: str = "") -> Session:
-        now = time.time() if now is None else now
-        session = Session(
-            secrets.token_urlsafe(32),
-            user,
-            secrets.token_urlsafe(32),
-            now,
-            now,
-            credential=credential,
-        )
-        with self._lock:
-            self._by_id[session.sid] = session
-            while len(self._by_id) > MAX_SESSIONS:
-                self._by_id.popitem(last=False)  # the least recently used
-        return session
-
-    def get(self, sid: str | None, now: float | None = None) -> Session | None:
-        """The live session of this id (and it counts as used now), or ``None``."""
-        if not sid:
-            return None
-        now = time.time() if now is None else now
-        with self._lock:
-            session = self._by_id.get(sid)
-            if session is None:
-                return None
-            if now - session.seen > self.idle or now - session.created > self.lifetime:
-                del self._by_id[sid]
-                return None
-            session.seen = now
-            self._by_id.move_to_end(sid)
-            return session
-
-    def end(self, sid: str) -> None:
-        with self._lock:
-            self._by_id.pop(sid, None)
-
-    def __len__(self) -> int:
-        return len(self._by_id)
 
 
 def csrf_ok(session: Session, given: str | None) -> bool:

@@ -82,7 +82,7 @@ def chrome(req: Req, *, wide: bool = False) -> Chrome:
             return here == "/"
         return here == path or (path == "/calls" and here.startswith("/calls/"))
 
-    flash, req.session.flash[:] = tuple(req.session.flash), []
+    flash = req.take_flash()
     return Chrome(
         base=req.base,
         user=req.session.user,
