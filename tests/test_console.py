@@ -4,6 +4,7 @@ shown, plugin pages through the hook, and the inbox's retry button."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -17,7 +18,16 @@ from core.console import audit
 from core.console.app import make_console
 from core.console import schema
 from core.console import sessions as sessions_mod
-from core.console.auth import LoginTokens, Throttle, hash_password, verify_password
+from core.console.auth import (
+    LoginTokens,
+    Throttle,
+    credential,
+    device_cookie,
+    device_key,
+    hash_password,
+    known_device,
+    verify_password,
+)
 from core.console.sessions import Sessions
 from core.console.health import Fixed
 from core.svaml import ConnectPstn
@@ -258,39 +268,91 @@ def test_the_login_form_needs_its_csrf_token_and_failures_are_throttled():
         app = console_of(rt)
         app.get("/login")
         app.post("/login", {"name": "", "password": TOKEN}, status=403)  # no token
-        for _ in range(5):
+        for _ in range(10):
             login(app, "guess", status=401)
-        throttled = login(app, TOKEN, status=429)  # even the right one, for a while
+        throttled = login(app, TOKEN, status=429)  # a new browser: even the right one
         assert "Too many failed logins" in throttled.text
     finally:
         rt.close()
 
 
-def test_failed_logins_are_throttled_per_address_per_name_and_in_all():
+def test_others_failures_from_the_same_address_never_lock_a_known_operator_out():
+    """Everyone comes from 127.0.0.1 (an SSH tunnel): failures on other names lock no
+    one; failures on the token's own name lock only browsers that never logged in with
+    it, and an operator's browser that did still logs in; its own failures are counted
+    for it alone."""
     users = [{"name": "alice", "password_hash": hash_password(PASSWORD)}]
     rt = money_runtime(users=users)
     try:
-        app = console_of(rt)
-        for i in range(5):  # a new name each time: still one address
-            login(app, "guess", name=f"someone-{i}", status=401)
-        assert "Too many failed logins" in login(app, TOKEN, status=429).text
-        for i in range(10):  # one name from many addresses
-            other = webtest.TestApp(app.app, extra_environ={"REMOTE_ADDR": f"198.51.100.{i}"})
-            login(other, "guess", name="alice", status=401)
-        fresh = webtest.TestApp(app.app, extra_environ={"REMOTE_ADDR": "203.0.113.9"})
-        login(fresh, PASSWORD, name="alice", status=429)
-        login(fresh)  # the token is another name: it still logs in
+        rt.start()
+        console = make_console(Fixed(rt))
+
+        def browser() -> webtest.TestApp:
+            return webtest.TestApp(console, extra_environ={"REMOTE_ADDR": "127.0.0.1"})
+
+        operator, attacker = browser(), browser()
+        login(operator)  # earlier: the operator's browser is known from now on
+        operator.post("/logout", {"_csrf": csrf_of(operator.get("/"))}, status=303)
+        for i in range(20):  # other names, one address: nobody is locked out for that
+            login(attacker, "guess", name=f"someone-{i}", status=401)
+        login(browser())  # a browser that never logged in, from the same address
+        for _ in range(12):  # the token's own name, from the same address
+            login(attacker, "guess", status=(401, 429))
+        assert "Too many failed logins" in login(browser(), TOKEN, status=429).text
+        login(operator)  # known: the attacker's failures do not count for it
+        assert operator.get("/").status_int == 200
+        login(browser(), PASSWORD, name="alice")  # another name: its own count
+        forged = browser()
+        forged.set_cookie("switchboard_console_device", "1.x." + "0" * 64)
+        login(forged, TOKEN, status=429)  # a made-up device cookie is no device cookie
     finally:
         rt.close()
-    throttle = Throttle(failures=5, window=300, per_name=10, in_all=20, keys=50)
-    for i in range(20):
-        assert throttle.allows(f"10.0.0.{i}", f"name-{i}", now=1000.0)
-        throttle.failed(f"10.0.0.{i}", f"name-{i}", now=1000.0)
-    assert not throttle.allows("10.9.9.9", "fresh", now=1001.0)  # 20 in all
-    assert throttle.allows("10.9.9.9", "fresh", now=1301.0)  # the window has passed
-    for i in range(5000):  # bounded, however many addresses and names fail
-        throttle.failed(f"10.1.{i // 256}.{i % 256}", "x" * 64 + str(i), now=2000.0)
+
+
+def test_the_throttle_bounds_each_lane_and_its_memory():
+    throttle = Throttle(window=300, per_name=10, in_all=20, per_device=5, keys=50)
+    for i in range(20):  # unknown clients: 20 failures in all, on as many names
+        assert throttle.allows(f"name-{i}", now=1000.0)
+        throttle.failed(f"name-{i}", now=1000.0)
+    assert not throttle.allows("fresh", now=1001.0)  # 20 in all
+    assert throttle.allows("fresh", device="known", now=1001.0)  # a known client's lane
+    assert throttle.allows("fresh", now=1301.0)  # the window has passed
+    for _ in range(10):
+        throttle.failed("alice", now=2000.0)
+    assert not throttle.allows("alice", now=2001.0)
+    for _ in range(5):  # a known client of alice: its own count, five at most
+        assert throttle.allows("alice", device="d1", now=2001.0)
+        throttle.failed("alice", device="d1", now=2001.0)
+    assert not throttle.allows("alice", device="d1", now=2002.0)
+    assert throttle.allows("alice", device="d2", now=2002.0)
+    for i in range(5000):  # bounded, however many names and devices fail
+        throttle.failed("x" * 64 + str(i), now=3000.0)
+        throttle.failed("alice", device=f"d-{i}", now=3000.0)
     assert len(throttle) <= 50
+
+
+def test_a_device_cookie_is_good_for_its_login_only_and_for_a_while():
+    digest = hash_password(PASSWORD)
+    users = [{"name": "alice", "password_hash": digest}]
+    key = device_key("", "the-admin-token-0123", users)
+    cookie = device_cookie(key, now=1000.0)
+    nonce = cookie.split(".")[1]
+    assert known_device(cookie, key, now=1000.0 + 29 * 86400) == nonce
+    assert known_device(cookie, key, now=1000.0 + 31 * 86400) is None  # too old
+    for other in (
+        device_key("", "a-rotated-token-0123", users),  # the token rotated
+        device_key("alice", "the-admin-token-0123", users),  # another name
+        device_key("alice", None, [{"name": "alice", "password_hash": hash_password("x")}]),
+        device_key("nobody", "the-admin-token-0123", users),  # no such login: None
+    ):
+        assert known_device(cookie, other, now=1001.0) is None
+    issued, nonce, mac = cookie.split(".")
+    for forged in (f"{issued}.other.{mac}", f"999999999.{nonce}.{mac}", "", "a.b", "x" * 500):
+        assert known_device(forged, key, now=1001.0) is None, forged
+    # what the store keeps of a login (its credential's digests) makes no device cookie
+    stored = credential("", True, "the-admin-token-0123", users) or ""
+    made_from_store = hashlib.sha256(b"switchboard console device\0" + stored.encode()).digest()
+    assert known_device(device_cookie(made_from_store, now=1000.0), key, now=1001.0) is None
 
 
 def test_the_login_name_is_capped_and_the_login_form_is_good_once_and_for_a_while():
@@ -381,7 +443,9 @@ def test_sessions_end_after_their_lifetime_even_when_used(session_store):
 def test_a_session_is_stored_as_a_digest_and_its_last_use_written_seldom(session_store):
     store, sessions = session_store, Sessions(idle=600)
     session = sessions.new(store, "alice", "user d alice", now=1000.0)
-    rows = store.query("SELECT id, actor, credential, csrf, created_at, seen_at FROM console_sessions")
+    rows = store.query(
+        "SELECT id, actor, credential, csrf, created_at, seen_at FROM console_sessions"
+    )
     assert rows == [
         (sessions_mod.digest(session.sid), "alice", "user d alice", session.csrf, 1000.0, 1000.0)
     ]

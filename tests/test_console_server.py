@@ -348,3 +348,31 @@ def test_stored_sessions_end_when_idle_or_when_their_credential_is_gone(
     assert not revoked.logged_in()
     revoked.login(password="a-rotated-admin-token-9876543210")
     assert revoked.logged_in()
+
+
+def test_failed_logins_from_the_operators_own_address_do_not_lock_them_out(serve):
+    """Behind a tunnel every operator comes from 127.0.0.1: someone failing there, on
+    other names or on the token itself, cannot lock out an operator whose browser has
+    logged in before; a new browser waits only while the token's own name is flooded."""
+    server = serve(config())
+    base = console_url(server)
+    operator = Browser(base)
+    operator.login()
+    operator.logout()  # the session is over; the browser is still known
+
+    def fail(name: str) -> int:
+        attacker = Browser(base)
+        _, page = attacker.get("/login")
+        token = re.search(r'name="_csrf" value="([^"]+)"', page).group(1)
+        return attacker.post("/login", {"_csrf": token, "name": name, "password": "guess"})[0]
+
+    assert {fail(f"someone-{i}") for i in range(8)} == {401}
+    Browser(base).login()  # a new browser, the same address: not locked out
+    assert {fail("") for _ in range(12)} == {401, 429}  # the token's own name flooded
+    newcomer = Browser(base)
+    _, page = newcomer.get("/login")
+    token = re.search(r'name="_csrf" value="([^"]+)"', page).group(1)
+    status, page = newcomer.post("/login", {"_csrf": token, "name": "", "password": TOKEN})
+    assert status == 429 and "Too many failed logins" in page  # cannot be told apart
+    operator.login()  # known: logs in all the same
+    assert operator.logged_in()

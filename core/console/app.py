@@ -38,6 +38,8 @@ import bottle
 
 from core.console import audit, schema, views
 from core.console.auth import (
+    DEVICE_COOKIE,
+    DEVICE_LIFETIME,
     NAME_LIMIT,
     LoginTokens,
     Session,
@@ -45,6 +47,9 @@ from core.console.auth import (
     authenticate,
     credential,
     csrf_ok,
+    device_cookie,
+    device_key,
+    known_device,
 )
 from core.console.health import Host
 from core.console.page import BadParameter, ConsolePage, ConsoleRequest
@@ -412,24 +417,28 @@ class Console:
             name = _text(forms, "name").strip()
             address = str(bottle.request.environ.get("REMOTE_ADDR") or "?")[:64]
             if len(name) > NAME_LIMIT:  # no such operator: refused without the hashing
-                self.throttle.failed(address, name[:NAME_LIMIT])
+                self.throttle.failed(name[:NAME_LIMIT])
                 bottle.response.status = 400
                 return self._login_page(
                     runtime, target, f"A name has at most {NAME_LIMIT} characters."
                 )
-            if not self.throttle.allows(address, name):
+            admin = runtime.settings.admin
+            # the key of the name tried, if there is such a login: what a device cookie
+            # of this browser's earlier login of that name is made with
+            key = device_key(name, admin["token"], admin["users"])
+            device = known_device(bottle.request.get_cookie(DEVICE_COOKIE), key)
+            if not self.throttle.allows(name, device):
                 bottle.response.status = 429
                 return self._login_page(
                     runtime, target, "Too many failed logins: wait a few minutes.", name
                 )
-            admin = runtime.settings.admin
             user = authenticate(name, _text(forms, "password"), admin["token"], admin["users"])
             if user is None:
-                self.throttle.failed(address, name)
+                self.throttle.failed(name, device)
                 _audit_quietly(runtime.store, name or "token", "login", None, address, "refused")
                 bottle.response.status = 401
                 return self._login_page(runtime, target, "Wrong name or password.", name)
-            self.throttle.succeeded(address, name)
+            self.throttle.succeeded(name, device)
             session = self.sessions.new(
                 runtime.store,
                 user,
@@ -438,6 +447,8 @@ class Console:
             _audit_quietly(runtime.store, user, "login", None, address, "ok")
             log.info("console: %s logged in from %s", user, address)
             self._cookie(runtime, COOKIE, session.sid)
+            if key is not None:  # this browser is known from now on (see core.console.auth)
+                self._cookie(runtime, DEVICE_COOKIE, device_cookie(key), max_age=DEVICE_LIFETIME)
             bottle.response.delete_cookie(LOGIN_COOKIE, path=self._base() + "/")
             bottle.response.status = 303
             bottle.response.set_header("Location", self._base() + target)
