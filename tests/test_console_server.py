@@ -331,7 +331,9 @@ def test_stored_sessions_end_when_idle_or_when_their_credential_is_gone(
     try:
         assert store.query("SELECT COUNT(*) FROM console_sessions") == [(2,)]
         cookie = next(c for c in idle.jar if c.name == "switchboard_console")
-        assert cookie.value not in repr(store.query("SELECT * FROM console_sessions"))
+        kept = repr(store.query("SELECT * FROM console_sessions"))
+        assert cookie.value not in kept  # a digest of the id, never the id
+        assert TOKEN not in kept and hashlib.sha256(TOKEN.encode()).hexdigest() not in kept
         store.write(
             "UPDATE console_sessions SET seen_at = seen_at - 86400 WHERE id = ?",
             (hashlib.sha256(cookie.value.encode()).hexdigest(),),

@@ -28,8 +28,9 @@ the address counts for nothing, and logins go in one of two lanes:
 * A *known* client carries a device cookie (``DEVICE_COOKIE``) that the console set at
   an earlier successful login of the same name on this browser: ``issued.nonce.mac``,
   the MAC an HMAC keyed by the secret the login used (``device_key``: drawn from the
-  token, or from the user's name and password hash, as the settings hold them; the
-  store keeps other digests of them, so a copy of it makes no cookie). Any server
+  token's scrypt, or from the user's name and password hash, as the settings hold
+  them; the store keeps other digests of them, so a copy of it makes no cookie, and a
+  stolen cookie is no quicker a test of guesses at the token than a password hash). Any server
   process verifies it from the settings alone, it is void when that token or password
   changes, and it lasts ``DEVICE_LIFETIME``. A known client's failures are counted for
   its cookie alone (``THROTTLE_DEVICE_FAILURES`` within ``THROTTLE_WINDOW``): nobody
@@ -51,6 +52,7 @@ operator who has logged in from their browser before is never locked out.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -139,16 +141,31 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
+def _stretched(token: str) -> bytes:
+    """The admin token through scrypt, as a password is hashed (once per token and
+    process): the sessions' credential (kept in the store) and the device cookies are
+    drawn from it, so neither is a quick way to test guesses at a token chosen by hand.
+    A user's password hash is scrypt's already."""
+    return hashlib.scrypt(
+        token.encode(), salt=b"switchboard console token", n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+        dklen=32,
+    )
+
+
 def credential(
     user: str, by_token: bool, token: str | None, users: Iterable[Mapping[str, str]]
 ) -> str | None:
     """What a session of ``user`` rests on in these settings: a digest of the admin
-    token (a login with the token), or the user's name and a digest of their password
-    hash; ``None`` when that credential is no longer configured. A session whose
-    credential differs from the current one (the token rotated, the user removed or
-    given a new password, then a reload) has ended."""
+    token (a login with the token; of its scrypt, see ``_stretched``), or the user's
+    name and a digest of their password hash; ``None`` when that credential is no
+    longer configured. A session whose credential differs from the current one (the
+    token rotated, the user removed or given a new password, then a reload) has ended.
+    The store keeps it with the session."""
     if by_token:
-        return "token " + _digest(token) if token else None
+        if not token:
+            return None
+        return "token " + hashlib.sha256(b"credential\0" + _stretched(token)).hexdigest()
     found = next((u for u in users if u.get("name") == user), None)
     if found is None or not found.get("password_hash"):
         return None
@@ -218,17 +235,17 @@ class LoginTokens:
 
 def device_key(name: str, token: str | None, users: Iterable[Mapping[str, str]]) -> bytes | None:
     """The key of the device cookies of logins as ``name`` (empty: the token), drawn from
-    the secret itself as the settings hold it (the token, the user's password hash),
-    never from what the store keeps (``credential``'s digests); ``None`` when there is
-    no such login."""
+    the secret as the settings hold it (the token's scrypt, the user's password hash),
+    never from what the store keeps (``credential``'s digests of them); ``None`` when
+    there is no such login."""
     if not name:
-        secret = token
+        secret = _stretched(token) if token else None
     else:
         found = next((u for u in users if u.get("name") == name), None)
-        secret = f"{name}\0{found['password_hash']}" if found else None
+        secret = f"{name}\0{found['password_hash']}".encode() if found else None
     if not secret:
         return None
-    return hashlib.sha256(b"switchboard console device\0" + secret.encode()).digest()
+    return hashlib.sha256(b"switchboard console device\0" + secret).digest()
 
 
 def device_cookie(key: bytes, now: float | None = None) -> str:
