@@ -14,10 +14,9 @@ import webtest
 from core import ConsolePage, Decision, Key, hookimpl
 from core.app import make_app
 from core.config import ConfigError, console_address
-from core.console import audit
-from core.console.app import make_console
-from core.console import schema
+from core.console import audit, schema
 from core.console import sessions as sessions_mod
+from core.console.app import make_console
 from core.console.auth import (
     LoginTokens,
     Throttle,
@@ -28,8 +27,8 @@ from core.console.auth import (
     known_device,
     verify_password,
 )
-from core.console.sessions import Sessions
 from core.console.health import Fixed
+from core.console.sessions import Sessions
 from core.svaml import ConnectPstn
 from plugins.allowlist import Allowlist
 from plugins.credit import Credit

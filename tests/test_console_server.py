@@ -274,11 +274,9 @@ def test_hostile_parameters_never_make_a_page_fail(serve, tmp_path, backend, sub
             wrong = []
             for label, value in HOSTILE.items():
                 status, page = browser.get(path + urllib.parse.quote(value, safe=""))
-                if status == 500:
+                checked = numeric and label not in ("a formula", "past the header limit")
+                if status == 500 or (checked and (status != 400 or f"{numeric}: " not in page)):
                     wrong.append((label, status))
-                elif numeric and label not in ("a formula", "past the header limit"):
-                    if status != 400 or f"{numeric}: " not in page:
-                        wrong.append((label, status))
             assert wrong == []
     assert browser.get("/calls")[0] == 200  # and the console goes on
     assert "Traceback" not in server.log

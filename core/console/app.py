@@ -180,7 +180,7 @@ def _refuse_nul(*sources: Any) -> None:
     operator types one, and PostgreSQL cannot take one in a text value, so it would
     fail the page's query (a 500) or the audit log's write."""
     for fields in sources:
-        for name in fields.keys():
+        for name in fields:
             if "\x00" in name or "\x00" in _text(fields, name):
                 shown = name.replace("\x00", "\\0")[:40]
                 raise Refused(400, f"Refused: {shown}: a NUL character, which no page takes.")
@@ -347,7 +347,7 @@ class Console:
     def _back(self, req: Req, kind: str, text: str, to: str) -> bottle.HTTPResponse:
         try:
             self.sessions.flash(req.store, req.session, kind, text)
-        except Exception as exc:  # the change was made (and audited): only its message lost
+        except Exception as exc:  # noqa: BLE001 - the change is made and audited: its text lost
             log.error("console: cannot keep the message %r for the next page: %s", text, exc)
         return bottle.HTTPResponse(status=303, headers={"Location": req.base + _local(to)})
 

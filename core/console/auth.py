@@ -147,10 +147,8 @@ def _stretched(token: str) -> bytes:
     process): the sessions' credential (kept in the store) and the device cookies are
     drawn from it, so neither is a quick way to test guesses at a token chosen by hand.
     A user's password hash is scrypt's already."""
-    return hashlib.scrypt(
-        token.encode(), salt=b"switchboard console token", n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
-        dklen=32,
-    )
+    salt = b"switchboard console token"
+    return hashlib.scrypt(token.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
 
 
 def credential(

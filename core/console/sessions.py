@@ -68,13 +68,15 @@ class Sessions:
     def __init__(self, idle: float, lifetime: float = SESSION_LIFETIME) -> None:
         self.idle, self.lifetime = idle, lifetime
 
-    def new(
-        self, store: Store, user: str, credential: str, now: float | None = None
-    ) -> Session:
+    def new(self, store: Store, user: str, credential: str, now: float | None = None) -> Session:
         """Log ``user`` in: a new session, in the store before its id is given out."""
         now = time.time() if now is None else now
         session = Session(
-            secrets.token_urlsafe(32), user, secrets.token_urlsafe(32), now, now,
+            secrets.token_urlsafe(32),
+            user,
+            secrets.token_urlsafe(32),
+            now,
+            now,
             credential=credential,
         )
         with store.transaction() as tx:
@@ -106,9 +108,7 @@ class Sessions:
             return None
         now = time.time() if now is None else now
         key = digest(sid)
-        rows = store.inspect(
-            f"SELECT {_COLUMNS} FROM console_sessions WHERE id = ?", (key,)
-        )
+        rows = store.inspect(f"SELECT {_COLUMNS} FROM console_sessions WHERE id = ?", (key,))
         if not rows:
             return None
         user, credential, csrf, created, seen, flash = rows[0]
@@ -143,9 +143,7 @@ class Sessions:
         if not session.flash:
             return ()
         shown, session.flash[:] = tuple(session.flash), []
-        store.write(
-            "UPDATE console_sessions SET flash = NULL WHERE id = ?", (digest(session.sid),)
-        )
+        store.write("UPDATE console_sessions SET flash = NULL WHERE id = ?", (digest(session.sid),))
         return shown
 
     def count(self, store: Store) -> int:
