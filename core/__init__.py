@@ -8,7 +8,7 @@ itself, with every hook's signature and meaning, is ``core.hookspecs``, rendered
 docs/plugins.md.
 """
 
-from core.cli import pass_runtime
+from core.cli import csv_cell, csv_writer, pass_runtime
 from core.config import Key, PluginConfig, between, non_negative, positive
 from core.console.page import ConsolePage, ConsoleRequest
 from core.decisions import Decision
@@ -76,6 +76,8 @@ __all__ = [
     "Decision",
     "PluginError",
     "pass_runtime",
+    "csv_cell",
+    "csv_writer",
     # the operator console
     "ConsolePage",
     "ConsoleRequest",

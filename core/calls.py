@@ -78,6 +78,8 @@ DETAILS_HOOK = "switchboard_call_details"
 FALLBACKS = sorted(FALLBACK_RULES)  # the rules of an answer that is the configured fallback
 MAX_LIMIT = 1000
 MAX_MINUTES = 7 * 24 * 60  # a longer overview lists only the minutes that had calls
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z: the last moment a datetime holds
+CALLID_LIMIT = 1000  # characters of a call id in a cursor
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -316,13 +318,19 @@ def encode_cursor(row: CallRow) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[float, str]:
+    """``encode_cursor``'s position; a ``ValueError`` for anything else, and for a
+    position no call can have (a time that is not finite or past ``MAX_TIME``, a call id
+    with a NUL character, which PostgreSQL cannot compare), so that a forged cursor
+    never reaches the store."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         at, callid = json.loads(raw)
         if isinstance(at, bool) or not isinstance(at, int | float) or not isinstance(callid, str):
             raise TypeError
+        if not 0 <= float(at) <= MAX_TIME or "\x00" in callid or len(callid) > CALLID_LIMIT:
+            raise ValueError
         return float(at), callid
-    except (ValueError, TypeError, binascii.Error):
+    except (ValueError, TypeError, OverflowError, binascii.Error):
         raise ValueError(f"not a cursor of this list: {cursor[:40]!r}") from None
 
 

@@ -457,6 +457,13 @@ STORE_KEYS = {
         "numbers) is kept; older ones are purged hourly and by serve.py purge",
         check=positive,
     ),
+    "inspect_timeout": Key(
+        float,
+        10.0,
+        "seconds an operator's read (a console page, switchboard calls) may run before it is "
+        "stopped with a message to narrow the filters",
+        check=positive,
+    ),
 }
 
 def console_address(value: str) -> tuple[str, int]:

@@ -349,7 +349,10 @@ def switchboard_register_commands(cli: click.Group) -> None:
                 ...
 
     A command returns its exit status: ``0`` or ``None`` for success. Print failures
-    as ``error: ...``; raising ``click.ClickException`` also works.
+    as ``error: ...``; raising ``click.ClickException`` also works. Read as an operator
+    does, with ``runtime.store.inspect`` (stopped after ``store.inspect_timeout``: the
+    command then ends with that error line). Write CSV with ``core.csv_writer(stream)``:
+    no cell (a caller id such as ``=HYPERLINK(...)``) is then a spreadsheet formula.
 
     Return nothing.
     """
@@ -373,8 +376,11 @@ def switchboard_console_pages() -> Sequence[ConsolePage]:  # type: ignore[empty-
     * ``render(request)`` returns the page's HTML (the content under its heading).
       ``request`` is a ``core.ConsoleRequest``: ``user``, ``params`` (the query string),
       ``store`` (read with ``store.inspect``, the operators' reads, which never hold up
-      the callbacks' own, on indexed columns and a page at a time), ``config`` (this
-      plugin's settings), ``url()``, ``call_url(callid)``, ``calls_url(**filters)`` and
+      the callbacks' own, on indexed columns and a page at a time; one that runs past
+      ``store.inspect_timeout`` is stopped, and the console says to narrow the filters),
+      ``config`` (this plugin's settings), ``integer(name, minimum=0, maximum=2**63-1)``
+      (a numeric query parameter: a value it cannot take is answered ``400`` naming
+      it), ``url()``, ``call_url(callid)``, ``calls_url(**filters)`` and
       ``action_form(action, button, ...)`` (a form carrying the CSRF token). Escape what
       you show (``html.escape``); no script runs in the console (its
       Content-Security-Policy forbids it), and never show a secret setting;

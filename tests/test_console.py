@@ -4,6 +4,7 @@ shown, plugin pages through the hook, and the inbox's retry button."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
@@ -13,16 +14,38 @@ import webtest
 from core import ConsolePage, Decision, Key, hookimpl
 from core.app import make_app
 from core.config import ConfigError, console_address
-from core.console import audit
+from core.console import audit, schema
+from core.console import sessions as sessions_mod
 from core.console.app import make_console
-from core.console.auth import LoginTokens, Sessions, Throttle, hash_password, verify_password
+from core.console.auth import (
+    LoginTokens,
+    Throttle,
+    credential,
+    device_cookie,
+    device_key,
+    hash_password,
+    known_device,
+    verify_password,
+)
 from core.console.health import Fixed
+from core.console.sessions import Sessions
 from core.svaml import ConnectPstn
 from plugins.allowlist import Allowlist
 from plugins.credit import Credit
 from plugins.crm import Crm
 from tests.cli_runner import cli as run_cli
-from tests.helpers import SECRET, ace, dice, ice, post, runtime, settings, wait_for, webapp
+from tests.helpers import (
+    SECRET,
+    _build,
+    ace,
+    dice,
+    ice,
+    post,
+    runtime,
+    settings,
+    wait_for,
+    webapp,
+)
 
 TOKEN = "console-admin-token-0123456789"
 PASSWORD = "alice's long password"
@@ -244,39 +267,91 @@ def test_the_login_form_needs_its_csrf_token_and_failures_are_throttled():
         app = console_of(rt)
         app.get("/login")
         app.post("/login", {"name": "", "password": TOKEN}, status=403)  # no token
-        for _ in range(5):
+        for _ in range(10):
             login(app, "guess", status=401)
-        throttled = login(app, TOKEN, status=429)  # even the right one, for a while
+        throttled = login(app, TOKEN, status=429)  # a new browser: even the right one
         assert "Too many failed logins" in throttled.text
     finally:
         rt.close()
 
 
-def test_failed_logins_are_throttled_per_address_per_name_and_in_all():
+def test_others_failures_from_the_same_address_never_lock_a_known_operator_out():
+    """Everyone comes from 127.0.0.1 (an SSH tunnel): failures on other names lock no
+    one; failures on the token's own name lock only browsers that never logged in with
+    it, and an operator's browser that did still logs in; its own failures are counted
+    for it alone."""
     users = [{"name": "alice", "password_hash": hash_password(PASSWORD)}]
     rt = money_runtime(users=users)
     try:
-        app = console_of(rt)
-        for i in range(5):  # a new name each time: still one address
-            login(app, "guess", name=f"someone-{i}", status=401)
-        assert "Too many failed logins" in login(app, TOKEN, status=429).text
-        for i in range(10):  # one name from many addresses
-            other = webtest.TestApp(app.app, extra_environ={"REMOTE_ADDR": f"198.51.100.{i}"})
-            login(other, "guess", name="alice", status=401)
-        fresh = webtest.TestApp(app.app, extra_environ={"REMOTE_ADDR": "203.0.113.9"})
-        login(fresh, PASSWORD, name="alice", status=429)
-        login(fresh)  # the token is another name: it still logs in
+        rt.start()
+        console = make_console(Fixed(rt))
+
+        def browser() -> webtest.TestApp:
+            return webtest.TestApp(console, extra_environ={"REMOTE_ADDR": "127.0.0.1"})
+
+        operator, attacker = browser(), browser()
+        login(operator)  # earlier: the operator's browser is known from now on
+        operator.post("/logout", {"_csrf": csrf_of(operator.get("/"))}, status=303)
+        for i in range(20):  # other names, one address: nobody is locked out for that
+            login(attacker, "guess", name=f"someone-{i}", status=401)
+        login(browser())  # a browser that never logged in, from the same address
+        for _ in range(12):  # the token's own name, from the same address
+            login(attacker, "guess", status=(401, 429))
+        assert "Too many failed logins" in login(browser(), TOKEN, status=429).text
+        login(operator)  # known: the attacker's failures do not count for it
+        assert operator.get("/").status_int == 200
+        login(browser(), PASSWORD, name="alice")  # another name: its own count
+        forged = browser()
+        forged.set_cookie("switchboard_console_device", "1.x." + "0" * 64)
+        login(forged, TOKEN, status=429)  # a made-up device cookie is no device cookie
     finally:
         rt.close()
-    throttle = Throttle(failures=5, window=300, per_name=10, in_all=20, keys=50)
-    for i in range(20):
-        assert throttle.allows(f"10.0.0.{i}", f"name-{i}", now=1000.0)
-        throttle.failed(f"10.0.0.{i}", f"name-{i}", now=1000.0)
-    assert not throttle.allows("10.9.9.9", "fresh", now=1001.0)  # 20 in all
-    assert throttle.allows("10.9.9.9", "fresh", now=1301.0)  # the window has passed
-    for i in range(5000):  # bounded, however many addresses and names fail
-        throttle.failed(f"10.1.{i // 256}.{i % 256}", "x" * 64 + str(i), now=2000.0)
+
+
+def test_the_throttle_bounds_each_lane_and_its_memory():
+    throttle = Throttle(window=300, per_name=10, in_all=20, per_device=5, keys=50)
+    for i in range(20):  # unknown clients: 20 failures in all, on as many names
+        assert throttle.allows(f"name-{i}", now=1000.0)
+        throttle.failed(f"name-{i}", now=1000.0)
+    assert not throttle.allows("fresh", now=1001.0)  # 20 in all
+    assert throttle.allows("fresh", device="known", now=1001.0)  # a known client's lane
+    assert throttle.allows("fresh", now=1301.0)  # the window has passed
+    for _ in range(10):
+        throttle.failed("alice", now=2000.0)
+    assert not throttle.allows("alice", now=2001.0)
+    for _ in range(5):  # a known client of alice: its own count, five at most
+        assert throttle.allows("alice", device="d1", now=2001.0)
+        throttle.failed("alice", device="d1", now=2001.0)
+    assert not throttle.allows("alice", device="d1", now=2002.0)
+    assert throttle.allows("alice", device="d2", now=2002.0)
+    for i in range(5000):  # bounded, however many names and devices fail
+        throttle.failed("x" * 64 + str(i), now=3000.0)
+        throttle.failed("alice", device=f"d-{i}", now=3000.0)
     assert len(throttle) <= 50
+
+
+def test_a_device_cookie_is_good_for_its_login_only_and_for_a_while():
+    digest = hash_password(PASSWORD)
+    users = [{"name": "alice", "password_hash": digest}]
+    key = device_key("", "the-admin-token-0123", users)
+    cookie = device_cookie(key, now=1000.0)
+    nonce = cookie.split(".")[1]
+    assert known_device(cookie, key, now=1000.0 + 29 * 86400) == nonce
+    assert known_device(cookie, key, now=1000.0 + 31 * 86400) is None  # too old
+    for other in (
+        device_key("", "a-rotated-token-0123", users),  # the token rotated
+        device_key("alice", "the-admin-token-0123", users),  # another name
+        device_key("alice", None, [{"name": "alice", "password_hash": hash_password("x")}]),
+        device_key("nobody", "the-admin-token-0123", users),  # no such login: None
+    ):
+        assert known_device(cookie, other, now=1001.0) is None
+    issued, nonce, mac = cookie.split(".")
+    for forged in (f"{issued}.other.{mac}", f"999999999.{nonce}.{mac}", "", "a.b", "x" * 500):
+        assert known_device(forged, key, now=1001.0) is None, forged
+    # what the store keeps of a login (its credential's digests) makes no device cookie
+    stored = credential("", True, "the-admin-token-0123", users) or ""
+    made_from_store = hashlib.sha256(b"switchboard console device\0" + stored.encode()).digest()
+    assert known_device(device_cookie(made_from_store, now=1000.0), key, now=1001.0) is None
 
 
 def test_the_login_name_is_capped_and_the_login_form_is_good_once_and_for_a_while():
@@ -311,7 +386,7 @@ def test_the_audit_log_keeps_64_characters_of_a_name():
     rt = money_runtime()
     try:
         rt.start()
-        audit.migrate(rt.store)
+        schema.migrate(rt.store)
         audit.record(rt.store, "a" * 10_000, "login", None, "192.0.2.1", "refused")
         audit.begin(rt.store, "b" * 10_000, "x", None, "192.0.2.1")
         assert sorted(len(row[0]) for row in audit_rows(rt)) == [64, 64]
@@ -335,23 +410,63 @@ def test_logout_ends_the_session_and_needs_the_csrf_token():
         rt.close()
 
 
-def test_sessions_end_when_idle():
-    sessions = Sessions(idle=60)
-    session = sessions.new("alice", now=1000.0)
-    assert sessions.get(session.sid, now=1050.0) is session
-    assert sessions.get(session.sid, now=1109.0) is session  # used at 1050: still alive
-    assert sessions.get(session.sid, now=1170.0) is None
-    assert sessions.get(session.sid, now=1171.0) is None and len(sessions) == 0
-    assert sessions.get("made-up", now=1000.0) is None
+@pytest.fixture
+def session_store(backend):
+    """A scratch store of the test's backend with the console's tables."""
+    store = backend.store()
+    schema.migrate(store)
+    yield store
+    store.close()
 
 
-def test_sessions_end_after_their_lifetime_even_when_used():
-    sessions = Sessions(idle=60, lifetime=600)
-    session = sessions.new("alice", now=1000.0)
+def test_sessions_end_when_idle(session_store):
+    store, sessions = session_store, Sessions(idle=60)
+    session = sessions.new(store, "alice", "token x", now=1000.0)
+    assert sessions.get(store, session.sid, now=1050.0).user == "alice"  # last use: 1050
+    assert sessions.get(store, session.sid, now=1109.0).csrf == session.csrf
+    assert sessions.get(store, session.sid, now=1170.0) is None
+    assert sessions.get(store, session.sid, now=1171.0) is None and sessions.count(store) == 0
+    assert sessions.get(store, "made-up", now=1000.0) is None
+    assert sessions.get(store, "x" * 100_000, now=1000.0) is None
+
+
+def test_sessions_end_after_their_lifetime_even_when_used(session_store):
+    store, sessions = session_store, Sessions(idle=60, lifetime=600)
+    session = sessions.new(store, "alice", "token x", now=1000.0)
     for now in range(1050, 1600, 50):
-        assert sessions.get(session.sid, now=float(now)) is session
-    assert sessions.get(session.sid, now=1601.0) is None and len(sessions) == 0
+        assert sessions.get(store, session.sid, now=float(now)) is not None
+    assert sessions.get(store, session.sid, now=1601.0) is None and sessions.count(store) == 0
     assert Sessions(idle=480 * 60).lifetime == 12 * 3600
+
+
+def test_a_session_is_stored_as_a_digest_and_its_last_use_written_seldom(session_store):
+    store, sessions = session_store, Sessions(idle=600)
+    session = sessions.new(store, "alice", "user d alice", now=1000.0)
+    rows = store.query(
+        "SELECT id, actor, credential, csrf, created_at, seen_at FROM console_sessions"
+    )
+    assert rows == [
+        (sessions_mod.digest(session.sid), "alice", "user d alice", session.csrf, 1000.0, 1000.0)
+    ]
+    assert session.sid not in repr(store.query("SELECT * FROM console_sessions"))
+    for now in (1001.0, 1010.0, 1029.0):  # within SEEN_EVERY: a read, no write
+        sessions.get(store, session.sid, now=now)
+    assert store.query("SELECT seen_at FROM console_sessions") == [(1000.0,)]
+    sessions.get(store, session.sid, now=1031.0)
+    assert store.query("SELECT seen_at FROM console_sessions") == [(1031.0,)]
+    sessions.end(store, session.sid)
+    assert sessions.get(store, session.sid, now=1032.0) is None
+
+
+def test_logins_prune_ended_sessions_and_keep_the_table_bounded(session_store, monkeypatch):
+    monkeypatch.setattr(sessions_mod, "MAX_SESSIONS", 20)
+    store, sessions = session_store, Sessions(idle=60)
+    old = sessions.new(store, "old", "token x", now=1000.0)
+    made = [sessions.new(store, f"op-{i}", "token x", now=2000.0 + i) for i in range(50)]
+    assert sessions.count(store) == 20  # the ended one, and the least recently used, gone
+    assert sessions.get(store, old.sid, now=2050.0) is None
+    assert sessions.get(store, made[-1].sid, now=2050.0) is not None
+    assert sessions.get(store, made[0].sid, now=2050.0) is None
 
 
 def test_sessions_end_when_their_credential_changes_at_a_reload():
@@ -374,7 +489,12 @@ def test_sessions_end_when_their_credential_changes_at_a_reload():
         pages = {app: app.get(url) for app in (as_token, as_alice, as_bob)}
         # reload: the token rotated, alice removed, bob's password changed
         bob2 = {"name": "bob", "password_hash": hash_password("bob's new password")}
-        reloaded.append(money_runtime(token="a-new-admin-token-0123456789", users=[bob2]))
+        def same_store(given: Any, **sections: Any) -> Any:  # a reload keeps its store
+            return _build(rt.store, given, sections)
+
+        reloaded.append(
+            money_runtime(same_store, token="a-new-admin-token-0123456789", users=[bob2])
+        )
         host.runtime = reloaded[0]
         reloaded[0].start()
         for app, page in pages.items():
@@ -391,7 +511,7 @@ def test_sessions_end_when_their_credential_changes_at_a_reload():
     finally:
         rt.close()
         for other in reloaded:
-            other.close()
+            other.close(close_store=False)
 
 
 # ---------------------------------------------------------------------------- changes
@@ -597,7 +717,7 @@ def test_calls_are_listed_filtered_and_each_has_its_page():
         assert "/calls/call-denied" in denied and "/calls/call-ok" not in denied
         by_number = app.get("/calls?number=%2B1561").text
         assert "/calls/call-ok" in by_number and "/calls/call-denied" not in by_number
-        bad = app.get("/calls?since=yesterday").text
+        bad = app.get("/calls?since=yesterday", status=400).text
         assert "since: not a time" in bad
         one = app.get("/calls/call-ok").text
         for shown in ("ICE", "ACE", "DICE", "allowlist", "credit", "settled", "0.04 USD"):
@@ -770,3 +890,106 @@ def test_a_slow_overview_is_computed_once_for_operators_asking_together(monkeypa
     assert quick.get(store, 0.0, 60.0) == ("quick", 0.0)
     monkeypatch.setattr(views.calls_mod, "overview", lambda store, since, until: ("again", since))
     assert quick.get(store, 0.0, 60.0) == ("again", 0.0)  # quick ones are not kept
+
+
+class SlowPage:
+    """A plugin page whose read runs for seconds."""
+
+    @hookimpl
+    def switchboard_console_pages(self):
+        def slow(request):
+            (count,), = request.store.inspect(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                "WHERE i < 30000000) SELECT COUNT(*) FROM n"
+            )
+            return f"<p>{count}</p>"
+
+        return [ConsolePage("", "Slow", slow)]
+
+
+def test_a_page_whose_read_runs_too_long_says_so(backend):
+    rt = backend.runtime({"slow": SlowPage()}, admin=ADMIN)
+    try:
+        app = console_of(rt)
+        login(app)
+        rt.store.inspect_timeout = 0.2
+        page = app.get("/plugins/slow", status=503)
+        assert "The query took longer than 0.2 s; narrow the filters" in page.text
+        assert "Plugin health" in app.get("/").text  # the store is free again
+    finally:
+        rt.close()
+
+
+OPERATOR_TABLES = re.compile(r"\b(credit_\w+|crm_\w+|console_\w+)\b")
+
+
+def test_operators_reads_of_the_plugins_tables_are_store_inspect(backend, tmp_path, monkeypatch):
+    """Every console page and every plugin command reads with ``Store.inspect`` (the
+    operators' reads, with their time limit), never ``Store.query`` (the callbacks')."""
+    read: list[str] = []
+    kind = type(backend.store())
+    plain = kind.query
+
+    def spied(self: Any, sql: str, params: Any = ()) -> Any:
+        read.append(sql)
+        return plain(self, sql, params)
+
+    rt = money_runtime(backend.runtime)
+    try:
+        app = console_of(rt)
+        _traffic(rt)
+        login(app)
+        monkeypatch.setattr(kind, "query", spied)
+        for path in (
+            "/",
+            "/calls",
+            "/calls/call-ok",
+            "/inbox",
+            "/audit",
+            "/plugins/credit/accounts",
+            "/plugins/credit/accounts?account=demo",
+            "/plugins/crm/outbox",
+        ):
+            assert app.get(path).status_int == 200, path
+        assert [sql for sql in read if OPERATOR_TABLES.search(sql)] == []
+    finally:
+        rt.close()
+
+    config = tmp_path / "config.toml"
+    url = backend.url(tmp_path, "commands")
+    config.write_text(
+        f'[store]\nurl = "{url}"\n[[sinch.keys]]\nkey = "k"\nsecret = "{SECRET}"\n'
+        '[plugins]\nenabled = ["credit", "crm"]\n'
+        '[plugins.credit]\naccount_from = "fixed"\naccount = "demo"\n'
+        'rates = { "+1" = "0.02" }\ninitial_accounts = { "demo" = "5.00" }\n'
+    )
+    for args in (
+        ("credit", "show", "demo"),
+        ("credit", "ledger", "demo"),
+        ("crm", "outbox"),
+        ("crm", "dead"),
+        ("crm", "export", "--format", "csv"),
+    ):
+        ran = run_cli(config, *args)
+        assert ran.returncode == 0, (args, ran.stdout, ran.stderr)
+    assert [sql for sql in read if OPERATOR_TABLES.search(sql)] == []
+
+
+def test_an_actions_message_shows_on_whichever_process_serves_the_next_page(backend):
+    """Two consoles on one store (two server processes behind one address): a session
+    made by one is known to the other, and the message of an action posted to one is
+    shown once, by the other."""
+    rt = money_runtime(backend.runtime)
+    try:
+        one = console_of(rt)
+        two = webtest.TestApp(make_console(Fixed(rt)), extra_environ={"REMOTE_ADDR": "192.0.2.8"})
+        login(one)
+        two.set_cookie("switchboard_console", one.cookies["switchboard_console"])
+        url = "/plugins/credit/accounts?account=demo"
+        page = two.get(url)
+        fields = {"_action": "topup", "account": "demo", "amount": "1.00", "_once": once_of(page)}
+        done = one.post(url, {**fields, "_csrf": csrf_of(page)}, status=303)
+        assert "topped up demo by 1.00 USD" in two.get(done.location).text
+        assert "topped up demo" not in two.get(url).text  # shown once
+    finally:
+        rt.close()

@@ -6,7 +6,6 @@ The queries are ``core.calls``, the same the operator console runs.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 import click
 
 from core import calls
+from core.cli.cells import csv_writer
 from core.cli.context import CliError, pass_runtime
 from core.cli.report import print_trace
 from core.runtime import Runtime
@@ -35,28 +35,52 @@ class When(click.ParamType):
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> float:
+        at = self._seconds(value)
+        if at is None:
+            self.fail(
+                f"{str(value)[:40]!r} is not a time: use ISO 8601 (2026-11-29T08:00, UTC unless "
+                "an offset is given), epoch seconds, or a time ago such as 30m, 1h, 2d",
+                param,
+                ctx,
+            )
+        if not 0 <= at <= calls.MAX_TIME:  # NaN, infinities, 1e300: no call is then
+            self.fail(f"{str(value)[:40]!r} is out of range (years 1970 to 9999)", param, ctx)
+        return at
+
+    @staticmethod
+    def _seconds(value: Any) -> float | None:
+        """Epoch seconds of ``value``, or None when it is not a time."""
         if isinstance(value, int | float):
             return float(value)
         text = str(value).strip()
         found = _RELATIVE.match(text)
-        if found:
-            return time.time() - float(found.group(1)) * _UNITS[found.group(2).lower()]
         try:
+            if found:
+                return time.time() - float(found.group(1)) * _UNITS[found.group(2).lower()]
             return float(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             pass
         try:
             at = datetime.fromisoformat(text)
-        except ValueError:
-            self.fail(
-                f"{value!r} is not a time: use ISO 8601 (2026-11-29T08:00, UTC unless an "
-                "offset is given), epoch seconds, or a time ago such as 30m, 1h, 2d",
-                param,
-                ctx,
-            )
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
-        return at.timestamp()
+            return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
+            return None
+
+
+class Cursor(click.ParamType):
+    """The cursor a page of calls ends with (``core.calls.encode_cursor``): anything
+    else is a usage error, before any query."""
+
+    name = "CURSOR"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> str:
+        try:
+            calls.decode_cursor(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
 
 
 def iso(at: float | None) -> str:
@@ -87,7 +111,7 @@ def _ms_iso(at: float) -> str:
 @click.option("--until", type=When(), help="ICE before: ISO time, epoch, or ago")
 @click.option("--limit", type=click.IntRange(1, calls.MAX_LIMIT), default=50, show_default=True)
 @click.option(
-    "--after", metavar="CURSOR", help="the next (older) page: the cursor a page ends with"
+    "--after", type=Cursor(), help="the next (older) page: the cursor a page ends with"
 )
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV, one row per call, a header first")
@@ -126,12 +150,9 @@ def calls_command(
         since=since,
         until=until,
     )
-    try:
-        page = calls.recent_calls(
-            runtime.store, filters, limit=limit, after=after, plugins=runtime.plugins
-        )
-    except ValueError as exc:  # a cursor of something else
-        raise CliError(f"--after: {exc}") from None
+    page = calls.recent_calls(
+        runtime.store, filters, limit=limit, after=after, plugins=runtime.plugins
+    )
     if as_json:
         print(json.dumps({"calls": [row_dict(r) for r in page.rows], "next": page.next}, indent=2))
     elif as_csv:
@@ -186,9 +207,11 @@ CSV_COLUMNS = (
 
 
 def write_csv(rows: Sequence[calls.CallRow]) -> None:
-    """One row per call; each detail label a column of its own (``charge``, ``crm``)."""
+    """One row per call; each detail label a column of its own (``charge``, ``crm``).
+    Written by ``csv_writer``: a caller id such as ``=HYPERLINK(...)`` is no formula in
+    the spreadsheet that opens the file."""
     labels = list(dict.fromkeys(label for r in rows for label in r.details))
-    out = csv.writer(sys.stdout, lineterminator="\n")
+    out = csv_writer(sys.stdout)
     out.writerow([*CSV_COLUMNS, *labels])
     for r in rows:
         d = row_dict(r)

@@ -10,6 +10,9 @@ server's ``Switch``, whose runtime a reload replaces; ``Fixed(runtime)`` in test
   token; a request without it, or with a wrong one, is refused with 403 before
   anything runs.
 * Every change is audited before it runs (``core.console.audit``).
+* A parameter a page cannot take is a ``400`` that names it, never a ``500``: a number
+  or a position out of range or not one (``BadParameter``), and any parameter or form
+  field holding a NUL character (PostgreSQL takes none in text).
 * Nothing shown comes from a setting marked secret: settings are shown as
   ``Settings.describe()`` redacts them, the store's URL without its password; the
   admin token and the users' hashes are never shown at all.
@@ -33,21 +36,26 @@ from weakref import WeakKeyDictionary, WeakSet
 
 import bottle
 
-from core.console import audit, policy, views
+from core.console import audit, policy, schema, views
 from core.console.auth import (
+    DEVICE_COOKIE,
+    DEVICE_LIFETIME,
     NAME_LIMIT,
     LoginTokens,
     Session,
-    Sessions,
     Throttle,
     authenticate,
     credential,
     csrf_ok,
+    device_cookie,
+    device_key,
+    known_device,
 )
 from core.console.health import Host
-from core.console.page import ConsolePage, ConsoleRequest
+from core.console.page import BadParameter, ConsolePage, ConsoleRequest
+from core.console.sessions import Sessions
 from core.runtime import Runtime
-from core.store import Store
+from core.store import InspectTimeout, Store
 
 log = logging.getLogger("switchboard.console")
 
@@ -147,10 +155,15 @@ class Req:
     session: Session
     base: str
     pages: PluginPages
+    sessions: Sessions
 
     @property
     def store(self) -> Store:
         return self.runtime.store
+
+    def take_flash(self) -> tuple[tuple[str, str], ...]:
+        """The messages waiting for this page (an action's outcome), now shown."""
+        return self.sessions.take_flash(self.store, self.session)
 
 
 def _text(forms: Any, name: str) -> str:
@@ -160,6 +173,17 @@ def _text(forms: Any, name: str) -> str:
 
 def _fields(forms: Any) -> dict[str, str]:
     return {k: _text(forms, k) for k in forms.keys()}
+
+
+def _refuse_nul(*sources: Any) -> None:
+    """Refuse (400, naming it) a parameter or form field holding a NUL character: no
+    operator types one, and PostgreSQL cannot take one in a text value, so it would
+    fail the page's query (a 500) or the audit log's write."""
+    for fields in sources:
+        for name in fields:
+            if "\x00" in name or "\x00" in _text(fields, name):
+                shown = name.replace("\x00", "\\0")[:40]
+                raise Refused(400, f"Refused: {shown}: a NUL character, which no page takes.")
 
 
 # the console's own pages (a redirect's path must be one of them)
@@ -191,7 +215,8 @@ class Refused(Exception):
 
 
 class Console:
-    """The console of one server process: its sessions, and the pages of each runtime."""
+    """The console of one server process: its view of the sessions (kept in the store),
+    its login throttle, and the pages of each runtime."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -205,12 +230,12 @@ class Console:
     # ------------------------------------------------------------------ the runtime
 
     def prepare(self, runtime: Runtime | None = None) -> PluginPages:
-        """The audit table on the runtime's store, and the runtime's plugin pages (both
-        once per store and runtime)."""
+        """The console's tables on the runtime's store (``core.console.schema``), and the
+        runtime's plugin pages (both once per store and runtime)."""
         runtime = runtime or self.host.runtime
         with self._lock:
             if runtime.store not in self._migrated:
-                audit.migrate(runtime.store)
+                schema.migrate(runtime.store)
                 self._migrated.add(runtime.store)
             pages = self._pages.get(runtime)
             if pages is None:
@@ -245,12 +270,12 @@ class Console:
     def _session(self, runtime: Runtime) -> Session | None:
         admin = runtime.settings.admin
         self.sessions.idle = admin["session_minutes"] * 60.0
-        session = self.sessions.get(bottle.request.get_cookie(COOKIE))
+        session = self.sessions.get(runtime.store, bottle.request.get_cookie(COOKIE))
         if session is not None and not session.still_valid(admin["token"], admin["users"]):
             # logged in with a token or password the settings no longer hold (rotated,
             # removed, then reloaded): the session ends with its credential
             log.info("console: the session of %s ended: its credential changed", session.user)
-            self.sessions.end(session.sid)
+            self.sessions.end(runtime.store, session.sid)
             return None
         return session
 
@@ -269,6 +294,9 @@ class Console:
             raise bottle.HTTPResponse(
                 status=303, headers={"Location": self._base() + "/login" + _next(here)}
             )
+        if "\x00" in bottle.request.path:
+            raise Refused(400, "Refused: the address holds a NUL character.")
+        _refuse_nul(bottle.request.query, *((bottle.request.forms,) if post else ()))
         if post and not csrf_ok(session, bottle.request.forms.getunicode("_csrf")):
             log.warning(
                 "console: %s %s by %s refused: missing or wrong CSRF token",
@@ -281,7 +309,7 @@ class Console:
                 "Refused: this form's security token is missing or out of date. Nothing was "
                 "changed. Reload the page and try again.",
             )
-        return Req(runtime, session, self._base(), pages)
+        return Req(runtime, session, self._base(), pages, self.sessions)
 
     # ------------------------------------------------------------------ changes
 
@@ -301,6 +329,8 @@ class Console:
             text = run()
         except ValueError as exc:
             outcome, kind, text = "refused", "error", str(exc)
+        except InspectTimeout as exc:
+            outcome, kind, text = "failed", "error", f"{action} failed: {exc}"
         except Exception as exc:
             log.exception("console: %s by %s failed", action, req.session.user)
             outcome, kind = "failed", "error"
@@ -315,7 +345,10 @@ class Console:
         return kind, text
 
     def _back(self, req: Req, kind: str, text: str, to: str) -> bottle.HTTPResponse:
-        req.session.flash.append((kind, text))
+        try:
+            self.sessions.flash(req.store, req.session, kind, text)
+        except Exception as exc:  # noqa: BLE001 - the change is made and audited: its text lost
+            log.error("console: cannot keep the message %r for the next page: %s", text, exc)
         return bottle.HTTPResponse(status=303, headers={"Location": req.base + _local(to)})
 
     # ------------------------------------------------------------------ the app
@@ -333,6 +366,14 @@ class Console:
                 except Refused as refused:
                     bottle.response.status = refused.status
                     return views.message_page(console._base(), refused.text, refused.status)
+                except BadParameter as bad:
+                    bottle.response.status = 400
+                    return views.message_page(console._base(), f"Refused: {bad}.", 400)
+                except InspectTimeout as slow:  # stopped: the connection is free again
+                    log.warning("console: %s stopped: %s", bottle.request.path, slow)
+                    bottle.response.status = 503
+                    text = str(slow)
+                    return views.message_page(console._base(), text[:1].upper() + text[1:], 503)
 
             return wrapper
 
@@ -364,6 +405,7 @@ class Console:
             runtime = self.host.runtime
             self.prepare(runtime)
             forms = bottle.request.forms
+            _refuse_nul(forms)
             target = _local(forms.getunicode("next"))
             nonce = bottle.request.get_cookie(LOGIN_COOKIE)
             if not self.login_tokens.check(nonce, forms.getunicode("_csrf")):
@@ -375,30 +417,38 @@ class Console:
             name = _text(forms, "name").strip()
             address = str(bottle.request.environ.get("REMOTE_ADDR") or "?")[:64]
             if len(name) > NAME_LIMIT:  # no such operator: refused without the hashing
-                self.throttle.failed(address, name[:NAME_LIMIT])
+                self.throttle.failed(name[:NAME_LIMIT])
                 bottle.response.status = 400
                 return self._login_page(
                     runtime, target, f"A name has at most {NAME_LIMIT} characters."
                 )
-            if not self.throttle.allows(address, name):
+            admin = runtime.settings.admin
+            # the key of the name tried, if there is such a login: what a device cookie
+            # of this browser's earlier login of that name is made with
+            key = device_key(name, admin["token"], admin["users"])
+            device = known_device(bottle.request.get_cookie(DEVICE_COOKIE), key)
+            if not self.throttle.allows(name, device):
                 bottle.response.status = 429
                 return self._login_page(
                     runtime, target, "Too many failed logins: wait a few minutes.", name
                 )
-            admin = runtime.settings.admin
             user = authenticate(name, _text(forms, "password"), admin["token"], admin["users"])
             if user is None:
-                self.throttle.failed(address, name)
+                self.throttle.failed(name, device)
                 _audit_quietly(runtime.store, name or "token", "login", None, address, "refused")
                 bottle.response.status = 401
                 return self._login_page(runtime, target, "Wrong name or password.", name)
-            self.throttle.succeeded(address, name)
+            self.throttle.succeeded(name, device)
             session = self.sessions.new(
-                user, credential=credential(user, not name, admin["token"], admin["users"]) or ""
+                runtime.store,
+                user,
+                credential(user, not name, admin["token"], admin["users"]) or "",
             )
             _audit_quietly(runtime.store, user, "login", None, address, "ok")
             log.info("console: %s logged in from %s", user, address)
             self._cookie(runtime, COOKIE, session.sid)
+            if key is not None:  # this browser is known from now on (see core.console.auth)
+                self._cookie(runtime, DEVICE_COOKIE, device_cookie(key), max_age=DEVICE_LIFETIME)
             bottle.response.delete_cookie(LOGIN_COOKIE, path=self._base() + "/")
             bottle.response.status = 303
             bottle.response.set_header("Location", self._base() + target)
@@ -408,7 +458,7 @@ class Console:
         @guarded
         def logout() -> Any:
             req = self._begin(post=True)
-            self.sessions.end(req.session.sid)
+            self.sessions.end(req.store, req.session.sid)
             address = bottle.request.environ.get("REMOTE_ADDR")
             _audit_quietly(req.store, req.session.user, "logout", None, address, "ok")
             bottle.response.delete_cookie(COOKIE, path=req.base + "/")

@@ -4,8 +4,8 @@ Every change made from the console (a top-up, a retry, a replay, a login, a logo
 written to ``console_audit`` *before* it runs (outcome ``started``), then given its
 outcome (``ok``, ``refused`` or ``failed``) and the text the action returned. So a
 change that happened always has its row: when the first write fails, the action does
-not run. The table is the console's own migration (owner ``console``), applied when
-the console starts on a store.
+not run. The table is the first of the console's own migrations (``core.console.schema``),
+applied when the console starts on a store.
 """
 
 from __future__ import annotations
@@ -16,25 +16,22 @@ from dataclasses import dataclass
 
 from core.store import Migration, Store
 
-OWNER = "console"
-MIGRATIONS = (
-    Migration(
-        1,
-        (
-            """CREATE TABLE console_audit (
-                id TEXT PRIMARY KEY,
-                at DOUBLE PRECISION NOT NULL,
-                actor TEXT NOT NULL,
-                action TEXT NOT NULL,
-                target TEXT,
-                outcome TEXT NOT NULL,
-                detail TEXT,
-                address TEXT
-            )""",
-            "CREATE INDEX console_audit_at ON console_audit (at)",
-        ),
-        "the audit log of changes made from the operator console",
+MIGRATION = Migration(
+    1,
+    (
+        """CREATE TABLE console_audit (
+            id TEXT PRIMARY KEY,
+            at DOUBLE PRECISION NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            outcome TEXT NOT NULL,
+            detail TEXT,
+            address TEXT
+        )""",
+        "CREATE INDEX console_audit_at ON console_audit (at)",
     ),
+    "the audit log of changes made from the operator console",
 )
 DETAIL_LIMIT = 500  # characters of an action's text kept
 ACTOR_LIMIT = 64  # an operator name (core.console.auth.NAME_LIMIT)
@@ -50,10 +47,6 @@ class Entry:
     outcome: str
     detail: str | None
     address: str | None
-
-
-def migrate(store: Store) -> None:
-    store.migrate(OWNER, MIGRATIONS)
 
 
 def begin(store: Store, actor: str, action: str, target: str | None, address: str | None) -> str:

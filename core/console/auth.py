@@ -3,22 +3,56 @@
 * Passwords are hashed with scrypt (``hashlib.scrypt``), salted, in the format
   ``scrypt$N$r$p$<salt>$<hash>`` (base64) that ``switchboard console hash-password``
   prints for ``[[admin.users]]``. The admin token logs in as the operator ``token``.
-* Sessions live in this process's memory (``Sessions``), under a random id in an
-  ``HttpOnly``, ``SameSite=Strict`` cookie, and end after ``admin.session_minutes``
-  without a request, ``SESSION_LIFETIME`` after the login, at logout, when the server
-  stops, or when the token or password hash it logged in with is no longer configured
-  (``credential``, checked on every request). Each has its own CSRF token.
+* Sessions are kept in the store (``core.console.sessions``: a digest of each id, never
+  the id), under a random id in an ``HttpOnly``, ``SameSite=Strict`` cookie, so they
+  outlive a restart and every server process on the store knows them. One ends after
+  ``admin.session_minutes`` without a request, 12 hours after the login, at
+  logout (on any process), or when the token or password hash it logged in with is no
+  longer configured (``credential``, checked on every request). Each has its own CSRF
+  token.
 * The login form, before there is a session, carries a token derived from a random
   nonce in a cookie and a key drawn at each start (``LoginTokens``); it is good for
   ``LOGIN_TOKEN_TTL`` seconds and one login attempt.
-* Failed logins are counted per client address, per name and in all: too many within
-  ``THROTTLE_WINDOW`` seconds refuse the next ones until the window has passed
-  (``Throttle``), whatever name is tried. Every table here is bounded.
+* Failed logins are throttled (``Throttle``) so that guessing stays bounded without
+  letting anyone lock a correct credential out; see "The login throttle" below. Every
+  table here is bounded.
+
+The login throttle
+------------------
+Behind an SSH tunnel or a local proxy every operator comes from one address
+(127.0.0.1), so a limit per client address cannot tell an attacker on the host from the
+operators: it let anyone there lock the token login for everyone. Nor does it bound
+anything a limit per name does not: a guess at a credential is a guess at its name. So
+the address counts for nothing, and logins go in one of two lanes:
+
+* A *known* client carries a device cookie (``DEVICE_COOKIE``) that the console set at
+  an earlier successful login of the same name on this browser: ``issued.nonce.mac``,
+  the MAC an HMAC keyed by the secret the login used (``device_key``: drawn from the
+  token's scrypt, or from the user's name and password hash, as the settings hold
+  them; the store keeps other digests of them, so a copy of it makes no cookie, and a
+  stolen cookie is no quicker a test of guesses at the token than a password hash). Any server
+  process verifies it from the settings alone, it is void when that token or password
+  changes, and it lasts ``DEVICE_LIFETIME``. A known client's failures are counted for
+  its cookie alone (``THROTTLE_DEVICE_FAILURES`` within ``THROTTLE_WINDOW``): nobody
+  else's failures, from the same address, on the same name or anywhere, ever refuse it.
+* Every other client is *unknown*: failures are counted per name
+  (``THROTTLE_NAME_FAILURES``, from any address) and in all
+  (``THROTTLE_ALL_FAILURES``); past either, the next attempts are refused (``429``)
+  without checking the password until the window has passed.
+
+Brute force stays bounded: an attacker without the credential has no device cookie (only
+a successful login makes one, and the MAC cannot be made without the credential), so
+every guess goes in the unknown lane: ten a name per five minutes in each server
+process. What others' failures can still block is the first login of a browser that
+has never logged in with that name, while someone is failing on the same name (or on a
+hundred names) at that very time: such a browser cannot be told from the attacker. An
+operator who has logged in from their browser before is never locked out.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -30,13 +64,13 @@ from dataclasses import dataclass, field
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 TOKEN_ACTOR = "token"  # the operator name of a login with the admin token
-MAX_SESSIONS = 10_000
-SESSION_LIFETIME = 12 * 3600.0  # a session ends this long after its login, used or not
-THROTTLE_FAILURES = 5  # per client address
-THROTTLE_NAME_FAILURES = 10  # per name tried, from any address
-THROTTLE_ALL_FAILURES = 100  # in all
+THROTTLE_NAME_FAILURES = 10  # per name tried by unknown clients, from any address
+THROTTLE_ALL_FAILURES = 100  # by unknown clients, in all
+THROTTLE_DEVICE_FAILURES = 5  # per device cookie (a known client)
 THROTTLE_WINDOW = 300.0
-THROTTLE_KEYS = 10_000  # addresses and names remembered (the oldest are forgotten)
+THROTTLE_KEYS = 10_000  # names and device cookies remembered (the oldest are forgotten)
+DEVICE_COOKIE = "switchboard_console_device"
+DEVICE_LIFETIME = 30 * 86400  # seconds a device cookie is good for
 NAME_LIMIT = 64  # a login name's length
 LOGIN_TOKEN_TTL = 600.0
 LOGIN_TOKENS = 10_000  # login forms outstanding (the oldest are forgotten)
@@ -107,16 +141,29 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
+def _stretched(token: str) -> bytes:
+    """The admin token through scrypt, as a password is hashed (once per token and
+    process): the sessions' credential (kept in the store) and the device cookies are
+    drawn from it, so neither is a quick way to test guesses at a token chosen by hand.
+    A user's password hash is scrypt's already."""
+    salt = b"switchboard console token"
+    return hashlib.scrypt(token.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
+
+
 def credential(
     user: str, by_token: bool, token: str | None, users: Iterable[Mapping[str, str]]
 ) -> str | None:
     """What a session of ``user`` rests on in these settings: a digest of the admin
-    token (a login with the token), or the user's name and a digest of their password
-    hash; ``None`` when that credential is no longer configured. A session whose
-    credential differs from the current one (the token rotated, the user removed or
-    given a new password, then a reload) has ended."""
+    token (a login with the token; of its scrypt, see ``_stretched``), or the user's
+    name and a digest of their password hash; ``None`` when that credential is no
+    longer configured. A session whose credential differs from the current one (the
+    token rotated, the user removed or given a new password, then a reload) has ended.
+    The store keeps it with the session."""
     if by_token:
-        return "token " + _digest(token) if token else None
+        if not token:
+            return None
+        return "token " + hashlib.sha256(b"credential\0" + _stretched(token)).hexdigest()
     found = next((u for u in users if u.get("name") == user), None)
     if found is None or not found.get("password_hash"):
         return None
@@ -141,55 +188,6 @@ class Session:
         """Whether the credential this session logged in with is still configured."""
         now = credential(self.user, self.by_token, token, users)
         return now is not None and hmac.compare_digest(now.encode(), self.credential.encode())
-
-
-class Sessions:
-    """The logged-in sessions of this process, ended after ``idle`` seconds unused or
-    ``lifetime`` seconds after their login."""
-
-    def __init__(self, idle: float, lifetime: float = SESSION_LIFETIME) -> None:
-        self.idle, self.lifetime = idle, lifetime
-        self._lock = threading.Lock()
-        self._by_id: OrderedDict[str, Session] = OrderedDict()
-
-    def new(self, user: str, now: float | None = None, credential: str = "") -> Session:
-        now = time.time() if now is None else now
-        session = Session(
-            secrets.token_urlsafe(32),
-            user,
-            secrets.token_urlsafe(32),
-            now,
-            now,
-            credential=credential,
-        )
-        with self._lock:
-            self._by_id[session.sid] = session
-            while len(self._by_id) > MAX_SESSIONS:
-                self._by_id.popitem(last=False)  # the least recently used
-        return session
-
-    def get(self, sid: str | None, now: float | None = None) -> Session | None:
-        """The live session of this id (and it counts as used now), or ``None``."""
-        if not sid:
-            return None
-        now = time.time() if now is None else now
-        with self._lock:
-            session = self._by_id.get(sid)
-            if session is None:
-                return None
-            if now - session.seen > self.idle or now - session.created > self.lifetime:
-                del self._by_id[sid]
-                return None
-            session.seen = now
-            self._by_id.move_to_end(sid)
-            return session
-
-    def end(self, sid: str) -> None:
-        with self._lock:
-            self._by_id.pop(sid, None)
-
-    def __len__(self) -> int:
-        return len(self._by_id)
 
 
 def csrf_ok(session: Session, given: str | None) -> bool:
@@ -233,22 +231,68 @@ class LoginTokens:
         return hmac.compare_digest(self.token(nonce).encode(), given.encode())
 
 
+def device_key(name: str, token: str | None, users: Iterable[Mapping[str, str]]) -> bytes | None:
+    """The key of the device cookies of logins as ``name`` (empty: the token), drawn from
+    the secret as the settings hold it (the token's scrypt, the user's password hash),
+    never from what the store keeps (``credential``'s digests of them); ``None`` when
+    there is no such login."""
+    if not name:
+        secret = _stretched(token) if token else None
+    else:
+        found = next((u for u in users if u.get("name") == name), None)
+        secret = f"{name}\0{found['password_hash']}".encode() if found else None
+    if not secret:
+        return None
+    return hashlib.sha256(b"switchboard console device\0" + secret).digest()
+
+
+def device_cookie(key: bytes, now: float | None = None) -> str:
+    """A device cookie for a browser that has just logged in (``key``: ``device_key``)."""
+    issued = str(int(time.time() if now is None else now))
+    nonce = secrets.token_urlsafe(16)
+    return f"{issued}.{nonce}.{_device_mac(key, issued, nonce)}"
+
+
+def known_device(cookie: str | None, key: bytes | None, now: float | None = None) -> str | None:
+    """The nonce of a device cookie made by ``device_cookie`` with ``key`` (the
+    ``device_key`` of the name being tried) less than ``DEVICE_LIFETIME`` ago; ``None``
+    for anything else: that client is unknown."""
+    if not cookie or not key or len(cookie) > 200:
+        return None
+    issued, _, rest = cookie.partition(".")
+    nonce, _, mac = rest.partition(".")
+    if not issued.isascii() or not issued.isdigit() or not nonce or not mac:
+        return None
+    now = time.time() if now is None else now
+    if not 0 <= now - int(issued) <= DEVICE_LIFETIME:
+        return None
+    expected = _device_mac(key, issued, nonce)
+    return nonce if hmac.compare_digest(expected.encode(), mac.encode()) else None
+
+
+def _device_mac(key: bytes, issued: str, nonce: str) -> str:
+    return hmac.new(key, f"{issued}.{nonce}".encode(), hashlib.sha256).hexdigest()
+
+
 class Throttle:
-    """Failed logins per client address, per name and in all: too many of any within
-    the window refuse the next. Memory is bounded: at most ``keys`` addresses and names
-    (the least recently failed are forgotten), each with at most its limit of times."""
+    """Failed logins in two lanes (see "The login throttle" above): an unknown client's
+    per name and in all, a known client's per device cookie (``device``, its nonce);
+    too many within the window refuse the next of that lane. Memory is bounded: at most
+    ``keys`` names and devices (the least recently failed are forgotten), each with at
+    most its limit of times."""
 
     def __init__(
         self,
-        failures: int = THROTTLE_FAILURES,
         window: float = THROTTLE_WINDOW,
         *,
         per_name: int = THROTTLE_NAME_FAILURES,
         in_all: int = THROTTLE_ALL_FAILURES,
+        per_device: int = THROTTLE_DEVICE_FAILURES,
         keys: int = THROTTLE_KEYS,
     ):
-        self.failures, self.window = failures, window
-        self.per_name, self.in_all, self.keys = per_name, in_all, keys
+        self.window = window
+        self.per_name, self.in_all, self.per_device = per_name, in_all, per_device
+        self.keys = keys
         self._lock = threading.Lock()
         self._seen: OrderedDict[str, deque[float]] = OrderedDict()
         self._all: deque[float] = deque(maxlen=in_all)
@@ -267,30 +311,31 @@ class Throttle:
             self._seen.move_to_end(key)
         return len(recent)
 
-    def _limits(self, address: str, name: str) -> list[tuple[str, int]]:
-        return [("a " + address, self.failures), ("n " + name, self.per_name)]
+    def _key(self, name: str, device: str | None) -> tuple[str, int]:
+        return ("d " + device, self.per_device) if device else ("n " + name, self.per_name)
 
-    def allows(self, address: str, name: str = "", now: float | None = None) -> bool:
+    def allows(self, name: str, device: str | None = None, now: float | None = None) -> bool:
+        """Whether an attempt on ``name`` (from the known client ``device``) is checked."""
         now = time.time() if now is None else now
+        key, limit = self._key(name, device)
         with self._lock:
-            _expire(self._all, now - self.window)
-            if len(self._all) >= self.in_all:
-                return False
-            return all(
-                self._recent(key, limit, now) < limit for key, limit in self._limits(address, name)
-            )
+            if device is None:
+                _expire(self._all, now - self.window)
+                if len(self._all) >= self.in_all:
+                    return False
+            return self._recent(key, limit, now) < limit
 
-    def failed(self, address: str, name: str = "", now: float | None = None) -> None:
+    def failed(self, name: str, device: str | None = None, now: float | None = None) -> None:
         now = time.time() if now is None else now
+        key, limit = self._key(name, device)
         with self._lock:
-            self._all.append(now)
-            for key, limit in self._limits(address, name):
-                self._recent(key, limit, now, add=True)
+            if device is None:
+                self._all.append(now)
+            self._recent(key, limit, now, add=True)
 
-    def succeeded(self, address: str, name: str = "") -> None:
+    def succeeded(self, name: str, device: str | None = None) -> None:
         with self._lock:
-            for key, _ in self._limits(address, name):
-                self._seen.pop(key, None)
+            self._seen.pop(self._key(name, device)[0], None)
 
     def __len__(self) -> int:
         return len(self._seen)

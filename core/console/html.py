@@ -4,12 +4,17 @@ UTC, durations, and reading times typed into a form."""
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from core.calls import MAX_TIME
+from core.console.page import BadParameter
+
 esc = html.escape
+_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,20})?", re.ASCII)
 
 
 def query(params: Mapping[str, Any]) -> str:
@@ -56,6 +61,32 @@ def form_time(moment: float | datetime | None) -> str:
     if moment is None:
         return ""
     return _utc(moment).strftime("%Y-%m-%dT%H:%M")
+
+
+def epoch_param(name: str, text: str | None) -> float | None:
+    """A query parameter holding epoch seconds (a page's cursor), ``None`` when empty;
+    raises ``BadParameter`` naming it unless it is ASCII digits (a fraction allowed:
+    no sign, exponent, NaN or infinity, which ``float`` would take) up to ``MAX_TIME``."""
+    if text is None or not text.strip():
+        return None
+    if not _SECONDS.fullmatch(text.strip()):
+        raise BadParameter(name, "not a number of seconds")
+    value = float(text)
+    if value > MAX_TIME:
+        raise BadParameter(name, "out of range")
+    return value
+
+
+def parse_epoch(text: str | None) -> float | None:
+    """``parse_time`` as epoch seconds; a time no datetime holds (year 1 east of UTC)
+    is a ``ValueError`` too."""
+    stamp = parse_time(text)
+    if stamp is None:
+        return None
+    try:
+        return stamp.timestamp()
+    except OverflowError:
+        raise ValueError(f"not a time: {text!r}") from None
 
 
 def parse_time(text: str | None) -> datetime | None:

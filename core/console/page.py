@@ -13,6 +13,7 @@ ConsoleRequest``).
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,6 +23,16 @@ from urllib.parse import quote, urlencode
 from core.store import Store
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+MAX_INTEGER = 2**63 - 1  # the largest integer either store holds
+
+
+class BadParameter(ValueError):
+    """A query parameter a page cannot take (not a number, out of range, a NUL
+    character): the console answers ``400`` with this message, which names it."""
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"{name[:40]}: {why}")
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,13 @@ class ConsoleRequest:
     csrf_token: str = ""
     base: str = ""
     page_path: str = ""
+
+    def integer(self, name: str, *, minimum: int = 0, maximum: int = MAX_INTEGER) -> int | None:
+        """The query parameter ``name`` as a whole number from ``minimum`` to ``maximum``
+        (ASCII digits, a sign before them); ``None`` when it is absent or empty. Any
+        other value raises ``BadParameter``: the console answers ``400`` naming it,
+        rather than letting the number reach the store (where one past 2**63 fails)."""
+        return integer(name, self.params.get(name), minimum=minimum, maximum=maximum)
 
     def url(self, path: str | None = None, **params: Any) -> str:
         """The URL of one of this plugin's pages (``path`` as in its ``ConsolePage``;
@@ -121,6 +139,25 @@ class ConsolePage:
     render: Render
     actions: Mapping[str, Render] = field(default_factory=dict)
     panel: Render | None = None
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}", re.ASCII)
+
+
+def integer(
+    name: str, text: str | None, *, minimum: int = 0, maximum: int = MAX_INTEGER
+) -> int | None:
+    """``text`` (the value of the parameter ``name``) as a whole number within
+    ``[minimum, maximum]``, ``None`` when empty; raises ``BadParameter`` otherwise."""
+    if text is None or not text.strip():
+        return None
+    shown = f"{minimum} to {maximum}"
+    if not _INTEGER.fullmatch(text.strip()):
+        raise BadParameter(name, f"not a whole number (use {shown})")
+    value = int(text.strip())
+    if not minimum <= value <= maximum:
+        raise BadParameter(name, f"out of range (use {shown})")
+    return value
 
 
 def _query(params: Mapping[str, Any]) -> str:

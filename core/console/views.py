@@ -23,10 +23,10 @@ import bottle
 from core import calls as calls_mod
 from core.console import audit, health
 from core.console import html as h
-from core.console.page import ConsoleRequest
+from core.console.page import BadParameter, ConsoleRequest, integer
 from core.metrics import FALLBACK_RULES
 from core.plugins import list_installed
-from core.store import redact_url
+from core.store import InspectTimeout, redact_url
 
 if TYPE_CHECKING:
     from core.console.app import Mounted, Req
@@ -87,7 +87,7 @@ def chrome(req: Req, *, wide: bool = False) -> Chrome:
             return here == "/"
         return here == path or (path == "/calls" and here.startswith("/calls/"))
 
-    flash, req.session.flash[:] = tuple(req.session.flash), []
+    flash = req.take_flash()
     return Chrome(
         base=req.base,
         user=req.session.user,
@@ -163,11 +163,11 @@ OVERVIEWS = Overviews()
 
 
 def overview(req: Req, host: health.Host, panels: list[tuple[Mounted, str | None]]) -> str:
-    try:
-        hours = int(bottle.request.query.getunicode("hours") or DEFAULT_WINDOW)
-    except ValueError:
+    hours = integer("hours", bottle.request.query.getunicode("hours"), minimum=1, maximum=24)
+    if hours is None:
         hours = DEFAULT_WINDOW
-    hours = hours if hours in WINDOWS else DEFAULT_WINDOW
+    elif hours not in WINDOWS:
+        raise BadParameter("hours", f"one of {', '.join(map(str, WINDOWS))}")
     now = time.time()
     until = (now // 60 + 1) * 60  # to the end of this minute
     since = until - hours * 3600
@@ -250,12 +250,11 @@ def filters_of(query: Any) -> tuple[calls_mod.Filters, dict[str, str], list[str]
     times: dict[str, float | None] = {}
     for name in ("since", "until"):
         try:
-            stamp = h.parse_time(values[name])
+            times[name] = h.parse_epoch(values[name])
         except ValueError:
             problems.append(f"{name}: not a time (use 2026-11-29T08:00, UTC)")
             values[name] = ""
-            stamp = None
-        times[name] = stamp.timestamp() if stamp else None
+            times[name] = None
     filters = calls_mod.Filters(
         number=values["number"] or None,
         caller=values["caller"] or None,
@@ -281,9 +280,11 @@ def calls(req: Req) -> str:
             req.store, filters, limit=PAGE, after=after, plugins=req.runtime.plugins
         )
     except ValueError as exc:  # a cursor that is not one
-        problems.append(str(exc))
+        problems.append(f"after: {exc}")
         page = calls_mod.recent_calls(req.store, filters, limit=PAGE, plugins=req.runtime.plugins)
         after = None
+    if problems:  # the form again, saying what was wrong: the request's fault
+        bottle.response.status = 400
     filtered = any(shown.values())
     return render(
         "calls",
@@ -511,11 +512,7 @@ def retry_all(req: Req, limit: int) -> str:
 
 
 def audit_log(req: Req) -> str:
-    raw = bottle.request.query.getunicode("before")
-    try:
-        before = float(raw) if raw else None
-    except ValueError:
-        before = None
+    before = h.epoch_param("before", bottle.request.query.getunicode("before"))
     entries, more = audit.recent(req.store, before=before, limit=AUDIT_PAGE)
     return render(
         "audit",
@@ -534,6 +531,8 @@ def plugin_page(req: Req, mounted: Mounted, request: ConsoleRequest) -> str:
     body: str | None
     try:
         body = mounted.page.render(request)
+    except (BadParameter, InspectTimeout):
+        raise  # the console says so: a parameter it cannot take, a query that took too long
     except Exception:
         log.exception("console: the page %s failed", mounted.path)
         bottle.response.status = 500

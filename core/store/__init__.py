@@ -13,8 +13,10 @@ import os
 from core.store.base import (
     CORE_MIGRATIONS,
     HEALTH_UPSERT,
+    INSPECT_TIMEOUT,
     Claim,
     Deferred,
+    InspectTimeout,
     Migration,
     Received,
     Store,
@@ -32,10 +34,12 @@ from core.store.sqlite import MIN_FREE_BYTES, GroupFlush, SqliteStore
 __all__ = [
     "CORE_MIGRATIONS",
     "HEALTH_UPSERT",
+    "INSPECT_TIMEOUT",
     "MIN_FREE_BYTES",
     "Claim",
     "Deferred",
     "GroupFlush",
+    "InspectTimeout",
     "Migration",
     "PostgresStore",
     "Received",
@@ -58,9 +62,19 @@ def open_store(
     *,
     pool_size: int = 16,
     sqlite_synchronous: str = "full",
+    inspect_timeout: float = INSPECT_TIMEOUT,
 ) -> Store:
     """The store a ``store.url`` names: ``sqlite:///relative/path``, ``sqlite:////abs/path``,
-    ``sqlite://`` (a private temporary file) or ``postgresql://user@host:port/db``."""
+    ``sqlite://`` (a private temporary file) or ``postgresql://user@host:port/db``;
+    ``inspect_timeout``: seconds an operator's read may run (``Store.inspect``)."""
+    store = _open(url, base_dir, pool_size, sqlite_synchronous)
+    store.inspect_timeout = inspect_timeout
+    return store
+
+
+def _open(
+    url: str, base_dir: str | os.PathLike[str], pool_size: int, sqlite_synchronous: str
+) -> Store:
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresStore(url, pool_size=pool_size)
     if url.startswith("sqlite://"):

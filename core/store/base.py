@@ -28,6 +28,18 @@ class StoreTimeout(StoreError):
     """The store did not become available before the caller's deadline (``Store.until``)."""
 
 
+INSPECT_TIMEOUT = 10.0  # seconds an operator's read may run (``Store.inspect``)
+
+
+class InspectTimeout(StoreError):
+    """An operator's read (``Store.inspect``) ran past its time limit and was stopped, so
+    that a broad query cannot hold a connection (or SQLite's reader) for ever."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"the query took longer than {limit:g} s; narrow the filters")
+        self.limit = limit
+
+
 @dataclass(frozen=True)
 class Migration:
     """One schema step: ``version`` (increasing per owner) and its SQL statements."""
@@ -276,6 +288,7 @@ class Store:
 
     backend = "?"
     errors: tuple[type[BaseException], ...] = (StoreError,)  # what a failing store raises
+    inspect_timeout = INSPECT_TIMEOUT  # seconds; a longer ``inspect`` is ``InspectTimeout``
     instance = ""  # this server process, as claims name their owner (see ``alive``)
 
     def alive(self, owner: str) -> bool:
@@ -304,9 +317,11 @@ class Store:
         raise NotImplementedError
 
     def inspect(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """A read for an operator (the calls view, the console), which may scan: it
-        never holds up the callbacks' own reads (SQLite: a connection of its own;
-        PostgreSQL: a pooled connection, as every read)."""
+        """A read for an operator (the calls view, the console, the commands), which may
+        scan: it never holds up the callbacks' own reads (SQLite: a connection of its
+        own; PostgreSQL: a pooled connection, as every read), and is stopped after
+        ``inspect_timeout`` seconds with ``InspectTimeout``, so that an operator's broad
+        query cannot run for ever."""
         return self.query(sql, params)
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 
 from core.store.base import (
     HEALTH_UPSERT,
+    InspectTimeout,
     Store,
     StoreError,
     StoreTimeout,
@@ -190,6 +191,21 @@ class PostgresStore(Store):
         with self._connection() as conn:
             self._bound(conn)
             return list(self.run(conn, sql, params).fetchall())
+
+    def inspect(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """In a transaction of its own whose ``SET LOCAL statement_timeout`` is
+        ``inspect_timeout``: PostgreSQL cancels the statement then, and the connection
+        goes back to the pool."""
+        import psycopg
+
+        limit = self.inspect_timeout
+        with self._connection() as conn, conn.transaction():
+            self._bound_at.pop(id(conn), None)  # this statement's own limit, not a deadline's
+            conn.execute(f"SET LOCAL statement_timeout = {max(1, int(limit * 1000))}")
+            try:
+                return list(self.run(conn, sql, params).fetchall())
+            except psycopg.errors.QueryCanceled:
+                raise InspectTimeout(limit) from None
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         with self._watching_writes(), self._connection() as conn:  # commits on leaving

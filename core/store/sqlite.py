@@ -13,12 +13,21 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from core.store.base import Deferred, Store, StoreError, StoreTimeout, Tx, deadline_left
+from core.store.base import (
+    Deferred,
+    InspectTimeout,
+    Store,
+    StoreError,
+    StoreTimeout,
+    Tx,
+    deadline_left,
+)
 
 BUSY_STEP = 0.05  # seconds SQLite waits for another process's lock before _retry_busy looks again
 CACHE_KIB = 2048  # SQLite page cache of the connection a process writes with
 READ_CACHE_KIB = 512  # and of the one it reads with outside transactions
 MIN_FREE_BYTES = 1 << 20  # a SQLite store's filesystem with less free is full for readiness
+PROGRESS_STEPS = 1000  # SQLite instructions between two looks at an inspect's clock
 
 
 def _flush_failed(exc: OSError) -> StoreError:
@@ -289,10 +298,23 @@ class SqliteStore(Store):
             return self._read_conn().execute(sql, params).fetchall()
 
     def inspect(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """On the inspect connection, stopped by its progress handler once
+        ``inspect_timeout`` has passed (SQLite then interrupts the statement)."""
+        limit = self.inspect_timeout
         with self._inspect_lock:
             if self._inspector is None:
                 self._inspector = self._connect("query_only=ON", f"cache_size=-{READ_CACHE_KIB}")
-            return self._inspector.execute(sql, params).fetchall()
+            conn = self._inspector
+            end = time.monotonic() + limit
+            conn.set_progress_handler(lambda: time.monotonic() > end, PROGRESS_STEPS)
+            try:
+                return conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() > end and "interrupt" in str(exc):
+                    raise InspectTimeout(limit) from None
+                raise
+            finally:
+                conn.set_progress_handler(None, 0)
 
     def write(self, sql: str, params: Sequence[Any] = (), *, durable: bool = True) -> int:
         self._acquire()

@@ -1,4 +1,7 @@
-"""credit's commands: ``switchboard credit topup | show | ledger``."""
+"""credit's commands: ``switchboard credit topup | show | ledger``.
+
+``show`` and ``ledger`` read as an operator does (``ledger.show`` and ``ledger.entries``
+use ``store.inspect``); ``topup`` books in a transaction, as the console's form does."""
 
 from __future__ import annotations
 

@@ -220,11 +220,11 @@ def account_page(s: CreditSettings, request: ConsoleRequest, account: str) -> st
             )
         out.append("</tbody></table></div>")
 
-    before = request.params.get("before", "")
+    before = request.integer("before", minimum=1)  # a ledger position: 400 unless one
     where, params = "account = ?", [account]
-    if before.isdigit():
+    if before is not None:
         where += " AND seq < ?"
-        params.append(int(before))  # type: ignore[arg-type]
+        params.append(before)  # type: ignore[arg-type]
     entries = store.inspect(
         "SELECT seq, at, kind, amount, balance_after, callid, details FROM credit_ledger "
         f"WHERE {where} ORDER BY seq DESC LIMIT {PAGE + 1}",

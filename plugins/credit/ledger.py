@@ -159,14 +159,15 @@ def topup(
 
 
 def show(store: Store, account: str) -> dict[str, Any] | None:
-    """Balance, reserved and available credit of an account; None if there is none."""
-    rows = store.query(
+    """Balance, reserved and available credit of an account; None if there is none. An
+    operator's read (the console, ``credit show``): ``Store.inspect``."""
+    rows = store.inspect(
         "SELECT balance, currency FROM credit_accounts WHERE account = ?", (account,)
     )
     if not rows:
         return None
     balance, currency = rows[0]
-    reserved = store.query(
+    reserved = store.inspect(
         "SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM credit_reservations WHERE account = ? AND status = 'open'",
         (account,),
     )[0]
@@ -181,8 +182,9 @@ def show(store: Store, account: str) -> dict[str, Any] | None:
 
 
 def entries(store: Store, account: str) -> list[tuple[Any, ...]]:
-    """The account's ledger, oldest first: (seq, at, kind, amount, balance_after, callid)."""
-    return store.query(
+    """The account's ledger, oldest first: (seq, at, kind, amount, balance_after, callid).
+    An operator's read (``credit ledger``): ``Store.inspect``."""
+    return store.inspect(
         "SELECT seq, at, kind, amount, balance_after, callid FROM credit_ledger WHERE account = ? ORDER BY seq",
         (account,),
     )

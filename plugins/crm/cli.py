@@ -1,8 +1,10 @@
-"""crm's commands: ``switchboard crm outbox | dead | replay | export``."""
+"""crm's commands: ``switchboard crm outbox | dead | replay | export``.
+
+Their reads are an operator's: ``store.inspect``, with its time limit, never the
+callbacks' own read path."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from datetime import UTC, datetime
@@ -10,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from core import pass_runtime
+from core import csv_writer, pass_runtime
 
 if TYPE_CHECKING:
     from plugins.crm.plugin import Crm
@@ -50,7 +52,7 @@ def register(cli: click.Group, plugin: Crm) -> None:
     @crm.command(help="records waiting for delivery")
     @pass_runtime
     def outbox(runtime: Any) -> int:
-        rows = runtime.store.query(
+        rows = runtime.store.inspect(
             "SELECT callid, attempts, next_attempt_at, last_error FROM crm_outbox ORDER BY created_at"
         )
         for callid, attempts, due, error in rows:
@@ -61,7 +63,7 @@ def register(cli: click.Group, plugin: Crm) -> None:
     @crm.command(help="records that exhausted their attempts")
     @pass_runtime
     def dead(runtime: Any) -> int:
-        rows = runtime.store.query(
+        rows = runtime.store.inspect(
             "SELECT callid, attempts, failed_at, last_error FROM crm_dead ORDER BY failed_at"
         )
         for callid, attempts, failed, error in rows:
@@ -83,7 +85,7 @@ def register(cli: click.Group, plugin: Crm) -> None:
         failed = 0
         for moved_id in moved:
             plugin.drain(only=moved_id)
-            left = runtime.store.query(
+            left = runtime.store.inspect(
                 "SELECT last_error FROM crm_outbox WHERE callid = ?", (moved_id,)
             )
             if left:
@@ -119,7 +121,7 @@ def register(cli: click.Group, plugin: Crm) -> None:
                 start = start.replace(tzinfo=UTC)
             sql += " WHERE recorded_at >= ?"
             params.append(start.timestamp())
-        rows = runtime.store.query(sql + " ORDER BY recorded_at", params)
+        rows = runtime.store.inspect(sql + " ORDER BY recorded_at", params)
         records = []
         for row in rows:
             record = dict(zip(COLUMNS, row, strict=True))
@@ -134,8 +136,8 @@ def register(cli: click.Group, plugin: Crm) -> None:
                 print(json.dumps(record, separators=(",", ":")))
         else:
             out = io.StringIO()
-            writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(records)
+            writer = csv_writer(out)  # a caller id "=HYPERLINK(...)" is no formula there
+            writer.writerow(COLUMNS)
+            writer.writerows([r[c] for c in COLUMNS] for r in records)
             print(out.getvalue(), end="")
         return 0
