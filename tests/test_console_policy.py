@@ -141,6 +141,8 @@ def test_a_candidate_is_replayed_from_the_console(serve, tmp_path, backend):
     assert status == 400 and "limit: from 1 to 5000" in page
     status, page = post({"_csrf": token, "config": _candidate(), "since": "yesterday"})
     assert status == 400 and "since: not a time" in page
+    status, page = post({"_csrf": token, "config": _candidate(), "until": "0001-01-01T00:00+14:00"})
+    assert status == 400 and "until: not a time" in page  # no epoch holds it
     status, page = post({"_csrf": token, "config": "  "})
     assert status == 400 and "paste a candidate configuration" in page
 

@@ -257,6 +257,10 @@ PAGES = {
     "/plugins/credit/accounts?account=": None,
     "/plugins/credit/accounts?account=demo&before=": "before",
     "/plugins/crm/outbox?x=": None,
+    "/replay?x=": None,
+    "/revisions?show=": None,
+    "/revisions?old=": None,
+    "/revisions?new=": None,
 }
 
 

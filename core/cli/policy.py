@@ -138,6 +138,7 @@ def replay(
         raise CliError(f"candidate configuration: {exc}") from None
     real = invocation().settings
     store = open_store(real.store["url"], real.base_dir, pool_size=2)
+    store.inspect_timeout = 3600.0  # the replay's own reads: not an operator's query
     try:
         if "callbacks" not in store.tables():
             raise CliError(

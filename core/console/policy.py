@@ -77,17 +77,22 @@ class Ask:
         return ", ".join(p for p in parts if p)
 
 
+LAST_TIME = 253402300800.0  # 10000-01-01: the first time a page cannot show
+
+
 def ask_of(forms: Any) -> tuple[Ask, list[str]]:
     """The Replay form's window and limit, and what is wrong with them."""
     problems: list[str] = []
     times: dict[str, float | None] = {}
     for name in ("since", "until"):
         try:
-            stamp = h.parse_time(str(forms.getunicode(name) or "")[:64])
+            at = h.parse_epoch(str(forms.getunicode(name) or "")[:64])
+            if at is not None and not 0 <= at < LAST_TIME:  # shown again, so it must print
+                raise ValueError(name)
+            times[name] = at
         except ValueError:
             problems.append(f"{name}: not a time (use 2026-11-29T08:00, UTC)")
-            stamp = None
-        times[name] = stamp.timestamp() if stamp else None
+            times[name] = None
     raw = str(forms.getunicode("limit") or "").strip()
     limit = DEFAULT_LIMIT
     if raw:
