@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "core.store.base",
             "core.store.sqlite",
             "core.store.postgres",
+            "core.store.shadow",
             "core.config",
             "core.revisions",
             "core.logs",

@@ -7,7 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from core.store import CORE_MIGRATIONS, Migration, PostgresStore, StoreError, redact_url
+from core.store import (
+    CORE_MIGRATIONS,
+    Migration,
+    PostgresStore,
+    ShadowStore,
+    StoreError,
+    redact_url,
+)
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -105,6 +112,35 @@ def test_transaction_rolls_back_on_error(store):
         tx.execute("INSERT INTO rb (id) VALUES (?)", ("100%",))
     assert store.query("SELECT id FROM rb WHERE id LIKE '%\\%' ESCAPE '\\'") == [("100%",)]
     store.ping()
+
+
+def test_the_shadow_store_reads_for_real_and_never_commits(store):
+    """What a shadow plugin (``plugins.shadow``) gets: the real store's reads, and
+    transactions that always roll back."""
+    store.migrate("t", [Migration(1, ("CREATE TABLE t_rows (n INTEGER NOT NULL)",))])
+    store.write("INSERT INTO t_rows (n) VALUES (1)")
+    shadow = ShadowStore(store)
+    assert (shadow.backend, shadow.instance) == (store.backend, store.instance)
+    with shadow.transaction() as tx:
+        tx.execute("INSERT INTO t_rows (n) VALUES (2)")
+        assert tx.all("SELECT n FROM t_rows ORDER BY n") == [(1,), (2,)]  # its own view
+    assert shadow.query("SELECT n FROM t_rows") == [(1,)]
+    with pytest.raises(ValueError, match="boom"), shadow.transaction() as tx:
+        tx.execute("INSERT INTO t_rows (n) VALUES (3)")
+        raise ValueError("boom")
+    assert shadow.write("UPDATE t_rows SET n = n + 10") == 1  # the rows it would change
+    assert shadow.write("DELETE FROM t_rows") == 1
+    assert shadow.inspect("SELECT n FROM t_rows") == [(1,)]
+    assert shadow.claim("call", "ice", "", lease=5).status == "new"  # built on write()
+    assert store.query("SELECT COUNT(*) FROM callbacks") == [(0,)]
+    with shadow.deferred_flush() as pending:
+        shadow.write("INSERT INTO t_rows (n) VALUES (4)")
+    assert pending.seq == 0
+    shadow.flush(pending.seq)
+    shadow.sync()
+    shadow.close()  # the real store stays open
+    assert store.query("SELECT n FROM t_rows") == [(1,)]
+    assert "t_rows" in shadow.tables()
 
 
 def test_postgres_connection_errors_never_show_the_password():

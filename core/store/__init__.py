@@ -29,6 +29,7 @@ from core.store.base import (
     redact_url,
 )
 from core.store.postgres import PostgresStore
+from core.store.shadow import ShadowStore
 from core.store.sqlite import MIN_FREE_BYTES, GroupFlush, SqliteStore
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Migration",
     "PostgresStore",
     "Received",
+    "ShadowStore",
     "SqliteStore",
     "Store",
     "StoreError",
