@@ -568,7 +568,7 @@ PLUGIN_CORE_KEYS = {
     ),
 }
 
-RESERVED_PLUGIN_NAMES = ("enabled",)
+RESERVED_PLUGIN_NAMES = ("enabled", "shadow")
 
 
 @dataclass(frozen=True)
@@ -592,6 +592,8 @@ class Settings:
     """Where each value came from: ``"store.url"`` -> ``"file"``, ``"default"`` or the
     environment variable (``"$SWITCHBOARD_STORE_URL"``); plugin keys as
     ``"plugins.<name>.<key>"``, credential secrets as ``"sinch.keys[<i>].secret"``."""
+    shadow: tuple[str, ...] = ()
+    """``plugins.shadow``: plugins run on live traffic, traced and never merged."""
 
     def source(self, key: str) -> str:
         """Where ``key`` (``"store.url"``) came from, as people read it."""
@@ -603,8 +605,10 @@ class Settings:
         return self.path.parent if self.path else Path.cwd()
 
     def describe(self) -> dict[str, Any]:
-        """The settings as shown to people: secrets redacted."""
-        return {
+        """The settings as shown to people: secrets redacted. ``shadow`` only when some
+        plugin runs in shadow (so that a configuration without any keeps its revision,
+        ``core.revisions``)."""
+        shown = {
             "server": dict(self.server),
             "sinch": {
                 "insecure": self.sinch["insecure"],
@@ -621,6 +625,9 @@ class Settings:
                 for name, values in self.plugins.items()
             },
         }
+        if self.shadow:
+            shown["shadow"] = list(self.shadow)
+        return shown
 
 
 def _credentials(
@@ -708,16 +715,15 @@ def parse(
     plugins_table = data.get("plugins") or {}
     if not isinstance(plugins_table, dict):
         raise ConfigError("plugins: expected a table")
-    enabled = plugins_table.get("enabled", [])
-    if not isinstance(enabled, list) or not all(isinstance(n, str) and n for n in enabled):
-        raise ConfigError("plugins.enabled: expected a list of plugin names")
-    dupes = sorted({n for n in enabled if enabled.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"plugins.enabled: {dupes[0]!r} is listed twice")
-    for name in enabled:
-        if name in RESERVED_PLUGIN_NAMES:
-            raise ConfigError(f"plugins.enabled: {name!r} is a reserved name")
-    tables = {k: v for k, v in plugins_table.items() if k != "enabled"}
+    enabled = _plugin_names(plugins_table, "enabled")
+    shadow = _plugin_names(plugins_table, "shadow")
+    for name in shadow:
+        if name in enabled:
+            raise ConfigError(
+                f"plugins.shadow: {name!r} is also in plugins.enabled (a plugin runs enabled "
+                "or in shadow, not both)"
+            )
+    tables = {k: v for k, v in plugins_table.items() if k not in RESERVED_PLUGIN_NAMES}
     for name, table in tables.items():
         if not isinstance(table, dict):
             raise ConfigError(f"plugins.{name}: expected a table")
@@ -734,7 +740,22 @@ def parse(
         enabled=tuple(enabled),
         plugin_tables=MappingProxyType(tables),
         sources=MappingProxyType(sources),
+        shadow=tuple(shadow),
     )
+
+
+def _plugin_names(table: Mapping[str, Any], key: str) -> list[str]:
+    """``plugins.enabled`` or ``plugins.shadow``: a list of distinct, unreserved names."""
+    names = table.get(key, [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"plugins.{key}: expected a list of plugin names")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"plugins.{key}: {dupes[0]!r} is listed twice")
+    for name in names:
+        if name in RESERVED_PLUGIN_NAMES:
+            raise ConfigError(f"plugins.{key}: {name!r} is a reserved name")
+    return names
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Settings:
@@ -758,16 +779,18 @@ def with_plugins(
     declared: Mapping[str, Mapping[str, Key]],
     env: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Validate each enabled plugin's ``[plugins.<name>]`` table against its declared keys."""
-    stray = sorted(set(settings.plugin_tables) - set(settings.enabled))
+    """Validate each enabled (or shadow) plugin's ``[plugins.<name>]`` table against its
+    declared keys."""
+    stray = sorted(set(settings.plugin_tables) - {*settings.enabled, *settings.shadow})
     if stray:
         raise ConfigError(
-            f"plugins.{stray[0]}: configured but not enabled (add it to plugins.enabled or remove the table)"
+            f"plugins.{stray[0]}: configured but not enabled (add it to plugins.enabled or "
+            "plugins.shadow, or remove the table)"
         )
     values: dict[str, PluginConfig] = {}
     keys_by_plugin: dict[str, Mapping[str, Key]] = {}
     sources = {k: v for k, v in settings.sources.items() if not k.startswith("plugins.")}
-    for name in settings.enabled:
+    for name in (*settings.enabled, *settings.shadow):
         keys = dict(declared.get(name, {}))
         clash = sorted(set(keys) & set(PLUGIN_CORE_KEYS))
         if clash:

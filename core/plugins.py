@@ -1,11 +1,14 @@
 """The plugin manager factory: specs, entry points, enabling by config, precedence.
 
-``make_plugins(enabled)`` loads exactly the plugins named in ``enabled`` (from the
-``switchboard`` entry-point group, or from ``given`` objects in tests), registers them
-with a fresh pluggy manager, validates every implementation against the specs and
-ends with ``check_pending()``. Anything wrong stops the start with a ``PluginError``
-naming the plugin and the problem. Precedence is the order of ``enabled``, never
-pluggy's registration order.
+``make_plugins(enabled, shadow=...)`` loads exactly the plugins named in ``enabled``
+and ``shadow`` (from the ``switchboard`` entry-point group, or from ``given`` objects in
+tests), registers them with a fresh pluggy manager, validates every implementation
+against the specs and ends with ``check_pending()``. Anything wrong stops the start
+with a ``PluginError`` naming the plugin and the problem. Precedence is the order of
+``enabled``, never pluggy's registration order. Shadow plugins (``Plugins.shadow``)
+rank after every enabled one and are in neither ``Plugins.order`` nor
+``Plugins.impls``: the core calls them apart (``shadow_impls``), for the hooks they
+take part in.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ EVENT_HOOKS = (
     "switchboard_after_answer",
 )
 
+# the hooks a shadow plugin is asked for on live traffic (its observers are not called)
+SHADOW_HOOKS = ("switchboard_ice", "switchboard_ace", "switchboard_pie")
+
 log = logging.getLogger("switchboard.plugins")
 
 
@@ -50,6 +56,7 @@ class PluginInfo:
     origin: str
     hooks: tuple[str, ...] = ()
     error: str | None = None
+    shadow: bool = False  # loaded from ``plugins.shadow``
 
 
 @dataclass(frozen=True)
@@ -130,26 +137,46 @@ def _load(name: str, ep: md.EntryPoint) -> object:
 
 
 class Plugins:
-    """The enabled plugins, in precedence order, over one pluggy manager."""
+    """The enabled plugins, in precedence order, and the shadow plugins, over one pluggy
+    manager."""
 
     def __init__(
-        self, pm: pluggy.PluginManager, order: Sequence[str], info: Mapping[str, PluginInfo]
+        self,
+        pm: pluggy.PluginManager,
+        order: Sequence[str],
+        info: Mapping[str, PluginInfo],
+        shadow: Sequence[str] = (),
     ) -> None:
         self.pm = pm
         self.order = tuple(order)
+        self.shadow = tuple(shadow)
         self.info = dict(info)
         self._impls: dict[str, tuple[Impl, ...]] = {}
+        self._shadow_impls: dict[str, tuple[Impl, ...]] = {}
         self.traced = os.environ.get(TRACE_ENV, "") not in ("", "0")
         if self.traced:
             hook_log.setLevel(logging.INFO)
 
     def impls(self, hook: str) -> tuple[Impl, ...]:
-        """Implementations of ``hook``, in precedence order (config order)."""
+        """Implementations of ``hook`` by the enabled plugins, in precedence order
+        (config order)."""
         cached = self._impls.get(hook)
         if cached is not None:
             return cached
+        self._impls[hook] = found = self._collect(hook, self.order)
+        return found
+
+    def shadow_impls(self, hook: str) -> tuple[Impl, ...]:
+        """Implementations of ``hook`` by the shadow plugins, in ``plugins.shadow`` order."""
+        cached = self._shadow_impls.get(hook)
+        if cached is not None:
+            return cached
+        self._shadow_impls[hook] = found = self._collect(hook, self.shadow)
+        return found
+
+    def _collect(self, hook: str, names: Sequence[str]) -> tuple[Impl, ...]:
         caller = getattr(self.pm.hook, hook)
-        rank = {name: i for i, name in enumerate(self.order)}
+        rank = {name: i for i, name in enumerate(names)}
         found = []
         for impl in caller.get_hookimpls():
             name = self.pm.get_name(impl.plugin)
@@ -157,18 +184,23 @@ class Plugins:
                 continue
             found.append(Impl(name, impl.function, tuple(impl.argnames), hook, self.traced))
         found.sort(key=lambda i: rank[i.plugin])
-        self._impls[hook] = result = tuple(found)
-        return result
+        return tuple(found)
 
     def call_each(
-        self, hook: str, *, configs: Mapping[str, Mapping[str, Any]] | None = None, **kwargs: Any
+        self,
+        hook: str,
+        *,
+        configs: Mapping[str, Mapping[str, Any]] | None = None,
+        shadow: bool = False,
+        **kwargs: Any,
     ) -> dict[str, Any]:
-        """Call ``hook`` on every enabled plugin in order; errors name the plugin.
+        """Call ``hook`` on every enabled plugin in order (``shadow=True``: on every
+        shadow plugin instead); errors name the plugin.
 
         With ``configs``, each plugin gets its own section as the ``config`` argument.
         """
         results = {}
-        for impl in self.impls(hook):
+        for impl in self.shadow_impls(hook) if shadow else self.impls(hook):
             if configs is not None:
                 kwargs["config"] = configs.get(impl.plugin, {})
             try:
@@ -291,10 +323,11 @@ def _register(pm: pluggy.PluginManager, name: str, obj: object, origin: str) -> 
 def make_plugins(
     enabled: Sequence[str],
     *,
+    shadow: Sequence[str] = (),
     load_entrypoints: bool = True,
     given: Mapping[str, object] | None = None,
 ) -> Plugins:
-    """Build the manager holding exactly the ``enabled`` plugins.
+    """Build the manager holding exactly the ``enabled`` and ``shadow`` plugins.
 
     ``given`` maps names to plugin objects that take precedence over entry points (for
     tests and embedding); with ``load_entrypoints=False`` only ``given`` is used.
@@ -303,7 +336,8 @@ def make_plugins(
     pm = _new_manager()
     eps = installed_entry_points() if load_entrypoints else {}
     info: dict[str, PluginInfo] = {}
-    for name in enabled:
+    shadowed = set(shadow)
+    for name in (*enabled, *shadow):
         if name in given:
             obj, version, builtin, origin = (
                 given[name],
@@ -316,20 +350,26 @@ def make_plugins(
             obj = _load(name, eps[name])
         else:
             known = ", ".join(sorted(set(eps) | set(given))) or "none"
+            listed = "in plugins.shadow" if name in shadowed else "enabled"
             raise PluginError(
-                f"plugin {name!r} is enabled in config.toml but not installed "
+                f"plugin {name!r} is {listed} in config.toml but not installed "
                 f"(entry-point group {GROUP!r}; installed: {known})"
             )
         _register(pm, name, obj, origin)
-        info[name] = PluginInfo(name, version, builtin, origin)
+        info[name] = PluginInfo(name, version, builtin, origin, shadow=name in shadowed)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         plugin_name = pm.get_name(exc.plugin) if exc.plugin is not None else "?"
         raise PluginError(f"plugin {plugin_name!r}: {exc}") from None
-    plugins = Plugins(pm, enabled, info)
-    for name in enabled:
+    plugins = Plugins(pm, enabled, info, shadow)
+    for name in (*enabled, *shadow):
         info[name] = PluginInfo(**{**info[name].__dict__, "hooks": plugins.hooks_of(name)})
+        if name in shadowed and not set(info[name].hooks) & set(SHADOW_HOOKS):
+            raise PluginError(
+                f"plugin {name!r} from {info[name].origin} is in plugins.shadow but implements "
+                f"none of {', '.join(SHADOW_HOOKS)}: in shadow it would decide nothing"
+            )
     plugins.info = info
     return plugins
 
@@ -357,9 +397,13 @@ def list_installed(enabled: Iterable[str] = ()) -> list[PluginInfo]:
 
 
 def declared_keys(plugins: Plugins) -> dict[str, Mapping[str, Key]]:
-    """The config keys each enabled plugin declares (``switchboard_config_keys``)."""
+    """The config keys each enabled or shadow plugin declares (``switchboard_config_keys``)."""
     out: dict[str, Mapping[str, Key]] = {}
-    for name, keys in plugins.call_each("switchboard_config_keys").items():
+    declared = {
+        **plugins.call_each("switchboard_config_keys"),
+        **plugins.call_each("switchboard_config_keys", shadow=True),
+    }
+    for name, keys in declared.items():
         if keys is None:
             continue
         origin = plugins.info[name].origin

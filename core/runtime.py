@@ -4,6 +4,12 @@
 and opens the store; ``start()`` applies migrations and runs the plugins' start-up
 hooks; ``close()`` shuts them down and closes the store. Factories, not globals: tests
 build as many runtimes as they like, each with exactly the plugins they name.
+
+Shadow plugins (``plugins.shadow``) are loaded, configured, migrated, started and shut
+down like enabled ones, but their start-up hook gets ``shadow_store`` (a
+``core.store.ShadowStore``: real reads, writes rolled back), as their decision hooks
+do; their other hooks (observers, metrics, commands, console pages, call details) are
+not called.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from core.metrics import Metrics
 from core.pipeline import Pipeline
 from core.plugins import PluginError, Plugins, declared_keys, make_plugins
 from core.retry import Retrier, waiting_gauges
-from core.store import CORE_MIGRATIONS, Migration, Store, open_store
+from core.store import CORE_MIGRATIONS, Migration, ShadowStore, Store, open_store
 
 log = logging.getLogger("switchboard")
 
@@ -51,6 +57,7 @@ class Runtime:
         self.settings = settings
         self.plugins = plugins
         self.store = store
+        self.shadow_store = ShadowStore(store)  # what shadow plugins get as their store
         self.clock = clock
         self.pipeline: Pipeline | None = None
         self.retrier: Retrier | None = None
@@ -74,11 +81,17 @@ class Runtime:
         """Load plugins (unless ``plugins`` are given already loaded), validate their
         settings, let them configure, open the store."""
         if plugins is None:
-            plugins = make_plugins(settings.enabled, load_entrypoints=load_entrypoints, given=given)
+            plugins = make_plugins(
+                settings.enabled,
+                shadow=settings.shadow,
+                load_entrypoints=load_entrypoints,
+                given=given,
+            )
         settings = with_plugins(settings, declared_keys(plugins))
         _check_fallbacks(settings, plugins)
         configure_errors: list[str] = []
-        for impl in plugins.impls("switchboard_configure"):
+        hook = "switchboard_configure"
+        for impl in (*plugins.impls(hook), *plugins.shadow_impls(hook)):
             try:
                 impl(settings=settings, config=settings.plugins.get(impl.plugin, {}))
             except ValueError as exc:
@@ -96,11 +109,17 @@ class Runtime:
         return cls(settings, plugins, store, clock=clock)
 
     def migrations(self) -> dict[str, list[Migration]]:
-        """Every owner's migrations: the core's and each enabled plugin's (asked once)."""
+        """Every owner's migrations: the core's and each enabled or shadow plugin's (asked
+        once; a shadow plugin's tables are made in the real store, so that its reads work)."""
         if self._migrations is not None:
             return self._migrations
         out: dict[str, list[Migration]] = {"core": list(CORE_MIGRATIONS)}
-        for name, items in self.plugins.call_each("switchboard_store_migrations").items():
+        hook = "switchboard_store_migrations"
+        declared = {
+            **self.plugins.call_each(hook),
+            **self.plugins.call_each(hook, shadow=True),
+        }
+        for name, items in declared.items():
             items = list(items or ())
             if not all(isinstance(m, Migration) for m in items):
                 raise PluginError(
@@ -132,6 +151,13 @@ class Runtime:
                 log.info("applied %s migrations %s", owner, applied)
         self.plugins.call_each(
             "switchboard_startup", configs=self.settings.plugins, store=self.store, serving=serving
+        )
+        self.plugins.call_each(
+            "switchboard_startup",
+            configs=self.settings.plugins,
+            shadow=True,
+            store=self.shadow_store,
+            serving=serving,
         )
         if serving:
             self.plugins.call_each("switchboard_metrics", registry=self.metrics.registry)
@@ -181,7 +207,8 @@ class Runtime:
             self.retrier = None
         if self.pipeline is not None:
             self.pipeline.wait_idle()
-            for impl in self.plugins.impls("switchboard_shutdown"):
+            hook = "switchboard_shutdown"
+            for impl in (*self.plugins.impls(hook), *self.plugins.shadow_impls(hook)):
                 try:
                     impl()
                 except Exception:

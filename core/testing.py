@@ -18,7 +18,9 @@ Fixtures:
 * ``switchboard``: a factory ``switchboard(plugins, **config_sections)`` returning a
   ``Harness``. ``plugins`` (positional) maps names to plugin objects, in precedence order;
   ``config_sections`` are config.toml tables (``plugins={"vip": {...}}``,
-  ``policy={"budget": 0.5}``...). The store is a private in-memory SQLite database.
+  ``policy={"budget": 0.5}``...; ``plugins={"shadow": ["vip"]}`` runs the plugins it
+  names in shadow, the others stay enabled). The store is a private in-memory SQLite
+  database.
   Every harness is closed after the test. ``Harness.send(event)`` returns a ``Result``.
 
 Builders: ``ice()``, ``ace()``, ``pie()``, ``dice()``, ``notify()`` make realistic
@@ -295,7 +297,9 @@ class Harness:
         data: dict[str, Any] = {"sinch": {"keys": [{"key": TEST_KEY, "secret": TEST_SECRET}]}}
         for name, values in sections.items():
             data[name] = {**data.get(name, {}), **values}
-        data["plugins"] = {"enabled": list(plugins), **data.get("plugins", {})}
+        shadow = data.get("plugins", {}).get("shadow", [])  # the others are enabled
+        enabled = [name for name in plugins if name not in shadow]
+        data["plugins"] = {"enabled": enabled, **data.get("plugins", {})}
         settings = config_mod.parse(data, None, env={})
         self.runtime = Runtime.build(
             settings, given=dict(plugins), load_entrypoints=False, store=SqliteStore(":memory:")

@@ -110,14 +110,17 @@ def runtime(given: Mapping[str, object] | None = None, /, **sections: Any) -> Ru
     """A runtime with exactly the ``given`` plugins (in that order) and a private
     in-memory SQLite store. Tests that run on both backends use ``backend.runtime``.
 
-    ``sections`` are config.toml tables; ``plugins={"name": {...}}`` configures plugins.
+    ``sections`` are config.toml tables; ``plugins={"name": {...}}`` configures plugins,
+    and ``plugins={"shadow": [...]}`` runs those in shadow (the others are enabled).
     """
     return _build(SqliteStore(":memory:"), given, sections)
 
 
 def _build(store: Store, given: Mapping[str, object] | None, sections: dict[str, Any]) -> Runtime:
     given = dict(given or {})
-    sections["plugins"] = {"enabled": list(given), **sections.get("plugins", {})}
+    shadow = sections.get("plugins", {}).get("shadow", [])  # the others are enabled
+    enabled = [name for name in given if name not in shadow]
+    sections["plugins"] = {"enabled": enabled, **sections.get("plugins", {})}
     try:
         return Runtime.build(settings(**sections), given=given, load_entrypoints=False, store=store)
     except BaseException:

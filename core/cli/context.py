@@ -59,7 +59,7 @@ class Invocation:
         self.loaded = True
         try:
             self._settings = load(self.config_path)
-            self._plugins = make_plugins(self._settings.enabled)
+            self._plugins = make_plugins(self._settings.enabled, shadow=self._settings.shadow)
         except (ConfigError, PluginError) as exc:
             self.error = exc
         if self._settings is not None:
