@@ -112,6 +112,15 @@ class Metrics:
             ["event", "outcome"],
             registry=r,
         )
+        self.shadow_decisions = Counter(
+            "switchboard_shadow_decisions_total",
+            "Decision hooks of shadow plugins (plugins.shadow), by effect: changed (its "
+            "decision, merged after the enabled plugins', would have changed the answer), "
+            "same (it would not, or it had no opinion), failed (it raised, overran or was "
+            "not run)",
+            ["plugin", "event", "effect"],
+            registry=r,
+        )
         self.breaker_trips = Counter(
             "switchboard_breaker_trips_total",
             "Times a plugin's circuit breaker opened after repeated timeouts",

@@ -14,6 +14,14 @@ Failure has a defined outcome:
   (``sub`` is empty for ICE/ACE/DiCE, of which a call has one each, and a digest of
   the body for PIE and Notify, of which a call may have several). A repeat is answered
   with the stored answer and reaches no decision or observer hook.
+
+Shadow plugins (``plugins.shadow``) are asked for ICE, ACE and PIE with the enabled
+ones, in the same dispatch (same timeout, breaker and saturation limit), with a
+``core.store.ShadowStore`` as ``ctx.store``. Their results are traced (``shadow``) and
+never merged: a failure applies no ``on_error`` and never makes the budget fallback.
+Each one's decision is merged, for comparison only, as if ranked after every enabled
+plugin; whether that would have changed the answer is traced and counted
+(``switchboard_shadow_decisions_total``).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from core.metrics import FALLBACK_RULES, Metrics
 from core.plugins import Impl, Plugins
 from core.revisions import policy_content, revision_of
 from core.signing import SignatureError, Verifier
-from core.store import Claim, Received, Store, Summary, Waiting
+from core.store import Claim, Received, ShadowStore, Store, Summary, Waiting
 from core.svaml import Svaml, SvamlError, dumps
 from core.trace import PluginResult, Trace, frozen
 
@@ -120,7 +128,8 @@ class Pipeline:
             max_workers=settings.policy["workers"], thread_name_prefix="switchboard-hook"
         )
         self._plugin_logs = {
-            name: logging.getLogger(f"switchboard.plugin.{name}") for name in plugins.order
+            name: logging.getLogger(f"switchboard.plugin.{name}")
+            for name in (*plugins.order, *plugins.shadow)
         }
         self._pending_after: set[Future[Any]] = set()
         # fallbacks sent while the store could not record them (``_record_fallback``)
@@ -130,6 +139,13 @@ class Pipeline:
         self._slow_observers: set[str] = set()  # plugins whose after-answer runs in the pool
         self._rank = {name: i for i, name in enumerate(plugins.order)}
         self._plans = {name: self._plan(name) for name in (*DECISION_EVENTS, "dice", "notify")}
+        # the shadow plugins' decision hooks (none: no event has any), and their store
+        self._shadow_plans = {
+            name: plans
+            for name in DECISION_EVENTS
+            if (plans := self._plan(name, self.plugins.shadow_impls))
+        }
+        self.shadow_store = ShadowStore(store)
         self._running = Running(max(1, settings.policy["workers"] // 2))
         policy = settings.policy
         self.breaker = Breaker(
@@ -233,6 +249,8 @@ class Pipeline:
                 outcome = self._merge(event, results, trace)
                 svaml = outcome.svaml
             answer = svaml.to_dict()
+            if "shadowed" in trace:
+                self._shadow_effects(event, results, trace, answer)
             body = dumps(answer)
             sealed = self._seal(trace, started, answer)
             with self.store.until(deadline):
@@ -336,6 +354,18 @@ class Pipeline:
     def _merge(
         self, event: Event, results: list[tuple[str, Decision | None]], trace: dict[str, Any]
     ) -> Outcome:
+        outcome = self._outcome(event, results)
+        trace.update(
+            rule=outcome.rule,
+            capped_by=outcome.capped_by,
+            decided_by=outcome.decided_by,
+            conflicts=outcome.conflicts,
+            notes=trace["notes"] + outcome.notes,
+        )
+        return outcome
+
+    def _outcome(self, event: Event, results: list[tuple[str, Decision | None]]) -> Outcome:
+        """The merge of ``results``, checked: the answer to send, or the fallback."""
         try:
             outcome = merge(
                 event.name, results, ice_default=self.ice_default, needs_callbacks=self.needs_dice
@@ -347,14 +377,44 @@ class Pipeline:
                 getattr(exc, "rule", "invalid-answer"),
                 notes=[f"merged answer rejected: {exc}"],
             )
-        trace.update(
-            rule=outcome.rule,
-            capped_by=outcome.capped_by,
-            decided_by=outcome.decided_by,
-            conflicts=outcome.conflicts,
-            notes=trace["notes"] + outcome.notes,
-        )
         return outcome
+
+    def _shadow_effects(
+        self,
+        event: Event,
+        results: list[tuple[str, Decision | None]] | None,
+        trace: dict[str, Any],
+        answer: dict[str, Any],
+    ) -> None:
+        """Whether each shadow plugin's decision (``trace["shadowed"]``, from
+        ``_run_hooks``) would have changed ``answer``: the enabled plugins' ``results``
+        merged with it ranked last, checked as the real merge is, against the answer
+        sent. With ``results`` None (the budget fallback) the answer would have been the
+        same. Traced on its entry (``would_change``, and ``would_answer``: the action and
+        its ``maxDuration``) and counted."""
+        counter = self.metrics.shadow_decisions
+        for entry, decided in trace.pop("shadowed"):
+            plugin = entry["plugin"]
+            would = answer
+            try:
+                if decided is not None and results is not None:
+                    would = self._outcome(event, [*results, (plugin, decided)]).svaml.to_dict()
+            except Exception as exc:  # noqa: BLE001 - the real answer stands whatever happens
+                entry["error"] = f"its decision could not be merged: {type(exc).__name__}: {exc}"
+                self._plugin_logs.get(plugin, log).exception(
+                    "%s for call %s: merging the shadow decision failed", event.name, event.callid
+                )
+                self.metrics.child(counter, plugin, event.name, "failed").inc()
+                continue
+            changed = would != answer
+            entry["would_change"] = changed
+            if changed:
+                action = would["action"]
+                entry["would_answer"] = {"action": action["name"]}
+                if "maxDuration" in action:
+                    entry["would_answer"]["maxDuration"] = action["maxDuration"]
+            effect = "changed" if changed else "same"
+            self.metrics.child(counter, plugin, event.name, effect).inc()
 
     def _wait_for_answer(self, event: Event, sub: str, until: float) -> str | None:
         with self.store.until(until):
@@ -617,81 +677,34 @@ class Pipeline:
                 attempt, self.call_clock,
             )
             calls.append((Call(impl, impl.plugin, event, ctx, timeout, self._running), on_error))
+        to_run = [call for call, _ in calls]
+        shadows = None
+        if event.name in self._shadow_plans:  # after every enabled plugin, in the same dispatch
+            shadows = self._shadow_calls(event, deadline, now)
+            to_run += shadows[0]
 
         cutoff = deadline - self.budget * MERGE_RESERVE
-        dispatched = dispatch(self.executor, [call for call, _ in calls], cutoff)
+        dispatched = dispatch(self.executor, to_run, cutoff)
         results: list[tuple[str, Decision | None]] = []
         over_budget = False
         for impl, on_error, why in shunned:
-            if why == "saturated":
-                error = (
-                    f"{self._running.count(impl.plugin)} of its calls were running already "
-                    "(at most half the hook workers): not called"
-                )
-            else:
-                left = self.breaker.left(impl.plugin, now)
-                error = f"circuit breaker open for {left:.1f} s more after repeated timeouts"
-            skipped: dict[str, Any] = {"plugin": impl.plugin, "status": why, "ms": 0.0}
-            skipped["error"] = error
+            skipped = self._shunned(impl.plugin, why, event, now)
             trace["plugins"].append(skipped)
-            self.metrics.child(self.metrics.plugin_errors, impl.plugin, event.name, why).inc()
             results.append(self._on_error(impl.plugin, on_error, skipped, decision))
         flush = 0
         for call, on_error in calls:
-            plugin = call.plugin
-            entry: dict[str, Any] = {"plugin": plugin}
-            if call.status == "timeout":
-                waited = call.wait_until(dispatched, cutoff) - call.started
-                entry.update(status="timeout", ms=_ms(time.monotonic() - call.started))
-                entry["error"] = f"still running after {waited:.3f} s"
-                if self.breaker.timed_out(plugin, time.monotonic()):
-                    self._breaker_opened(plugin)
-                if call.started + call.timeout > cutoff:
-                    over_budget = True
-            elif call.status == "not-started":  # not the plugin's fault; it will not run now
-                self.breaker.untried(plugin)
-                waited = call.wait_until(dispatched, cutoff) - dispatched
-                entry.update(status="not-started", ms=_ms(time.monotonic() - dispatched))
-                entry["error"] = f"no hook worker was free within {waited:.3f} s"
-                if dispatched + call.timeout > cutoff:
-                    over_budget = True
-            elif call.status == "saturated":
-                self.breaker.untried(plugin)
-                entry.update(status="saturated", ms=0.0)
-                entry["error"] = (
-                    f"{self._running.limit} of its calls were running already: not started"
-                )
-            elif call.error is not None:
-                flush = max(flush, call.seq)  # what it committed before it raised
-                self.breaker.succeeded(plugin)  # it came back: it does not hang
-                entry.update(status="error", ms=_ms(call.elapsed))
-                entry["error"] = f"{type(call.error).__name__}: {call.error}"
-            else:
+            entry, late = self._settle(call, event, dispatched, cutoff, decision)
+            if late:
+                over_budget = True
+            if call.status == "done":  # what it committed (before it raised, too)
                 flush = max(flush, call.seq)
-                entry["ms"] = _ms(call.elapsed)
-                self.breaker.succeeded(plugin)
-                value = call.value
-                if decision and value is not None and not isinstance(value, Decision):
-                    entry["status"] = "error"
-                    entry["error"] = f"returned {type(value).__name__}, expected Decision or None"
-                elif decision and value is not None:
-                    entry.update(status="decided", decision=value.describe())
-                    results.append((plugin, value))
-                else:
-                    entry["status"] = "abstained" if decision else "ok"
-                    results.append((plugin, None))
             if "error" in entry:
-                results.append(self._on_error(plugin, on_error, entry, decision))
-                self.metrics.child(
-                    self.metrics.plugin_errors, plugin, event.name, entry["status"]
-                ).inc()
-                self._plugin_logs.get(plugin, log).warning(
-                    "%s %s for call %s: %s", event.name, entry["status"], event.callid, entry["error"]
-                )
-            self.metrics.child(self.metrics.plugin_latency, plugin, event.name).observe(
-                entry["ms"] / 1000
-            )
+                results.append(self._on_error(call.plugin, on_error, entry, decision))
+            else:
+                results.append((call.plugin, call.value if "decision" in entry else None))
             trace["plugins"].append(entry)
+        if shadows is not None:
+            self._shadow_results(event, *shadows, dispatched, cutoff, now, trace)
         # the commits of every hook that finished reach the disk once, before the answer
         self.store.flush(flush)
         results.sort(key=lambda r: self._rank[r[0]])  # precedence order, shunned included
@@ -699,11 +712,141 @@ class Pipeline:
             return None
         return results
 
-    def _plan(self, event: str) -> tuple[Plan, ...]:
+    def _shunned(self, plugin: str, why: str, event: Event, now: float) -> dict[str, Any]:
+        """The trace entry of a plugin not called: ``saturated`` or ``breaker-open``."""
+        if why == "saturated":
+            error = (
+                f"{self._running.count(plugin)} of its calls were running already "
+                "(at most half the hook workers): not called"
+            )
+        else:
+            left = self.breaker.left(plugin, now)
+            error = f"circuit breaker open for {left:.1f} s more after repeated timeouts"
+        skipped: dict[str, Any] = {"plugin": plugin, "status": why, "ms": 0.0}
+        skipped["error"] = error
+        self.metrics.child(self.metrics.plugin_errors, plugin, event.name, why).inc()
+        return skipped
+
+    def _settle(
+        self,
+        call: Call,
+        event: Event,
+        dispatched: float,
+        cutoff: float,
+        decision: bool,
+        shadow: bool = False,
+    ) -> tuple[dict[str, Any], bool]:
+        """How one hook call went, as its trace entry (``status``, ``ms``, and
+        ``decision`` or ``error``), with its circuit breaker told and its metrics
+        counted; and whether it was left running, or not started, past the cutoff."""
+        plugin = call.plugin
+        entry: dict[str, Any] = {"plugin": plugin}
+        late = False
+        if call.status == "timeout":
+            waited = call.wait_until(dispatched, cutoff) - call.started
+            entry.update(status="timeout", ms=_ms(time.monotonic() - call.started))
+            entry["error"] = f"still running after {waited:.3f} s"
+            if self.breaker.timed_out(plugin, time.monotonic()):
+                self._breaker_opened(plugin)
+            late = call.started + call.timeout > cutoff
+        elif call.status == "not-started":  # not the plugin's fault; it will not run now
+            self.breaker.untried(plugin)
+            waited = call.wait_until(dispatched, cutoff) - dispatched
+            entry.update(status="not-started", ms=_ms(time.monotonic() - dispatched))
+            entry["error"] = f"no hook worker was free within {waited:.3f} s"
+            late = dispatched + call.timeout > cutoff
+        elif call.status == "saturated":
+            self.breaker.untried(plugin)
+            entry.update(status="saturated", ms=0.0)
+            entry["error"] = f"{self._running.limit} of its calls were running already: not started"
+        elif call.error is not None:
+            self.breaker.succeeded(plugin)  # it came back: it does not hang
+            entry.update(status="error", ms=_ms(call.elapsed))
+            entry["error"] = f"{type(call.error).__name__}: {call.error}"
+        else:
+            entry["ms"] = _ms(call.elapsed)
+            self.breaker.succeeded(plugin)
+            value = call.value
+            if decision and value is not None and not isinstance(value, Decision):
+                entry["status"] = "error"
+                entry["error"] = f"returned {type(value).__name__}, expected Decision or None"
+            elif decision and value is not None:
+                entry.update(status="decided", decision=value.describe())
+            else:
+                entry["status"] = "abstained" if decision else "ok"
+        if "error" in entry:
+            errors = self.metrics.plugin_errors
+            self.metrics.child(errors, plugin, event.name, entry["status"]).inc()
+            self._plugin_logs.get(plugin, log).warning(
+                "%s %s%s for call %s: %s",
+                event.name,
+                entry["status"],
+                " (in shadow: the answer is not affected)" if shadow else "",
+                event.callid,
+                entry["error"],
+            )
+        self.metrics.child(self.metrics.plugin_latency, plugin, event.name).observe(
+            entry["ms"] / 1000
+        )
+        return entry, late
+
+    def _shadow_calls(
+        self, event: Event, deadline: float, now: float
+    ) -> tuple[list[Call], list[tuple[str, str]]]:
+        """The shadow plugins' calls for a decision callback, each with the shadow store;
+        and the plugins not called, with why (``saturated``, ``breaker-open``)."""
+        calls: list[Call] = []
+        shunned: list[tuple[str, str]] = []
+        for impl, config, _, timeout, plugin_log in self._shadow_plans[event.name]:
+            if self._running.full(impl.plugin):
+                shunned.append((impl.plugin, "saturated"))
+            elif not self.breaker.allows(impl.plugin, now):
+                shunned.append((impl.plugin, "breaker-open"))
+            else:
+                ctx = CallContext(
+                    event.callid, event.name, impl.plugin, config, self.shadow_store, deadline,
+                    plugin_log,
+                )
+                calls.append(Call(impl, impl.plugin, event, ctx, timeout, self._running))
+        return calls, shunned
+
+    def _shadow_results(
+        self,
+        event: Event,
+        calls: list[Call],
+        shunned: list[tuple[str, str]],
+        dispatched: float,
+        cutoff: float,
+        now: float,
+        trace: dict[str, Any],
+    ) -> None:
+        """Trace the shadow plugins' results, marked ``shadow``, after every enabled
+        plugin's. A failure is counted (``failed``) and applies no ``on_error``; a
+        decision, or no opinion, waits in ``trace["shadowed"]`` for ``_shadow_effects``
+        to compare it with the answer."""
+        entries = [self._shunned(plugin, why, event, now) for plugin, why in shunned]
+        shadowed: list[tuple[dict[str, Any], Decision | None]] = []
+        for call in calls:
+            entry, _ = self._settle(call, event, dispatched, cutoff, True, shadow=True)
+            entries.append(entry)
+            if "error" not in entry:
+                shadowed.append((entry, call.value if "decision" in entry else None))
+        counter = self.metrics.shadow_decisions
+        for entry in entries:
+            entry["shadow"] = True
+            if "error" in entry:
+                self.metrics.child(counter, entry["plugin"], event.name, "failed").inc()
+        trace["plugins"] += entries
+        trace["shadowed"] = shadowed
+
+    def _plan(
+        self, event: str, impls: Callable[[str], tuple[Impl, ...]] | None = None
+    ) -> tuple[Plan, ...]:
         """What calling each plugin's hook for ``event`` takes, worked out once: the
-        implementation, its settings, its ``on_error``, its timeout and its logger."""
+        implementation, its settings, its ``on_error``, its timeout and its logger;
+        for the enabled plugins, or those ``impls`` gives (the shadow ones)."""
         plan = []
-        for impl in self.plugins.impls(f"switchboard_{event}"):
+        for impl in (impls or self.plugins.impls)(f"switchboard_{event}"):
             config = self.settings.plugins.get(impl.plugin) or PluginConfig(impl.plugin, {})
             default = "deny" if event in DECISION_EVENTS else "abstain"
             own = config.get("timeout")
@@ -769,6 +912,9 @@ class Pipeline:
                     frozen(p["decision"]) if "decision" in p else None,
                     p.get("error"),
                     p.get("on_error"),
+                    p.get("shadow", False),
+                    p.get("would_change"),
+                    frozen(p["would_answer"]) if "would_answer" in p else None,
                 )
                 for p in draft["plugins"]
             ),
@@ -794,8 +940,10 @@ class Pipeline:
             capped_by=trace.capped_by,
             fallback=trace.rule in FALLBACK_RULES,
             elapsed_ms=trace.elapsed_ms,
-            failed=",".join(
-                f"{p.plugin}:{p.status}" for p in trace.plugins if p.status not in _FINE
+            failed=",".join(  # a shadow plugin's failure changed nothing
+                f"{p.plugin}:{p.status}"
+                for p in trace.plugins
+                if p.status not in _FINE and not p.shadow
             )
             or None,
         )
@@ -820,6 +968,7 @@ class Pipeline:
                         "plugins": {
                             p.plugin: f"{p.status}:{p.ms}ms"
                             + (f":{p.decision['kind']}" if p.decision is not None else "")
+                            + (_shadow_note(p) if p.shadow else "")
                             for p in trace.plugins
                         },
                         "conflicts": len(trace.conflicts),
@@ -922,6 +1071,11 @@ def _observer(impl: Impl, event: Event, answer: Any, trace: Any) -> None:
 
 
 _FINE = frozenset({"decided", "abstained", "ok"})  # plugin statuses that are no failure
+
+
+def _shadow_note(result: PluginResult) -> str:
+    """How a shadow plugin's result ends in the callback's log line."""
+    return ":shadow:would-change" if result.would_change else ":shadow"
 
 
 def arrival(event: Event) -> Received | None:

@@ -13,7 +13,10 @@ view (``GET /admin/trace/<callid>``), ``serve.py trace``, the CRM record, the
         {"plugin": "allowlist", "status": "decided", "ms": 0.4,
          "decision": {"kind": "propose", ...}},
         {"plugin": "crm", "status": "timeout", "ms": 1500.0,
-         "error": "still running after 1.500 s", "on_error": "abstain"}],
+         "error": "still running after 1.500 s", "on_error": "abstain"},
+        {"plugin": "strict", "status": "decided", "ms": 0.3,  # a shadow plugin
+         "decision": {"kind": "deny", ...}, "shadow": true,
+         "would_change": true, "would_answer": {"action": "hangup"}}],
      "decided_by": ["allowlist"], "capped_by": "credit",
      "conflicts": [...], "notes": ["..."],
      "answer": {"action": {"name": "connectPstn", ...}},   # the SVAML sent (null for DiCE)
@@ -24,6 +27,13 @@ view (``GET /admin/trace/<callid>``), ``serve.py trace``, the CRM record, the
 A plugin entry's ``status`` is one of ``PLUGIN_STATUSES``; ``error`` and ``on_error`` are
 present when the plugin failed (and ``on_error`` says what it counted as), ``decision``
 when it decided.
+
+A shadow plugin's entry (``plugins.shadow``: run, traced, never merged) comes after
+every enabled plugin's and has ``"shadow": true``; it never has ``on_error`` (its
+failure counted for nothing). Unless it failed, it has ``would_change``: whether its
+decision, merged as if ranked after every enabled plugin, would have changed the
+answer; and when it would have, ``would_answer``: that answer's action name and
+``maxDuration`` (when it has one). The other entries have none of these keys.
 """
 
 from __future__ import annotations
@@ -76,6 +86,9 @@ class PluginResult:
     decision: Mapping[str, Any] | None = None
     error: str | None = None
     on_error: str | None = None
+    shadow: bool = False  # a shadow plugin's: not merged
+    would_change: bool | None = None  # a shadow plugin's decision would have changed the answer
+    would_answer: Mapping[str, Any] | None = None  # to this: {"action": ..., "maxDuration": ...}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PluginResult:
@@ -86,6 +99,9 @@ class PluginResult:
             decision=frozen(d["decision"]) if d.get("decision") is not None else None,
             error=d.get("error"),
             on_error=d.get("on_error"),
+            shadow=bool(d.get("shadow")),
+            would_change=d.get("would_change"),
+            would_answer=frozen(d["would_answer"]) if d.get("would_answer") is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +112,12 @@ class PluginResult:
             out["error"] = self.error
         if self.on_error is not None:
             out["on_error"] = self.on_error
+        if self.shadow:
+            out["shadow"] = True
+            if self.would_change is not None:
+                out["would_change"] = self.would_change
+            if self.would_answer is not None:
+                out["would_answer"] = self.would_answer
         return out
 
 
