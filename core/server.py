@@ -89,12 +89,19 @@ class Switch:
         self.loaded_at, self.refused = time.time(), None
         old.retire(close_store=not same_store)
         self.retired.append(old)
-        log.info("reloaded %s: plugins %s", config_path, ", ".join(runtime.plugins.order) or "none")
+        log.info("reloaded %s: plugins %s", config_path, _loaded(runtime))
         return True
 
     @property
     def inflight(self) -> int:
         return self.runtime.inflight + sum(r.inflight for r in self.retired)
+
+
+def _loaded(runtime: Runtime) -> str:
+    """The plugins a runtime runs, as the log says it: ``a, b; in shadow: c``."""
+    plugins = runtime.plugins
+    shadow = f"; in shadow: {', '.join(plugins.shadow)}" if plugins.shadow else ""
+    return (", ".join(plugins.order) or "none") + shadow
 
 
 # ---------------------------------------------------------------------------- signals
@@ -380,8 +387,7 @@ def serve(
     where = listen_file(config_path)
     loopback = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     _record_listening(where, url_of(loopback, server.effective_port, server_cfg["callback_path"]))
-    enabled = ", ".join(runtime.plugins.order) or "none"
-    print(f"switchboard listening on {url} (plugins: {enabled})", flush=True)
+    print(f"switchboard listening on {url} (plugins: {_loaded(runtime)})", flush=True)
     if console is not None:
         print(f"switchboard console on {console.url}", flush=True)
     loop = server.asyncore.loop

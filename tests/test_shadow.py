@@ -4,6 +4,7 @@ traced and counted, never merged, and nothing they write is kept."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from typing import Any
 
@@ -16,7 +17,11 @@ from core.plugins import PluginError
 from core.store import ShadowStore
 from core.svaml import ConnectPstn
 from tests import strict_plugin, vip_plugin
+from tests.cli_runner import cli
+from tests.conftest import run_cli
 from tests.helpers import (
+    KEY,
+    SECRET,
     Fixed,
     Hanging,
     Raising,
@@ -31,6 +36,8 @@ from tests.helpers import (
     settings,
     wait_for,
 )
+from tests.test_console import console_of, login
+from tests.test_plugins import make_dist
 
 PSTN = ConnectPstn(number="+15612600684", max_duration=600)
 LINE = ConnectPstn(number="+15550001111")
@@ -369,3 +376,118 @@ def test_a_shadow_plugin_must_be_installed_and_able_to_decide():
         "switchboard_ace, switchboard_pie",
     ):
         runtime({"observer": Observer()}, plugins={"shadow": ["observer"]})
+
+
+# ---------------------------------------------------------------------------- shown to people
+
+CONFIG = f"""
+[sinch]
+keys = [{{ key = "{KEY}", secret = "{SECRET}" }}]
+[plugins]
+enabled = ["vip"]
+shadow = ["strict"]
+[plugins.vip]
+callers = ["+12015550001"]
+[plugins.strict]
+deny = ["+12015550001"]
+"""
+
+
+@pytest.fixture
+def installed(tmp_path, monkeypatch):
+    """vip and strict installed (entry points in a folder on sys.path, returned)."""
+    site = tmp_path / "site"
+    entry_points = "vip = tests.vip_plugin\nstrict = tests.strict_plugin"
+    make_dist(site, "switchboard-test-policies", entry_points)
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def test_plugins_check_and_simulate_show_the_shadow_plugin(installed, tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG)
+    listed = cli(config, "plugins")
+    assert listed.returncode == 0, listed.stderr
+    assert "vip 1.0 (third-party, precedence 1)" in listed.stdout
+    assert "strict 1.0 (third-party, in shadow: run and traced, never merged)" in listed.stdout
+    rows = {p["name"]: p for p in json.loads(cli(config, "plugins", "--json").stdout)["plugins"]}
+    assert (rows["strict"]["shadow"], rows["strict"]["enabled"]) == (True, False)
+    assert (rows["vip"]["shadow"], rows["vip"]["precedence"]) == (False, 1)
+
+    check = cli(config, "check")
+    assert check.returncode == 0, check.stderr
+    assert "plugins in precedence order: vip" in check.stdout
+    assert "plugins in shadow (run and traced, never merged): strict" in check.stdout
+    assert "shadow: strict 1.0 from package switchboard-test-policies" in check.stdout
+    assert 'deny = ["+12015550001"]' in check.stdout
+    assert "strict [1]" in check.stdout  # its migration is applied at start
+
+    sim = cli(config, "simulate", "ice", "--in-process", "--cli", "+12015550001")
+    assert sim.returncode == 0, sim.stderr
+    assert '"name": "connectPstn"' in sim.stdout  # vip's answer
+    assert "strict (shadow, would have changed the answer to hangup): decided" in sim.stdout
+
+    config.write_text(CONFIG.replace('shadow = ["strict"]', 'shadow = ["stricter"]'))
+    missing = cli(config, "plugins")
+    assert missing.returncode == 1
+    assert "stricter: in plugins.shadow but NOT INSTALLED" in missing.stdout
+
+
+def test_the_console_marks_shadow_plugins_and_their_results(make):
+    rt, app = make(
+        {"router": Fixed(Decision.propose(PSTN)), "strict": strict_plugin},
+        admin={"token": "console-admin-token-0123456789", "console": "127.0.0.1:0"},
+        plugins={"shadow": ["strict"], "strict": STRICT},
+    )
+    post(app, ice("v1", cli="12015550001"))
+    console = console_of(rt)
+    login(console, "console-admin-token-0123456789")
+    plugins_page = console.get("/plugins").text
+    assert '<span class="rank">1.</span>\n    router' in plugins_page
+    assert '<span class="badge shadow">shadow</span>\n    strict' in plugins_page
+    assert "router</a>; in shadow: strict</dd>" in console.get("/").text
+    call = console.get("/calls/v1").text
+    assert '<tr class="shadow">' in call
+    assert "<strong>would have changed the answer</strong> to <code>hangup</code>" in call
+
+
+# ---------------------------------------------------------------------------- reload
+
+
+def test_a_reload_applies_a_changed_shadow_list(serve, installed, tmp_path, backend):
+    site = installed
+    base = (
+        f'[server]\nport = 0\n[sinch]\nkeys = [{{ key = "{KEY}", secret = "{SECRET}" }}]\n'
+        f'[store]\nurl = "{backend.url(tmp_path, "reload")}"\n'
+        '[plugins]\nenabled = ["vip"]\n[plugins.vip]\ncallers = ["+12015550001"]\n'
+    )
+    server = serve(base, name="shadow-reload", pythonpath=str(site))
+    assert json.loads(server.post(ice("before", cli="12015550001"))[2])["action"]["name"] == (
+        "connectPstn"
+    )
+    server.config.write_text(
+        base.replace('enabled = ["vip"]', 'enabled = ["vip"]\nshadow = ["strict"]')
+        + '[plugins.strict]\ndeny = ["+12015550001"]\n'
+    )
+    server.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "reloaded" in server.log, timeout=10), server.log
+    assert "plugins vip; in shadow: strict" in server.log
+    status, _, body = server.post(ice("after", cli="12015550001"))
+    assert status == 200 and json.loads(body)["action"]["name"] == "connectPstn"
+    assert server.stop() == 0
+    ran = run_cli(server.config, "trace", "after", "--json", pythonpath=str(site))
+    assert ran.returncode == 0, (ran.stdout, ran.stderr)
+    [after] = json.loads(ran.stdout)["callbacks"]
+    strict = after["trace"]["plugins"][-1]
+    assert (strict["plugin"], strict["shadow"], strict["would_change"]) == ("strict", True, True)
+    ran = run_cli(server.config, "trace", "before", "--json", pythonpath=str(site))
+    [before] = json.loads(ran.stdout)["callbacks"]
+    assert [p["plugin"] for p in before["trace"]["plugins"]] == ["vip"]
+    line = next(
+        json.loads(text.split("switchboard.callback ", 1)[1])
+        for text in server.log.splitlines()
+        if '"callid":"after"' in text
+    )
+    assert line["plugins"]["strict"].startswith("decided:") and line["plugins"]["strict"].endswith(
+        ":deny:shadow:would-change"
+    )

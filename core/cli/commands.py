@@ -61,6 +61,7 @@ def serve(host: str | None, port: int | None) -> int:
 def plugins(as_json: bool) -> int:
     settings = invocation().settings_or_none
     enabled = list(settings.enabled) if settings else []
+    shadow = list(settings.shadow) if settings else []
     rows: list[dict[str, Any]] = []
     for info in list_installed():
         rank = enabled.index(info.name) + 1 if info.name in enabled else None
@@ -71,20 +72,23 @@ def plugins(as_json: bool) -> int:
                 "builtin": info.builtin,
                 "precedence": rank,
                 "enabled": rank is not None,
+                "shadow": info.name in shadow,
                 "origin": info.origin,
                 "hooks": list(info.hooks),
                 **({"error": info.error} if info.error else {}),
             }
         )
-    missing = [n for n in enabled if n not in {r["name"] for r in rows}]
+    missing = [n for n in (*enabled, *shadow) if n not in {r["name"] for r in rows}]
     if as_json:
         print(json.dumps({"plugins": rows, "missing": missing}, indent=2))
     else:
         if not rows:
             print("no plugins installed (entry-point group 'switchboard')")
-        for r in sorted(rows, key=lambda r: (r["precedence"] or 10**6, r["name"])):
+        for r in sorted(rows, key=lambda r: (r["precedence"] or 10**6, not r["shadow"], r["name"])):
             kind = "built-in" if r["builtin"] else "third-party"
             where = f"precedence {r['precedence']}" if r["enabled"] else "not enabled"
+            if r["shadow"]:
+                where = "in shadow: run and traced, never merged"
             print(f"{r['name']} {r['version'] or '-'} ({kind}, {where})")
             print(f"    from {r['origin']}")
             if r.get("error"):
@@ -92,8 +96,9 @@ def plugins(as_json: bool) -> int:
             else:
                 print(f"    hooks: {', '.join(r['hooks']) or 'none'}")
         for name in missing:
-            print(f"{name}: enabled in config but NOT INSTALLED")
-    return 1 if missing or any("error" in r for r in rows if r["enabled"]) else 0
+            listed = "in plugins.shadow" if name in shadow else "enabled in config"
+            print(f"{name}: {listed} but NOT INSTALLED")
+    return 1 if missing or any("error" in r for r in rows if r["enabled"] or r["shadow"]) else 0
 
 
 # ---------------------------------------------------------------------------- check
@@ -158,9 +163,13 @@ def check() -> int:
         f"  logging {s.logging['level']}, {s.logging['format']} {_from(s, 'logging.level', 'logging.format')}"
     )
     print(f"  plugins in precedence order: {', '.join(s.enabled) or 'none'}")
-    for i, name in enumerate(s.enabled, 1):
+    numbered = [(f"{i}.", name) for i, name in enumerate(s.enabled, 1)]
+    if s.shadow:
+        print(f"  plugins in shadow (run and traced, never merged): {', '.join(s.shadow)}")
+        numbered += [("shadow:", name) for name in s.shadow]
+    for mark, name in numbered:
         info = runtime.plugins.info[name]
-        print(f"    {i}. {name} {info.version or ''} from {info.origin}")
+        print(f"    {mark} {name} {info.version or ''} from {info.origin}")
         print(f"       hooks: {', '.join(info.hooks)}")
         for key, value in s.describe()["plugins"][name].items():
             print(

@@ -46,7 +46,7 @@ def print_trace(event: str, trace: Mapping[str, Any], indent: str = "") -> None:
     for p in trace.get("plugins", []):
         detail = p.get("decision") or p.get("error") or ""
         print(
-            f"{indent}  {p['plugin']}: {p['status']} in {p.get('ms')} ms "
+            f"{indent}  {p['plugin']}{_shadow(p)}: {p['status']} in {p.get('ms')} ms "
             f"{json.dumps(detail) if detail else ''}".rstrip()
         )
     for c in trace.get("conflicts", []):
@@ -56,3 +56,14 @@ def print_trace(event: str, trace: Mapping[str, Any], indent: str = "") -> None:
         )
     for n in trace.get("notes", []):
         print(f"{indent}  note: {n}")
+
+
+def _shadow(entry: Mapping[str, Any]) -> str:
+    """`` (shadow)`` after a shadow plugin's name, with what its decision would have done."""
+    if not entry.get("shadow"):
+        return ""
+    if not entry.get("would_change"):
+        return " (shadow)"
+    would = entry.get("would_answer") or {}
+    cap = f", maxDuration {would['maxDuration']}" if "maxDuration" in would else ""
+    return f" (shadow, would have changed the answer to {would.get('action')}{cap})"

@@ -64,8 +64,9 @@ def _samples(metric: Any) -> list[tuple[Mapping[str, str], float]]:
 
 
 def plugins(runtime: Runtime) -> list[PluginHealth]:
-    """Every enabled plugin, in precedence order."""
-    problems: dict[str, dict[str, int]] = {name: {} for name in runtime.plugins.order}
+    """Every enabled plugin, in precedence order, then every shadow plugin."""
+    names = (*runtime.plugins.order, *runtime.plugins.shadow)
+    problems: dict[str, dict[str, int]] = {name: {} for name in names}
     for labels, value in _samples(runtime.metrics.plugin_errors):
         kinds = problems.setdefault(labels["plugin"], {})
         kinds[labels["kind"]] = kinds.get(labels["kind"], 0) + int(value)
@@ -73,7 +74,7 @@ def plugins(runtime: Runtime) -> list[PluginHealth]:
     pipeline = runtime.pipeline
     now = time.monotonic()
     out = []
-    for name in runtime.plugins.order:
+    for name in names:
         open_for = None
         if pipeline is not None and pipeline.breaker.is_open(name, now):
             open_for = pipeline.breaker.left(name, now)
@@ -89,6 +90,7 @@ class Configuration:
     refused: tuple[float, str] | None
     plugins: tuple[str, ...]
     store: str  # backend and URL, the password removed
+    shadow: tuple[str, ...] = ()  # the plugins in shadow
 
 
 def configuration(host: Host) -> Configuration:
@@ -100,4 +102,5 @@ def configuration(host: Host) -> Configuration:
         refused=host.refused,
         plugins=runtime.plugins.order,
         store=f"{runtime.store.backend}: {redact_url(settings.store['url'])}",
+        shadow=runtime.plugins.shadow,
     )

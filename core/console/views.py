@@ -351,7 +351,7 @@ def _thaw(value: Any) -> Any:
 @dataclass(frozen=True)
 class PluginView:
     name: str
-    precedence: int
+    precedence: int | None  # None: a shadow plugin
     version: str | None
     builtin: bool
     origin: str
@@ -385,7 +385,8 @@ def plugins(req: Req) -> str:
     described = settings.describe()
     healthy = {p.plugin: p for p in health.plugins(runtime)}
     rows = []
-    for rank, name in enumerate(runtime.plugins.order, 1):
+    ranked: list[tuple[int | None, str]] = list(enumerate(runtime.plugins.order, 1))
+    for rank, name in [*ranked, *((None, name) for name in runtime.plugins.shadow)]:
         info = runtime.plugins.info[name]
         values = described["plugins"].get(name, {})
         rows.append(
@@ -404,9 +405,9 @@ def plugins(req: Req) -> str:
                 pages=[m for m in req.pages.pages if m.plugin == name],
             )
         )
-    enabled = set(runtime.plugins.order)
-    others = [info for info in list_installed() if info.name not in enabled]
-    core = {k: v for k, v in described.items() if k not in ("plugins", "enabled")}
+    loaded = {*runtime.plugins.order, *runtime.plugins.shadow}
+    others = [info for info in list_installed() if info.name not in loaded]
+    core = {k: v for k, v in described.items() if k not in ("plugins", "enabled", "shadow")}
     return render(
         "plugins",
         c=chrome(req),

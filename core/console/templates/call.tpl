@@ -71,8 +71,12 @@
   <thead><tr><th scope="col">Plugin</th><th scope="col">Status</th><th scope="col" class="num">Time</th><th scope="col">Decision or error</th></tr></thead>
   <tbody>
   % for p in t.plugins:
-  <tr>
-    <th scope="row">{{p.plugin}}</th>
+  <tr{{!' class="shadow"' if p.shadow else ''}}>
+    <th scope="row">{{p.plugin}}
+    % if p.shadow:
+      <span class="badge shadow" title="run in shadow (plugins.shadow): traced, never merged">shadow</span>
+    % end
+    </th>
     <td><span class="badge {{p.status}}">{{p.status}}</span></td>
     <td class="num">{{h.ms(p.ms)}}</td>
     <td>
@@ -87,6 +91,11 @@
     % end
     % if p.error:
       <span class="error-text">{{p.error}}</span>{{' (counted as ' + p.on_error + ')' if p.on_error else ''}}
+    % end
+    % if p.would_change:
+      <br><strong>would have changed the answer</strong> to <code>{{p.would_answer.get('action', '?')}}</code>{{' (maxDuration %s s)' % p.would_answer['maxDuration'] if 'maxDuration' in p.would_answer else ''}}
+    % elif p.would_change is not None:
+      <br>would not have changed the answer
     % end
     </td>
   </tr>

@@ -39,7 +39,7 @@
     % else:
     <dd>no reload refused</dd>
     % end
-    <dt>Plugins</dt><dd><a href="{{c.url('/plugins')}}">{{', '.join(config.plugins) or 'none'}}</a></dd>
+    <dt>Plugins</dt><dd><a href="{{c.url('/plugins')}}">{{', '.join(config.plugins) or 'none'}}</a>{{'; in shadow: ' + ', '.join(config.shadow) if config.shadow else ''}}</dd>
     <dt>Store</dt><dd><code>{{config.store}}</code></dd>
   </dl>
 </section>

@@ -1,5 +1,5 @@
 % rebase('layout', c=c, title=title)
-<p>The enabled plugins, in precedence order (the order of <code>plugins.enabled</code>): the first one's proposal wins a conflict. Settings marked secret are shown as <code>&lt;redacted&gt;</code>.</p>
+<p>The enabled plugins, in precedence order (the order of <code>plugins.enabled</code>): the first one's proposal wins a conflict; then the plugins in shadow (<code>plugins.shadow</code>): run on every ICE, ACE and PIE and traced, never merged into the answer, their writes to the store rolled back. Settings marked secret are shown as <code>&lt;redacted&gt;</code>.</p>
 % for problem in problems:
 <p class="flash error" role="alert">Console pages not shown: {{problem}}</p>
 % end
@@ -8,7 +8,13 @@
 % end
 % for p in rows:
 <section class="card plugin" aria-labelledby="plugin-{{p.name}}">
-  <h2 id="plugin-{{p.name}}"><span class="rank">{{p.precedence}}.</span> {{p.name}} <span class="version">{{p.version or ''}}</span>
+  <h2 id="plugin-{{p.name}}">
+  % if p.precedence is None:
+    <span class="badge shadow">shadow</span>
+  % else:
+    <span class="rank">{{p.precedence}}.</span>
+  % end
+    {{p.name}} <span class="version">{{p.version or ''}}</span>
   % if p.health.healthy:
     <span class="badge ok">healthy</span>
   % else:
