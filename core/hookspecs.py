@@ -49,6 +49,14 @@ left), ``log`` (a ``logging.Logger`` named ``switchboard.plugin.<name>``) and
 A plugin that times out repeatedly (``policy.breaker_timeouts`` within
 ``policy.breaker_window`` seconds) is not called for ``policy.breaker_cooldown``
 seconds: its ``on_error`` applies at once, and the trace says ``breaker-open``.
+
+A plugin named in ``[plugins] shadow`` instead of ``enabled`` runs in shadow: its
+decision hooks are called on live traffic with the enabled plugins' and traced, never
+merged; its ``ctx.store`` (and the ``store`` of its ``switchboard_startup``) reads the
+real store, but every transaction it opens is rolled back. Of the other hooks it gets
+only ``switchboard_config_keys``, ``switchboard_store_migrations`` (applied to the
+real store), ``switchboard_configure``, ``switchboard_startup`` and
+``switchboard_shutdown``. See "Trying a plugin in shadow" in docs/plugins.md.
 """
 
 from __future__ import annotations
@@ -82,7 +90,8 @@ def switchboard_ice(event: Ice, ctx: CallContext) -> Decision | None:
     """Decide an incoming call (ICE): may it be connected, and how?
 
     Called once per new ICE (a repeated delivery of the same ICE is answered from the
-    store without calling plugins), for every enabled plugin.
+    store without calling plugins), for every enabled plugin, and for every shadow
+    plugin (``plugins.shadow``), whose decision is traced, never merged.
 
     :param event: the incoming call; ``event.to.e164`` is the dialled number in E.164,
         ``event.cli_e164`` the caller's, ``event.user_rate`` Sinch's rate (Decimal).
@@ -115,8 +124,9 @@ def switchboard_ice(event: Ice, ctx: CallContext) -> Decision | None:
 def switchboard_ace(event: Ace, ctx: CallContext) -> Decision | None:
     """Decide an answered call (ACE): continue, hang up, or run a menu.
 
-    Called once per new ACE, for every enabled plugin. ``event.amd`` holds
-    answering-machine detection results when enabled.
+    Called once per new ACE, for every enabled plugin (and shadow plugin, as for
+    ``switchboard_ice``). ``event.amd`` holds answering-machine detection results when
+    enabled.
 
     Return a ``Decision`` as for ``switchboard_ice``; only hangup, continue,
     connectConf and runMenu are legal ACE actions, and playFiles, say, setCookie,
@@ -130,8 +140,9 @@ def switchboard_pie(event: Pie, ctx: CallContext) -> Decision | None:
     """Decide what follows a menu input (PIE).
 
     Called once per new PIE (each menu result is a new event), for every enabled
-    plugin. ``event.menu_result`` carries ``menu_id``, ``type`` (``sequence``,
-    ``return``, ``timeout``, ...) and ``value``.
+    plugin (and shadow plugin, as for ``switchboard_ice``). ``event.menu_result``
+    carries ``menu_id``, ``type`` (``sequence``, ``return``, ``timeout``, ...) and
+    ``value``.
 
     Return a ``Decision`` as for ``switchboard_ice`` (legal actions: hangup, continue,
     connectPstn, connectConf, connectSip, runMenu). ``None``: no opinion. With no
@@ -281,7 +292,8 @@ def switchboard_startup(store: Store, config: Mapping[str, Any], serving: bool) 
     Called once per enabled plugin after migrations, before the first callback.
     ``serving`` is True when callbacks will be served (start background work here:
     daemon threads that stop at ``switchboard_shutdown``) and False when a
-    ``serve.py`` command such as ``check`` or a plugin command runs.
+    ``serve.py`` command such as ``check`` or a plugin command runs. A shadow plugin
+    (``plugins.shadow``) gets a store whose transactions are all rolled back.
     """
 
 
