@@ -291,7 +291,7 @@ def test_a_shadow_plugin_runs_only_its_decision_hooks_and_gets_the_shadow_store(
     rt.pipeline.wait_idle()
     assert wait_for(lambda: len(enabled.seen) == 10)
     assert [hook for hook, _ in watcher.seen] == ["ice", "ace", "pie"]
-    assert [type(s) for s in seen] == [ShadowStore] and seen[0].real is rt.store
+    assert [type(s) for s in seen] == [ShadowStore]
     assert rt.plugins.order == ("recorder",) and rt.plugins.shadow == ("watcher",)
     assert rt.plugins.info["watcher"].shadow and not rt.plugins.info["recorder"].shadow
 

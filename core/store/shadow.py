@@ -16,7 +16,8 @@ by anyone: not by the enabled plugins, not by the core, not by its own next call
   real store open (it is the runtime's).
 
 Every other ``Store`` method (``claim``, ``finish``, ``migrate``...) is built on these,
-so it too leaves no trace.
+so it too leaves no trace. What a rollback does not undo stays: a PostgreSQL sequence
+drawn from still advances.
 """
 
 from __future__ import annotations
@@ -36,18 +37,18 @@ class ShadowStore(Store):
     """``store`` as a shadow plugin sees it (see the module docstring)."""
 
     def __init__(self, store: Store) -> None:
-        self.real = store
+        self._real = store
         self.backend = store.backend
         self.errors = store.errors
         self.instance = store.instance
 
     def __repr__(self) -> str:
-        return f"ShadowStore({type(self.real).__name__})"
+        return f"ShadowStore({type(self._real).__name__})"
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         try:
-            with self.real.transaction() as tx:
+            with self._real.transaction() as tx:
                 yield tx
                 raise _RollBack
         except _RollBack:
@@ -58,10 +59,10 @@ class ShadowStore(Store):
             return int(tx.execute(sql, params).rowcount)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.real.query(sql, params)
+        return self._real.query(sql, params)
 
     def inspect(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.real.inspect(sql, params)
+        return self._real.inspect(sql, params)
 
     def deferred_flush(self) -> AbstractContextManager[Deferred]:
         return nullcontext(Deferred())
@@ -73,19 +74,19 @@ class ShadowStore(Store):
         pass
 
     def run(self, conn: Any, sql: str, params: Sequence[Any]) -> Any:
-        return self.real.run(conn, sql, params)
+        return self._real.run(conn, sql, params)
 
     def lock(self, conn: Any, key: str) -> None:
-        self.real.lock(conn, key)
+        self._real.lock(conn, key)
 
     def alive(self, owner: str) -> bool:
-        return self.real.alive(owner)
+        return self._real.alive(owner)
 
     def tables(self) -> list[str]:
-        return self.real.tables()
+        return self._real.tables()
 
     def write_fault(self) -> str | None:
-        return self.real.write_fault()
+        return self._real.write_fault()
 
     def close(self) -> None:
         pass  # the real store is the runtime's to close
