@@ -634,7 +634,10 @@ class Pipeline:
                 )
             else:
                 svaml = self._merge(event, results, trace).svaml
-            sealed = self._seal(trace, started, svaml.to_dict())
+            answer = svaml.to_dict()
+            if "shadowed" in trace:
+                self._shadow_effects(event, results, trace, answer)
+            sealed = self._seal(trace, started, answer)
         for impl in self.plugins.impls("switchboard_after_answer"):
             _observer(impl, event, sealed.answer, sealed)
         return sealed
@@ -805,7 +808,7 @@ class Pipeline:
             else:
                 ctx = CallContext(
                     event.callid, event.name, impl.plugin, config, self.shadow_store, deadline,
-                    plugin_log,
+                    plugin_log, 1, self.call_clock,
                 )
                 calls.append(Call(impl, impl.plugin, event, ctx, timeout, self._running))
         return calls, shunned

@@ -319,6 +319,47 @@ def test_a_shadow_plugin_is_merged_as_if_ranked_after_every_enabled_one(make):
     assert entry["would_answer"] == {"action": "connectPstn", "maxDuration": 120}
 
 
+def test_a_replayed_candidate_runs_its_shadow_plugins_in_shadow(make):
+    """``switchboard replay`` of a candidate with shadow plugins: its answers are its
+    enabled plugins' alone, the shadow ones traced with what they would have changed,
+    on the replay's clock (``ctx.now``: when each callback arrived)."""
+    from core.replay import replay
+
+    live, app = _policy(make, shadow=False)
+    for _, event in TRAFFIC:
+        post(app, event)
+    live.pipeline.wait_idle()
+    clock: list[float] = []
+
+    class Clock:
+        @hookimpl
+        def switchboard_ice(self, ctx):
+            clock.append(ctx.now())
+
+    candidate = settings(
+        plugins={
+            "enabled": ["vip", "gate"],
+            "shadow": ["strict", "clock"],
+            "vip": VIP,
+            "strict": STRICT,
+        }
+    )
+    given = {"vip": vip_plugin, "gate": Gate(), "strict": strict_plugin, "clock": Clock()}
+    report = replay(candidate, live.store, given=given, load_entrypoints=False)
+    without = settings(plugins={"enabled": ["vip", "gate"], "vip": VIP})
+    plain = replay(without, live.store, given=given, load_entrypoints=False)
+    assert [r.candidate for r in report.results] == [r.candidate for r in plain.results]
+    assert len(report.results) == len(TRAFFIC)
+    [c2] = [r for r in report.results if (r.callid, r.event) == ("c2", "ice")]
+    strict = c2.trace.plugin("strict")
+    assert (strict.shadow, strict.would_change, strict.would_answer) == (
+        True,
+        True,
+        {"action": "hangup"},
+    )
+    assert clock == [r.at for r in report.results if r.event == "ice"]
+
+
 # ---------------------------------------------------------------------------- configuration
 
 
@@ -358,6 +399,23 @@ def test_a_shadow_plugins_settings_are_validated_like_an_enabled_ones():
         assert rt.settings.describe()["shadow"] == ["strict"]
     finally:
         rt.close()
+
+
+def test_a_shadow_list_is_part_of_the_revision_only_when_there_is_one():
+    from core.revisions import policy_content, revision_of
+
+    plain = runtime({"router": Fixed(None)})
+    shadowed = runtime(
+        {"router": Fixed(None), "strict": strict_plugin}, plugins={"shadow": ["strict"]}
+    )
+    try:
+        assert "shadow" not in plain.settings.describe()  # the revisions made before stay
+        content = policy_content(shadowed.settings)
+        assert content["shadow"] == ["strict"] and "strict" in content["plugins"]
+        assert revision_of(content) != revision_of(policy_content(plain.settings))
+    finally:
+        plain.close()
+        shadowed.close()
 
 
 def test_a_shadow_plugin_must_be_installed_and_able_to_decide():
