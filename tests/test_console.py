@@ -610,6 +610,32 @@ def test_calls_are_listed_filtered_and_each_has_its_page():
         rt.close()
 
 
+def test_a_calls_page_that_stops_looking_says_where_and_goes_on(monkeypatch):
+    """Filters that no index narrows are looked for a bounded number of calls at a time:
+    the page says how far back it looked and links to the calls before."""
+    from core import calls
+
+    rt = money_runtime()
+    try:
+        app = console_of(rt)
+        _traffic(rt)
+        login(app)
+        monkeypatch.setattr(calls, "NARROW", 1)  # every filter counts as broad: walked
+        monkeypatch.setattr(calls, "FIRST_STEP", 1)
+        monkeypatch.setattr(calls, "SCAN_ROWS", 1)
+        page = app.get("/calls?outcome=hangup&number=%2B1")
+        assert "Looked through the calls back to" in page.text
+        assert page.html.find(id="scanned").find("time")["datetime"]
+        on = page.click("Look further back", index=0)
+        seen = on.text
+        while "Look further back" in on.text:
+            on = on.click("Look further back", index=0)
+            seen += on.text
+        assert "/calls/call-denied" in page.text + seen and "/calls/call-ok" not in seen
+    finally:
+        rt.close()
+
+
 class Pages:
     """A third-party plugin's console pages: a good one, one whose page fails, one
     whose action refuses or fails."""
