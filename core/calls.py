@@ -71,6 +71,7 @@ import binascii
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -189,7 +190,7 @@ class Overview:
 
 # ---------------------------------------------------------------------------- list
 
-NARROW = 2000  # a filter matching fewer calls than this (in the window) is read whole
+NARROW = 5000  # a filter matching fewer calls than this (in the window) is read whole
 SCAN_ROWS = 50_000  # calls one page looks at, at most, when no index narrows its filters
 SCAN_SECONDS = 0.05  # and for about this long (looked at between the steps of a walk)
 FIRST_STEP = 1000  # calls looked at in the first step of a walk
@@ -242,6 +243,10 @@ class _Term:
     test_params: tuple[Any, ...]
     streams: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     either: tuple[_Term, ...] = ()  # the terms of an OR, counted one by one
+    # a number range without its exact check, to count (PostgreSQL's planner estimates a
+    # range from its statistics, and a check it cannot as rare: it then scanned the
+    # range in parallel to count a few thousand calls)
+    rough: tuple[str, tuple[Any, ...]] | None = None
 
 
 _STARTED = _Term("", (), "", (), (("", ()),))  # every call, in time order
@@ -359,7 +364,12 @@ def _count(store: Store, term: _Term, span: _Span) -> int:
     """The calls of ``span`` that ``term`` matches, counted through its index up to
     ``NARROW`` (``NARROW``: that many or more)."""
     if term.either:  # (a planner reads an OR of two ranges by reading each)
-        return min(NARROW, sum(_count(store, t, span) for t in term.either))
+        total = 0
+        for t in term.either:
+            total += _count(store, t, span)
+            if total >= NARROW:
+                break
+        return min(NARROW, total)
     if term.streams:
         where, params = span.sql()
         cond = " AND ".join(["c.event = 'ice'", term.read, *where])
@@ -368,12 +378,13 @@ def _count(store: Store, term: _Term, span: _Span) -> int:
     # a range of numbers, not in time order: its first NARROW calls, then the span (a
     # short span of a wide range would otherwise read the whole range)
     where, params = span.sql(alias="n")
+    read, read_params = term.rough or (term.read, term.read_params)
     sql = (
         f"SELECT COUNT(*), SUM(CASE WHEN {' AND '.join(where) or '1 = 1'} THEN 1 ELSE 0 END) "
         f"FROM (SELECT c.received_at, c.callid FROM callbacks c WHERE c.event = 'ice' "
-        f"AND {term.read} LIMIT {NARROW}) n"
+        f"AND {read} LIMIT {NARROW}) n"
     )
-    ((total, inside),) = store.inspect(sql, [*params, *term.read_params])
+    ((total, inside),) = store.inspect(sql, [*params, *read_params])
     return NARROW if total >= NARROW else int(inside or 0)
 
 
@@ -504,19 +515,30 @@ def _terms(store: Store, filters: Filters) -> list[_Term] | None:
 def _one_of(column: str, values: Sequence[str]) -> _Term:
     """``column`` (TEXT, leading an index with the time after it) is one of ``values``:
     a stream of the index each."""
+    marks, params = _values(values)
     if len(values) == 1:
-        read, test = f"{column} = ?", f"{column} || '' = ?"
+        read, test = f"{column} = {marks[0]}", f"{column} || '' = {marks[0]}"
     else:
-        marks = ", ".join("?" for _ in values)
-        read, test = f"{column} IN ({marks})", f"{column} || '' IN ({marks})"
-    streams = tuple((f"{column} = ?", (v,)) for v in values)
-    return _Term(
-        read,
-        tuple(values),
-        test,
-        tuple(values),
-        streams if len(streams) <= MAX_STREAMS else (),
+        listed = ", ".join(marks)
+        read, test = f"{column} IN ({listed})", f"{column} || '' IN ({listed})"
+    streams = tuple(
+        (f"{column} = {mark}", (value,) if mark == "?" else ())
+        for mark, value in zip(marks, values, strict=True)
     )
+    return _Term(read, params, test, params, streams if len(streams) <= MAX_STREAMS else ())
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.:,+-]{1,64}")
+
+
+def _values(values: Sequence[str]) -> tuple[list[str], tuple[Any, ...]]:
+    """The SQL of each value: a literal when it is a plain name (an answer, a rule, the
+    deciding plugins), else a parameter. A statement that psycopg has prepared (after
+    five runs) may get a generic plan from PostgreSQL, made for an average value: for
+    an answer no call has, that plan walked every call; a literal is planned with its
+    own statistics."""
+    marks = [f"'{v}'" if _PLAIN.fullmatch(v) else "?" for v in values]
+    return marks, tuple(v for v, mark in zip(values, marks, strict=True) if mark == "?")
 
 
 def _prefix(column: str, value: str) -> _Term:
@@ -532,8 +554,8 @@ def _prefix(column: str, value: str) -> _Term:
     if upper is not None:
         sql.append(f"{column} < ?")
         params.append(upper)
-    sql.append(check)
-    return _Term(" AND ".join(sql), (*params, prefix), check, (prefix,))
+    rough = (" AND ".join(sql), tuple(params))
+    return _Term(f"{rough[0]} AND {check}", (*params, prefix), check, (prefix,), rough=rough)
 
 
 def _next_prefix(prefix: str) -> str | None:

@@ -363,6 +363,24 @@ def test_overview_of_a_window(operator):
     assert (empty.calls, empty.latency_p50_ms, len(empty.per_minute)) == (0, None, 60)
 
 
+def test_plain_names_are_planned_as_literals_and_anything_else_is_a_parameter(operator):
+    """An answer, rule or plugin name is written into the SQL (PostgreSQL then plans it
+    with its statistics, never with a generic plan made for an average value); any other
+    text is a parameter, so a filter is never SQL."""
+    _, rt, app = operator
+    call(app, "q1", RICH, PREMIUM)
+    term = calls._one_of("c.outcome", ["connectPstn", "it's", "a b"])
+    assert term.read == "c.outcome IN ('connectPstn', ?, ?)"
+    assert term.read_params == ("it's", "a b") == term.test_params
+    assert term.streams[0] == ("c.outcome = 'connectPstn'", ())
+    for odd in ("x' OR '1'='1", "hangup'--", "hangup\\", "%", "hang_p"):
+        for name in ("outcome", "rule", "plugin"):
+            assert calls.recent_calls(rt.store, Filters(**{name: odd})).rows == (), (name, odd)
+    assert [r.callid for r in calls.recent_calls(rt.store, Filters(outcome="hangup")).rows] == [
+        "q1"
+    ]
+
+
 def test_prefix_ranges():
     assert calls._next_prefix("+44") == "+45"
     assert calls._next_prefix("+449") == "+45"
