@@ -16,10 +16,13 @@ plugin timeouts, parked DiCE work and dead CRM letters in realistic shares.
 
 Then each query runs ``--runs`` times after one warm-up and the median is reported:
 the first page of recent calls (without and with the plugins' details), a page 10,000
-calls back (keyset), filtered pages, one call's timeline, and the overview of the last
-hour and of the last day. ``EXPLAIN QUERY PLAN`` (SQLite) or ``EXPLAIN`` (PostgreSQL,
-after ``VACUUM ANALYZE``, as autovacuum would have done) shows the index each uses.
-On PostgreSQL the scratch schema is dropped at the end.
+calls back (keyset), filtered pages (broad and narrow number prefixes, answers and
+plugins that match nothing, combinations), one call's timeline, the overview of the
+last hour and of the last day, and credit's Accounts list (``--accounts`` accounts,
+100,000 by default, with ``--ledger`` ledger entries, 1,000,000: the first page, a page
+deep, a search by prefix). ``EXPLAIN QUERY PLAN`` (SQLite) or ``EXPLAIN`` (PostgreSQL,
+after ``VACUUM ANALYZE``, as autovacuum would have done) of every read a query made
+shows the index each uses. On PostgreSQL the scratch schema is dropped at the end.
 """
 
 from __future__ import annotations
@@ -276,14 +279,57 @@ DEAD = "crm_dead (callid, payload, attempts, last_error, failed_at)"
 # ---------------------------------------------------------------------------- loading
 
 
-def load_sqlite(path: str, n: int, span: float) -> None:
+ACCOUNTS = "credit_accounts (account, currency, balance, updated_at)"
+LEDGER = "credit_ledger (account, seq, at, kind, amount, balance_after, callid, details)"
+
+
+def accounts(n: int, entries: int, seed: int = 11) -> Iterator[tuple[list[tuple], list[tuple]]]:
+    """Chunks of (account rows, ledger rows): ``n`` prepaid accounts, the callers' numbers
+    first (as ``account_from = "cli"`` makes them), ``entries`` ledger entries in all
+    (top-ups and settlements, the balance after each)."""
+    rng = random.Random(seed)
+    names = list(dict.fromkeys(numbers(random.Random(7))[0]))[:n]
+    seen = set(names)
+    while len(names) < n:
+        name = f"+{rng.choice((1, 1, 1, 44, 33, 49))}{rng.randrange(2012000000, 9899999999)}"
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    names.sort()
+    now = time.time()
+    rows: list[tuple] = []
+    ledger: list[tuple] = []
+    for i, name in enumerate(names):
+        count = entries // n + (1 if i < entries % n else 0)
+        balance, at = 0, now - 30 * DAY
+        for seq in range(1, count + 1):
+            amount = 1000 if seq == 1 or balance < 100 else -rng.randrange(2, 60)
+            balance += amount
+            at += rng.uniform(0, 2 * DAY / max(1, count))
+            kind = "topup" if amount > 0 else "settle"
+            details = '{"source":"bench"}' if amount > 0 else '{"rate":"0.02"}'
+            ledger.append((name, seq, at, kind, amount, balance, None, details))
+        rows.append((name, "USD", balance, at))
+        if len(ledger) >= CHUNK:
+            yield rows, ledger
+            rows, ledger = [], []
+    if rows or ledger:
+        yield rows, ledger
+
+
+def load_sqlite(path: str, n: int, span: float, n_accounts: int = 0, entries: int = 0) -> None:
     import sqlite3
 
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA synchronous = OFF")
     db.execute("PRAGMA cache_size = -262144")
     marks = ", ".join("?" for _ in COLUMNS.split(","))
-    for cb, credit, crm in generate(n, span):
+    for rows, ledger in accounts(n_accounts, entries) if n_accounts else ():
+        db.execute("BEGIN")
+        db.executemany(f"INSERT INTO {ACCOUNTS} VALUES (?, ?, ?, ?)", rows)
+        db.executemany(f"INSERT INTO {LEDGER} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", ledger)
+        db.execute("COMMIT")
+    for cb, credit, crm in generate(n, span) if n else ():
         reservations, settled = credit_rows(credit)
         records, dead = crm_rows(crm)
         db.execute("BEGIN")
@@ -297,11 +343,18 @@ def load_sqlite(path: str, n: int, span: float) -> None:
     db.close()
 
 
-def load_postgres(url: str, n: int, span: float) -> None:
+def load_postgres(url: str, n: int, span: float, n_accounts: int = 0, entries: int = 0) -> None:
     import psycopg
 
     with psycopg.connect(url) as conn:
-        for cb, credit, crm in generate(n, span):
+        for rows, ledger in accounts(n_accounts, entries) if n_accounts else ():
+            with conn.cursor() as cur:
+                for table, data in ((ACCOUNTS, rows), (LEDGER, ledger)):
+                    with cur.copy(f"COPY {table} FROM STDIN") as copy:
+                        for row in data:
+                            copy.write_row(row)
+            conn.commit()
+        for cb, credit, crm in generate(n, span) if n else ():
             reservations, settled = credit_rows(credit)
             records, dead = crm_rows(crm)
             with conn.cursor() as cur:
@@ -338,6 +391,31 @@ def plan(store: Any, sql: str, params: Any) -> list[str]:
     if store.backend == "sqlite":
         return [row[-1] for row in store.query("EXPLAIN QUERY PLAN " + sql, params)]
     return [row[0] for row in store.query("EXPLAIN " + sql, params)]
+
+
+class Seen:
+    """The store as the queries see it, remembering the operators' reads they make."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.backend, self.reads = store, store.backend, []
+
+    def inspect(self, sql: str, params: Any = ()) -> Any:
+        self.reads.append((sql, list(params)))
+        return self.store.inspect(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def plans(store: Any, fn: Callable[[Any], Any]) -> list[str]:
+    """The plan of every read ``fn`` makes (called once more, through ``Seen``)."""
+    seen = Seen(store)
+    fn(seen)
+    out = []
+    for sql, params in seen.reads:
+        out.append(f"[{sql[:60]}...]")
+        out += ["  " + line for line in plan(store, sql, params)]
+    return out
 
 
 def settings(store_url: str) -> Any:
@@ -381,16 +459,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rt.start(serving=False)
         store = rt.store
         have = store.query("SELECT COUNT(*) FROM callbacks WHERE event = 'ice'")[0][0]
-        if have == 0:
+        held = store.query("SELECT COUNT(*) FROM credit_accounts")[0][0]
+        n = 0 if have else args.calls
+        n_accounts, entries = (0, 0) if held else (args.accounts, args.ledger)
+        if n or n_accounts:
             began = time.perf_counter()
             if args.store:
-                load_postgres(url, args.calls, args.days * DAY)
+                load_postgres(url, n, args.days * DAY, n_accounts, entries)
             else:
-                load_sqlite(path, args.calls, args.days * DAY)
+                load_sqlite(path, n, args.days * DAY, n_accounts, entries)
             loaded = time.perf_counter() - began
-            print(f"loaded {args.calls:,} calls in {loaded:.0f} s", flush=True)
-        else:
-            print(f"reusing {have:,} calls", flush=True)
+            print(
+                f"loaded {n:,} calls, {n_accounts:,} accounts and {entries:,} ledger entries "
+                f"in {loaded:.0f} s",
+                flush=True,
+            )
+        if have or held:
+            print(f"reusing {have:,} calls and {held:,} accounts", flush=True)
         return measure(rt, args.runs)
     finally:
         rt.close()
@@ -429,13 +514,23 @@ def measure(rt: Runtime, runs: int) -> dict[str, Any]:
         ("denied, last hour (rule=deny, since)", Filters(rule="deny", since=hour[0]), None, False),
         ("denied, all time (rule=deny)", Filters(rule="deny"), None, False),
         ("one caller (exact number)", Filters(caller=a_caller), None, True),
+        ("caller prefix +1 (70 % of calls)", Filters(caller="+1"), None, False),
+        ("caller prefix +4420 (narrow)", Filters(caller="+4420"), None, False),
         ("number prefix +44 (caller or destination)", Filters(number="+44"), None, False),
+        ("number prefix +3361 (narrow)", Filters(number="+3361"), None, False),
         ("destination prefix +1900", Filters(destination="+1900"), None, False),
         ("fallbacks", Filters(fallbacks=True), None, False),
         ("redelivered", Filters(duplicates=True), None, False),
-        ("outcome=hangup (no index: walks)", Filters(outcome="hangup"), None, False),
-        ("plugin=credit (no index: walks)", Filters(plugin="credit"), None, False),
-    ]
+        ("outcome=hangup", Filters(outcome="hangup"), None, False),
+        ("outcome=park (no call)", Filters(outcome="park"), None, False),
+        ("plugin=credit", Filters(plugin="credit"), None, False),
+        ("plugin=crm (decides no call)", Filters(plugin="crm"), None, False),
+        ("caller +44, outcome=hangup", Filters(caller="+44", outcome="hangup"), None, False),
+        ("caller +1, plugin=credit, fallbacks", Filters(caller="+1", plugin="credit", fallbacks=True), None, False),
+        ("destination +1561, rule=budget, duplicates", Filters(destination="+1561", rule="budget", duplicates=True), None, False),
+        ("outcome=connectPstn, rule=deny (no call)", Filters(outcome="connectPstn", rule="deny"), None, False),
+        ("caller +1, destination +44", Filters(caller="+1", destination="+44"), None, False),
+    ]  # fmt: skip
     out: dict[str, Any] = {
         "backend": store.backend,
         "calls": total,
@@ -445,19 +540,21 @@ def measure(rt: Runtime, runs: int) -> dict[str, Any]:
         "queries": [],
     }
     for name, filters, after, details in cases:
-        ms, page = timed(
-            lambda f=filters, a=after, d=details: calls.recent_calls(
-                store, f, limit=50, after=a, plugins=plugins if d else None
-            ),
-            runs,
-        )
-        sql, params = calls.page_query(filters, limit=50, after=after)
+
+        def page(st: Any, f: Filters = filters, a: str | None = after, d: bool = details) -> Any:
+            return calls.recent_calls(st, f, limit=50, after=a, plugins=plugins if d else None)
+
+        ms, got = timed(lambda: page(store), runs)
+        stopped = getattr(got, "scanned_to", None)
         out["queries"].append(
             {
                 "query": name,
                 "ms": round(ms, 2),
-                "rows": len(page.rows),
-                "plan": plan(store, sql, params),
+                "rows": len(got.rows),
+                "note": ""
+                if stopped is None
+                else f"stopped {(newest - stopped) / 3600:.1f} h back",
+                "plan": plans(store, page),
             }
         )
     ms, found = timed(lambda: calls.timeline(store, a_call, plugins), runs)
@@ -469,6 +566,7 @@ def measure(rt: Runtime, runs: int) -> dict[str, Any]:
             "plan": plan(store, calls.TIMELINE, (a_call,)) + plan(store, calls.CALL, (a_call,)),
         }
     )
+    out["queries"] += accounts_pages(rt, runs)
     for label, window in (("last hour", hour), ("last day", (newest - DAY, newest + 1))):
         ms, seen = timed(lambda w=window: calls.overview(store, *w), runs)
         out["queries"].append(
@@ -480,6 +578,51 @@ def measure(rt: Runtime, runs: int) -> dict[str, Any]:
                 + plan(store, calls.OVERVIEW_ANSWERS, window)
                 + plan(store, calls.OVERVIEW_CALLBACKS, window)
                 + plan(store, calls.OVERVIEW_WAITING, ()),
+            }
+        )
+    return out
+
+
+def accounts_pages(rt: Runtime, runs: int) -> list[dict[str, Any]]:
+    """credit's Accounts list as the console renders it: the first page, a page 50,000
+    accounts in (its cursor), a search by a broad and a narrow prefix, and by one that
+    matches nothing."""
+    from core import ConsoleRequest
+    from plugins.credit import console as credit_console
+
+    store = rt.store
+    total = store.query("SELECT COUNT(*) FROM credit_accounts")[0][0]
+    if not total:
+        return []
+    entries = store.query("SELECT COUNT(*) FROM credit_ledger")[0][0]
+    settings = rt.plugins.pm.get_plugin("credit").settings
+    middle = store.query(
+        f"SELECT account FROM credit_accounts ORDER BY account LIMIT 1 OFFSET {total // 2}"
+    )[0][0]
+    cases = [
+        ("first page", {}),
+        (f"a page {total // 2:,} accounts in (cursor)", {"after": middle}),
+        ("accounts starting +1 (broad)", {"q": "+1"}),
+        ("accounts starting +4420 (narrow)", {"q": "+4420"}),
+        ("accounts starting +999 (none)", {"q": "+999"}),
+    ]
+    out = []
+    for name, params in cases:
+
+        def page(st: Any, p: dict[str, str] = params) -> str:
+            request = ConsoleRequest(
+                user="bench", plugin="credit", store=st, config={}, params=p, page_path="accounts"
+            )
+            return credit_console.accounts_page(settings, request)
+
+        ms, html = timed(lambda: page(store), runs)
+        out.append(
+            {
+                "query": f"Accounts ({total:,}, {entries:,} ledger entries): {name}",
+                "ms": round(ms, 2),
+                "rows": html.count('<th scope="row">'),
+                "note": "",
+                "plan": plans(store, page),
             }
         )
     return out
@@ -508,7 +651,8 @@ def report(out: dict[str, Any], plans: bool) -> None:
     )
     print(f"{'ms':>9}  {'rows':>5}  query")
     for q in out["queries"]:
-        print(f"{q['ms']:>9.2f}  {q['rows']:>5}  {q['query']}")
+        note = f"  ({q['note']})" if q.get("note") else ""
+        print(f"{q['ms']:>9.2f}  {q['rows']:>5}  {q['query']}{note}")
     if plans:
         print("\nplans:")
         for q in out["queries"]:
@@ -521,6 +665,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=1_000_000)
     parser.add_argument("--days", type=float, default=7.0, help="the history's span")
+    parser.add_argument("--accounts", type=int, default=100_000, help="credit accounts")
+    parser.add_argument("--ledger", type=int, default=1_000_000, help="their ledger entries")
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--store", help="a PostgreSQL URL (a scratch schema, dropped after)")
     parser.add_argument("--keep", help="SQLite file to fill and keep (reused when full)")

@@ -26,17 +26,29 @@ Indexes, kept few because every ICE pays for each (bench/RESULTS.md: about 33 us
 CPU per ICE on SQLite for all of migration 4, half of it the two number indexes), all
 partial, of the ICE rows only (``WHERE event = 'ice'``: the other events' rows cost
 them nothing): ``calls_started (received_at, callid)``, which the list walks newest
-first, paging by keyset on ``(received_at, callid)`` (without it SQLite's planner
-scanned a number index and sorted every call); ``(caller, received_at, callid)`` and
-``(destination, ...)`` for the number filters; ``(rule, ...)`` for the rule filter and
-the fallbacks (``rule IN`` the fallback rules; an ICE enters it once answered, ``rule
-IS NOT NULL``); and ``(received_at, callid) WHERE call_redeliveries > 0`` for the calls
-with a redelivered callback. A number prefix is an index range (``caller >= '+44' AND
-caller < '+45'``) checked exactly with ``substr`` (so a collation other than the
-binary one cannot widen it). The outcome and plugin filters have no index of their
-own: they walk the calls newest first and stop at a page's worth, quick for the common
-answers and deciders (connectPstn, hangup; allowlist, credit), slower for rare ones
-over a long history; bound those with ``since``. The overview reads the window's rows
+first, paging by keyset on ``(received_at, callid)``; ``calls_caller (caller,
+received_at, callid)`` and ``calls_destination`` for the number filters; ``calls_rule``
+for the rule filter and the fallbacks (``rule IN`` the fallback rules), and
+(migration 6) ``calls_outcome`` and ``calls_decided`` (``decided_by``, the deciding
+plugins comma-separated) for the answer and plugin filters, each entered once the ICE
+is answered (``IS NOT NULL``); and ``calls_redelivered (received_at, callid) WHERE
+call_redeliveries > 0`` for the calls with a redelivered callback. A number prefix is
+an index range (``caller >= '+44' AND caller < '+45'``) checked exactly with ``substr``
+(so a collation other than the binary one cannot widen it); a plugin is the
+``decided_by`` values that name it, found by one index lookup per distinct value.
+
+A page picks its plan from its filters (``_choose``): the filters that have an index
+are counted through it, up to ``NARROW`` calls in the window; the smallest, when under
+that, is read whole and sorted (a narrow prefix, a rare answer), the other filters
+tested on its rows. When every filter matches more, an index in time order is walked
+newest first and the others tested on each call (a broad prefix walks
+``calls_started``: most calls match, a page comes quickly), a step at a time, at most
+``SCAN_ROWS`` calls or ``SCAN_SECONDS``: a page that stops before it is full says how
+far back it looked (``Page.scanned_to``) and its ``next`` goes on from there, so
+filters that match few calls over a long history cost the operator a click per
+``SCAN_ROWS`` calls, never seconds of the server. Each query is written so that it
+can only read the index its plan chose (the other filters as ``c.rule || ''`` and
+``c.received_at + 0``, which no index serves). The overview reads the window's rows
 through ``calls_started`` and ``callbacks_received``: tens of milliseconds for an hour,
 most of a second for a busy day.
 
@@ -59,8 +71,10 @@ import binascii
 import json
 import logging
 import math
+import re
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +143,8 @@ class CallRow:
 class Page:
     rows: tuple[CallRow, ...]
     next: str | None  # opaque cursor for the next (older) page; None on the last
+    scanned_to: float | None = None  # the page stopped looking at calls this old before it
+    # was full (see ``recent_calls``): older ones are not looked at yet; ``next`` goes on
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,13 @@ class Overview:
 
 # ---------------------------------------------------------------------------- list
 
+NARROW = 5000  # a filter matching fewer calls than this (in the window) is read whole
+SCAN_ROWS = 50_000  # calls one page looks at, at most, when no index narrows its filters
+SCAN_SECONDS = 0.05  # and for about this long (looked at between the steps of a walk)
+FIRST_STEP = 1000  # calls looked at in the first step of a walk
+MAX_STEP = 10_000  # and in any one step (about 25 ms on SQLite, a little more on PostgreSQL)
+MAX_STREAMS = 16  # a filter that is more runs of its index than this is never walked
+
 _ROW = (
     "c.callid, c.received_at, c.caller, c.destination, c.outcome, c.rule, c.decided_by, "
     "c.capped_at, d.duration, d.result, c.fallback, c.call_redeliveries, c.capped_by, "
@@ -185,6 +208,83 @@ _FROM = (
     "FROM callbacks c LEFT JOIN callbacks d "
     "ON d.callid = c.callid AND d.event = 'dice' AND d.sub = ''"
 )
+_NEWEST = "ORDER BY c.received_at DESC, c.callid DESC"
+# a page's calls chosen and sorted first, their DiCE joined after (to the page's rows)
+_CALL = (
+    "c.callid, c.received_at, c.caller, c.destination, c.outcome, c.rule, c.decided_by, "
+    "c.capped_at, c.fallback, c.call_redeliveries, c.capped_by, c.elapsed_ms"
+)
+_PAGE = (
+    "SELECT x.callid, x.received_at, x.caller, x.destination, x.outcome, x.rule, "
+    "x.decided_by, x.capped_at, d.duration, d.result, x.fallback, x.call_redeliveries, "
+    "x.capped_by, x.elapsed_ms FROM ({}) x LEFT JOIN callbacks d "
+    "ON d.callid = x.callid AND d.event = 'dice' AND d.sub = '' "
+    "ORDER BY x.received_at DESC, x.callid DESC"
+)
+DECIDERS = (  # every distinct decided_by, one index lookup each (a loose index scan)
+    "WITH RECURSIVE v(d) AS (SELECT MIN(decided_by) FROM callbacks "
+    "WHERE event = 'ice' AND decided_by IS NOT NULL UNION ALL SELECT (SELECT MIN(decided_by) "
+    "FROM callbacks WHERE event = 'ice' AND decided_by > v.d) FROM v WHERE v.d IS NOT NULL) "
+    "SELECT d FROM v WHERE d IS NOT NULL"
+)
+
+Key = tuple[float, str]  # a call's place in the list: its ICE's (received_at, callid)
+
+
+@dataclass(frozen=True)
+class _Term:
+    """One filter as SQL on ``callbacks c``, written two ways: ``read`` lets the database
+    read it through its index; ``test`` is the same condition written so that no index
+    can serve it (``c.rule || ''``, ``c.call_redeliveries + 0``), so that each query reads
+    the one index its plan chose and tests the other filters on the rows it reads.
+    ``streams``: the runs of the index, each in time order (``rule = 'deny'``), that hold
+    the filter's calls; none when its index is not in time order (a number range)."""
+
+    read: str
+    read_params: tuple[Any, ...]
+    test: str
+    test_params: tuple[Any, ...]
+    streams: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    either: tuple[_Term, ...] = ()  # the terms of an OR, counted one by one
+    # a number range without its exact check, to count (PostgreSQL's planner estimates a
+    # range from its statistics, and a check it cannot as rare: it then scanned the
+    # range in parallel to count a few thousand calls)
+    rough: tuple[str, tuple[Any, ...]] | None = None
+
+
+_STARTED = _Term("", (), "", (), (("", ()),))  # every call, in time order
+
+
+@dataclass(frozen=True)
+class _Span:
+    """The calls left to read, by their place in the list: ``since`` and ``until`` (the
+    filters), ``below`` (a cursor: older than that call) and ``down_to`` (the last call
+    of a step of a walk: that call and newer)."""
+
+    since: float | None = None
+    until: float | None = None
+    below: Key | None = None
+    down_to: Key | None = None
+
+    def sql(self, *, indexed: bool = True, alias: str = "c") -> tuple[list[str], list[Any]]:
+        at = f"{alias}.received_at" if indexed else f"({alias}.received_at + 0)"
+        key = f"({at}, {alias}.callid)"
+        where: list[str] = []
+        params: list[Any] = []
+        if self.since is not None:
+            where.append(f"{at} >= ?")
+            params.append(float(self.since))
+        if self.until is not None:
+            where.append(f"{at} < ?")
+            params.append(float(self.until))
+        # the first term of each lets any planner walk the time index from there
+        if self.below is not None:
+            where.append(f"{at} <= ? AND {key} < (?, ?)")
+            params += [self.below[0], *self.below]
+        if self.down_to is not None:
+            where.append(f"{at} >= ? AND {key} >= (?, ?)")
+            params += [self.down_to[0], *self.down_to]
+        return where, params
 
 
 def recent_calls(
@@ -194,89 +294,274 @@ def recent_calls(
     limit: int = 50,
     after: str | None = None,
     plugins: Plugins | None = None,
+    scan: int | None = None,
+    seconds: float | None = None,
 ) -> Page:
     """The calls matching ``filters``, newest first, ``limit`` at most, older than the
     cursor ``after`` (a previous page's ``next``). Keyset pagination on ``(started_at,
     callid)``: no call is listed twice or skipped while new calls arrive. ``plugins``
-    (the enabled ones) fill each row's ``details``. A bad cursor is a ``ValueError``."""
+    (the enabled ones) fill each row's ``details``. A bad cursor is a ``ValueError``.
+
+    A page whose filters no index narrows (see ``_choose``) looks at ``scan`` calls at
+    most (``SCAN_ROWS``), for about ``seconds`` (``SCAN_SECONDS``): when it stops before
+    it is full, ``scanned_to`` says how far back it looked and ``next`` goes on from
+    there."""
     limit = max(1, min(int(limit), MAX_LIMIT))
-    sql, params = page_query(filters, limit=limit, after=after)
-    found = [_row(r) for r in store.inspect(sql, params)]
-    rows, more = found[:limit], len(found) > limit
+    below = decode_cursor(after) if after is not None else None
+    span = _Span(filters.since, filters.until, below)
+    terms = _terms(store, filters)
+    found: list[tuple[Any, ...]] = []
+    stopped = None
+    if terms is not None:
+        scan = SCAN_ROWS if scan is None else scan
+        seconds = SCAN_SECONDS if seconds is None else seconds
+        found, stopped = _read(store, terms, span, limit + 1, scan, seconds)
+    rows = [_row(r) for r in found[:limit]]
+    following = None
+    if len(found) > limit:
+        following = encode_cursor(rows[-1])
+    elif stopped is not None:
+        following = _cursor(stopped)
     rows = _with_details(rows, store, plugins)
-    return Page(tuple(rows), encode_cursor(rows[-1]) if more and rows else None)
+    return Page(tuple(rows), following, stopped[0] if stopped is not None else None)
 
 
-def page_query(
-    filters: Filters = Filters(), *, limit: int = 50, after: str | None = None
-) -> tuple[str, list[Any]]:
-    """The SQL of a page (one row more than ``limit``: whether there is a next page)
-    and its parameters; ``bench/console.py`` shows its plan."""
-    where, params = where_of(filters)
-    if after is not None:
-        at, callid = decode_cursor(after)
-        # the first term lets any planner walk the received_at index from the cursor
-        where.append("c.received_at <= ? AND (c.received_at, c.callid) < (?, ?)")
-        params += [at, at, callid]
+def _read(
+    store: Store, terms: list[_Term], span: _Span, want: int, scan: int, seconds: float
+) -> tuple[list[tuple[Any, ...]], Key | None]:
+    """Up to ``want`` rows of the calls in ``span`` matching every term, newest first, and
+    the last call looked at when the look stopped before the end (None: it did not)."""
+    deadline = time.monotonic() + seconds
+    driver, whole = _choose(store, terms, span)
+    if driver is None:
+        return [], None
+    others = [t for t in terms if t is not driver]
+    if whole or (not others and len(driver.streams) == 1):
+        # few calls, read whole and sorted; or one run of an index whose every call
+        # matches: the first ``want`` of it
+        indexed = bool(driver.streams)
+        return _select(store, driver, others, span, want, indexed=indexed), None
+    return _walk(store, driver, others, span, want, scan, deadline)
+
+
+def _choose(store: Store, terms: list[_Term], span: _Span) -> tuple[_Term | None, bool]:
+    """The term whose index the page reads, and whether its calls are few enough (fewer
+    than ``NARROW`` in the span: counted, through its index alone) to read them all and
+    sort them; else an index in time order is walked newest first, the other filters
+    tested on each call (``_walk``): a filter's own index when it has one, else
+    ``calls_started``. ``(None, True)``: a count found no call."""
+    if not terms:
+        return _STARTED, False
+    if len(terms) == 1 and len(terms[0].streams) == 1:
+        return terms[0], False
+    fewest, i = min((_count(store, t, span), i) for i, t in enumerate(terms))
+    if fewest == 0:
+        return None, True
+    if fewest < NARROW:
+        return terms[i], True
+    walkable = [t for t in terms if t.streams]
+    return min(walkable, key=lambda t: len(t.streams), default=_STARTED), False
+
+
+def _count(store: Store, term: _Term, span: _Span) -> int:
+    """The calls of ``span`` that ``term`` matches, counted through its index up to
+    ``NARROW`` (``NARROW``: that many or more)."""
+    if term.either:  # (a planner reads an OR of two ranges by reading each)
+        total = 0
+        for t in term.either:
+            total += _count(store, t, span)
+            if total >= NARROW:
+                break
+        return min(NARROW, total)
+    if term.streams:
+        where, params = span.sql()
+        cond = " AND ".join(["c.event = 'ice'", term.read, *where])
+        sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM callbacks c WHERE {cond} LIMIT {NARROW}) n"
+        return int(store.inspect(sql, [*term.read_params, *params])[0][0])
+    # a range of numbers, not in time order: its first NARROW calls, then the span (a
+    # short span of a wide range would otherwise read the whole range)
+    where, params = span.sql(alias="n")
+    read, read_params = term.rough or (term.read, term.read_params)
     sql = (
-        f"SELECT {_ROW} {_FROM} WHERE {' AND '.join(where)} "
-        f"ORDER BY c.received_at DESC, c.callid DESC LIMIT {int(limit) + 1}"
+        f"SELECT COUNT(*), SUM(CASE WHEN {' AND '.join(where) or '1 = 1'} THEN 1 ELSE 0 END) "
+        f"FROM (SELECT c.received_at, c.callid FROM callbacks c WHERE c.event = 'ice' "
+        f"AND {read} LIMIT {NARROW}) n"
     )
-    return sql, params
+    ((total, inside),) = store.inspect(sql, [*params, *read_params])
+    return NARROW if total >= NARROW else int(inside or 0)
 
 
-def where_of(filters: Filters) -> tuple[list[str], list[Any]]:
-    """The WHERE conditions (on ``callbacks c``, the ICE rows) of ``filters``."""
-    where, params = ["c.event = 'ice'"], []  # a literal: the partial indexes match it
+def _select(
+    store: Store,
+    driver: _Term,
+    others: list[_Term],
+    span: _Span,
+    want: int,
+    *,
+    indexed: bool = True,
+) -> list[tuple[Any, ...]]:
+    """The first ``want`` calls of ``span`` read through ``driver``'s index (with the
+    span on it too when ``indexed``) that pass every other term's test; an OR through
+    each of its indexes (a ``UNION``: planners may otherwise walk the time index)."""
+    parts = driver.either or (driver,)
+    selects: list[str] = []
+    params: list[Any] = []
+    for part in parts:
+        where = ["c.event = 'ice'"]  # a literal: the partial indexes match it
+        if part.read:
+            where.append(part.read)
+            params += part.read_params
+        times, more = span.sql(indexed=indexed)
+        where += times
+        params += more
+        for t in others:
+            where.append(t.test)
+            params += t.test_params
+        selects.append(f"SELECT {_CALL} FROM callbacks c WHERE {' AND '.join(where)}")
+    if len(selects) == 1:
+        sql = f"{selects[0]} {_NEWEST} LIMIT {int(want)}"
+    else:  # the UNION's columns by position: 2 is received_at, 1 the callid
+        sql = f"{' UNION '.join(selects)} ORDER BY 2 DESC, 1 DESC LIMIT {int(want)}"
+    return store.inspect(_PAGE.format(sql), params)
+
+
+def _walk(
+    store: Store,
+    driver: _Term,
+    others: list[_Term],
+    span: _Span,
+    want: int,
+    scan: int,
+    deadline: float,
+) -> tuple[list[tuple[Any, ...]], Key | None]:
+    """Walk ``driver``'s index newest first a step at a time (the last call of each step
+    found through the index alone), testing the ``others`` on the step's calls, until
+    ``want`` rows, the end, ``scan`` calls looked at or the ``deadline``; the steps grow
+    as the time left allows (at the pace of the last step: older calls may be colder),
+    up to ``MAX_STEP``, so that the last one overruns the deadline by little."""
+    rows: list[tuple[Any, ...]] = []
+    step, looked = FIRST_STEP, 0
+    while True:
+        began = time.monotonic()
+        end = _step_end(store, driver, span, step)
+        rows += _select(store, driver, others, replace(span, down_to=end), want - len(rows))
+        if len(rows) >= want or end is None:
+            return rows, None
+        looked += step
+        span = replace(span, below=end)
+        now = time.monotonic()
+        if looked >= scan or now >= deadline:
+            return rows, end
+        per_call = (now - began) / step
+        fits = (deadline - now) / per_call if per_call > 0 else MAX_STEP
+        step = int(min(step * 4, MAX_STEP, scan - looked, max(100, fits)))
+
+
+def _step_end(store: Store, driver: _Term, span: _Span, step: int) -> Key | None:
+    """The last of the next ``step`` calls in ``driver``'s index (the newest such last
+    call of its streams, each taking its share); None when fewer are left."""
+    where, params = span.sql()
+    offset = max(0, -(-step // len(driver.streams)) - 1)
+    ends = []
+    for sql, more in driver.streams:
+        cond = " AND ".join(["c.event = 'ice'", *([sql] if sql else []), *where])
+        found = store.inspect(
+            f"SELECT c.received_at, c.callid FROM callbacks c WHERE {cond} {_NEWEST} "
+            f"LIMIT 1 OFFSET {offset}",
+            [*more, *params],
+        )
+        if found:
+            ends.append((float(found[0][0]), str(found[0][1])))
+    return max(ends) if ends else None
+
+
+def _terms(store: Store, filters: Filters) -> list[_Term] | None:
+    """The filters as terms; None when no call can match (a plugin that decided none)."""
     f = filters
+    terms = []
     if f.number:
-        a, pa = _prefix("c.caller", f.number)
-        b, pb = _prefix("c.destination", f.number)
-        where.append(f"(({a}) OR ({b}))")
-        params += pa + pb
-    for column, value in (("c.caller", f.caller), ("c.destination", f.destination)):
-        if value:
-            sql, more = _prefix(column, value)
-            where.append(sql)
-            params += more
-    if f.outcome:
-        where.append("c.outcome = ?")
-        params.append(f.outcome)
-    if f.rule:
-        where.append("c.rule = ?")
-        params.append(f.rule)
-    if f.plugin:
-        where.append("',' || c.decided_by || ',' LIKE ? ESCAPE '!'")
-        params.append("%," + _like_escape(f.plugin) + ",%")
+        a, b = _prefix("c.caller", f.number), _prefix("c.destination", f.number)
+        terms.append(
+            _Term(
+                f"(({a.read}) OR ({b.read}))",
+                a.read_params + b.read_params,
+                f"({a.test} OR {b.test})",
+                a.test_params + b.test_params,
+                either=(a, b),
+            )
+        )
+    if f.caller:
+        terms.append(_prefix("c.caller", f.caller))
+    if f.destination:
+        terms.append(_prefix("c.destination", f.destination))
     if f.duplicates:
-        where.append("c.call_redeliveries > 0")
+        terms.append(
+            _Term(
+                "c.call_redeliveries > 0",
+                (),
+                "c.call_redeliveries + 0 > 0",
+                (),
+                (("c.call_redeliveries > 0", ()),),
+            )
+        )
+    if f.rule:
+        terms.append(_one_of("c.rule", [f.rule]))
+    if f.outcome:
+        terms.append(_one_of("c.outcome", [f.outcome]))
+    if f.plugin:
+        deciders = [d for (d,) in store.inspect(DECIDERS) if f.plugin in d.split(",")]
+        if not deciders:
+            return None
+        terms.append(_one_of("c.decided_by", deciders))
     if f.fallbacks:  # by rule: the rule index answers it
-        where.append(f"c.rule IN ({', '.join('?' for _ in FALLBACKS)})")
-        params += FALLBACKS
-    if f.since is not None:
-        where.append("c.received_at >= ?")
-        params.append(float(f.since))
-    if f.until is not None:
-        where.append("c.received_at < ?")
-        params.append(float(f.until))
-    return where, params
+        terms.append(_one_of("c.rule", FALLBACKS))
+    return terms
 
 
-def _prefix(column: str, value: str) -> tuple[str, list[Any]]:
-    """``column`` starts with ``value`` (a trailing ``*`` is allowed): an index range
-    when the prefix ends in a digit, always checked exactly."""
+def _one_of(column: str, values: Sequence[str]) -> _Term:
+    """``column`` (TEXT, leading an index with the time after it) is one of ``values``:
+    a stream of the index each."""
+    marks, params = _values(values)
+    if len(values) == 1:
+        read, test = f"{column} = {marks[0]}", f"{column} || '' = {marks[0]}"
+    else:
+        listed = ", ".join(marks)
+        read, test = f"{column} IN ({listed})", f"{column} || '' IN ({listed})"
+    streams = tuple(
+        (f"{column} = {mark}", (value,) if mark == "?" else ())
+        for mark, value in zip(marks, values, strict=True)
+    )
+    return _Term(read, params, test, params, streams if len(streams) <= MAX_STREAMS else ())
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.:,+-]{1,64}")
+
+
+def _values(values: Sequence[str]) -> tuple[list[str], tuple[Any, ...]]:
+    """The SQL of each value: a literal when it is a plain name (an answer, a rule, the
+    deciding plugins), else a parameter. A statement that psycopg has prepared (after
+    five runs) may get a generic plan from PostgreSQL, made for an average value: for
+    an answer no call has, that plan walked every call; a literal is planned with its
+    own statistics."""
+    marks = [f"'{v}'" if _PLAIN.fullmatch(v) else "?" for v in values]
+    return marks, tuple(v for v, mark in zip(values, marks, strict=True) if mark == "?")
+
+
+def _prefix(column: str, value: str) -> _Term:
+    """``column`` starts with ``value`` (a trailing ``*`` is allowed): read as a range of
+    the column's index (when the prefix ends in a digit), always checked exactly."""
     prefix = value.strip().rstrip("*")
+    # the range is exact for a binary collation; the check keeps it exact for any other
+    check = f"substr({column}, 1, {len(prefix)}) = ?"
     if not prefix:
-        return f"{column} IS NOT NULL", []
+        return _Term(f"{column} IS NOT NULL", (), check, ("",))
     sql, params = [f"{column} >= ?"], [prefix]
     upper = _next_prefix(prefix)
     if upper is not None:
         sql.append(f"{column} < ?")
         params.append(upper)
-    # the range is exact for a binary collation; the check keeps it exact for any other
-    sql.append(f"substr({column}, 1, {len(prefix)}) = ?")
-    params.append(prefix)
-    return " AND ".join(sql), params
+    rough = (" AND ".join(sql), tuple(params))
+    return _Term(f"{rough[0]} AND {check}", (*params, prefix), check, (prefix,), rough=rough)
 
 
 def _next_prefix(prefix: str) -> str | None:
@@ -286,10 +571,6 @@ def _next_prefix(prefix: str) -> str | None:
     if not stem or not stem[-1].isdigit() or not stem[-1].isascii():
         return None
     return stem[:-1] + chr(ord(stem[-1]) + 1)
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
 def _row(r: Sequence[Any]) -> CallRow:
@@ -313,7 +594,11 @@ def _row(r: Sequence[Any]) -> CallRow:
 
 def encode_cursor(row: CallRow) -> str:
     """The cursor of the page after ``row``: opaque to callers (URL-safe text)."""
-    raw = json.dumps([row.started_at, row.callid], separators=(",", ":")).encode()
+    return _cursor((row.started_at, row.callid))
+
+
+def _cursor(key: Key) -> str:
+    raw = json.dumps([key[0], key[1]], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -376,8 +661,6 @@ def _with_details(rows: list[CallRow], store: Store, plugins: Plugins | None) ->
 def _replace_details(row: CallRow, details: Mapping[str, str] | None) -> CallRow:
     if not details:
         return row
-    from dataclasses import replace
-
     return replace(row, details=MappingProxyType(dict(details)))
 
 

@@ -323,7 +323,8 @@ def test_console_benchmark_fills_a_store_and_times_the_calls_view(tmp_path):
         [
             sys.executable,
             str(REPO / "bench" / "console.py"),
-            *("--calls", "2000", "--runs", "1", "--json", str(out)),
+            *("--calls", "2000", "--accounts", "120", "--ledger", "1000"),
+            *("--runs", "1", "--json", str(out)),
         ],
         capture_output=True,
         text=True,
@@ -342,6 +343,8 @@ def test_console_benchmark_fills_a_store_and_times_the_calls_view(tmp_path):
     assert denied["rows"] == 50 and any("calls_rule" in line for line in denied["plan"])
     assert queries["one call's timeline + details"]["rows"] >= 2
     assert queries["overview, last day"]["rows"] > 200
+    accounts = queries["Accounts (120, 1,000 ledger entries): first page"]
+    assert accounts["rows"] == 50 and any("credit_accounts" in line for line in accounts["plan"])
 
 
 def test_console_server_benchmark_times_pages_and_callbacks_under_console_load(tmp_path):

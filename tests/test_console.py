@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import webtest
 
-from core import ConsolePage, Decision, Key, hookimpl
+from core import ConsolePage, ConsoleRequest, Decision, Key, hookimpl
 from core.app import make_app
 from core.config import ConfigError, console_address
 from core.console import audit, schema
@@ -726,6 +726,107 @@ def test_calls_are_listed_filtered_and_each_has_its_page():
         overview = app.get("/").text
         assert "answer time p99" in overview and "open reservation" in overview
         assert 'href="/calls?outcome=hangup' in overview  # a figure links to its calls
+    finally:
+        rt.close()
+
+
+def test_a_calls_page_that_stops_looking_says_where_and_goes_on(monkeypatch):
+    """Filters that no index narrows are looked for a bounded number of calls at a time:
+    the page says how far back it looked and links to the calls before."""
+    from core import calls
+
+    rt = money_runtime()
+    try:
+        app = console_of(rt)
+        _traffic(rt)
+        login(app)
+        monkeypatch.setattr(calls, "NARROW", 1)  # every filter counts as broad: walked
+        monkeypatch.setattr(calls, "FIRST_STEP", 1)
+        monkeypatch.setattr(calls, "SCAN_ROWS", 1)
+        page = app.get("/calls?outcome=hangup&number=%2B1")
+        assert "Looked through the calls back to" in page.text
+        assert page.html.find(id="scanned").find("time")["datetime"]
+        on = page.click("Look further back", index=0)
+        seen = on.text
+        while "Look further back" in on.text:
+            on = on.click("Look further back", index=0)
+            seen += on.text
+        assert "/calls/call-denied" in page.text + seen and "/calls/call-ok" not in seen
+    finally:
+        rt.close()
+
+
+def test_accounts_are_listed_a_page_at_a_time_and_found_by_prefix(backend):
+    rt = money_runtime(backend.runtime)
+    try:
+        app = console_of(rt)
+        login(app)
+        names = [f"+4420{i:04d}" for i in range(70)] + ["+45", "100%_x", "100_y", "zürich"]
+        with rt.store.transaction() as tx:
+            for i, name in enumerate(names):
+                tx.execute(
+                    "INSERT INTO credit_accounts (account, currency, balance, updated_at) "
+                    "VALUES (?, 'USD', ?, 0)",
+                    (name, 100 * i),
+                )
+            tx.execute(
+                "INSERT INTO credit_reservations (callid, account, amount, rate, "
+                "first_increment, next_increment, minimum_charge, max_duration, status, "
+                "created_at, expires_at) VALUES ('r1', '+44200003', 250, '0.02', 60, 60, 0, "
+                "600, 'open', 0, 9e9)"
+            )
+
+        def listed(page):
+            return re.findall(r'<th scope="row"><a href="[^"]*">([^<]*)</a>', page.text)
+
+        first = app.get("/plugins/credit/accounts")
+        shown = listed(first)
+        every = sorted([*names, "demo"])
+        assert shown == every[:50]
+        row = re.search(r"\+44200003</a></th>(.*?)</tr>", first.text).group(1)
+        assert re.findall(r">([^<]*)</td>", row) == ["3.00 USD", "2.50", "0.50", "1"]
+        second = first.click("More accounts")
+        assert listed(second) == every[50:] and "More accounts" not in second.text
+        assert listed(second.click("First accounts")) == shown
+        found = app.get("/plugins/credit/accounts", {"q": "+44200"})
+        assert listed(found) == [n for n in names if n.startswith("+44200")][:50]
+        assert listed(found.click("More accounts")) == names[50:70]
+        assert listed(app.get("/plugins/credit/accounts", {"q": "+4420006"})) == names[60:70]
+        assert listed(app.get("/plugins/credit/accounts", {"q": "100%"})) == ["100%_x"]  # no LIKE
+        assert listed(app.get("/plugins/credit/accounts", {"q": "100_"})) == ["100_y"]
+        assert listed(app.get("/plugins/credit/accounts", {"q": "zü"})) == ["zürich"]
+        none = app.get("/plugins/credit/accounts", {"q": "+999"})
+        assert listed(none) == [] and "No accounts starting with +999." in none.text
+    finally:
+        rt.close()
+
+
+def test_the_accounts_list_reads_a_page_through_indexes():
+    """A page of accounts is a range of their primary key and one index lookup of the
+    open reservations per account shown: no scan, no grouping of every account."""
+    from plugins.credit import console as credit_console
+
+    rt = money_runtime()
+    try:
+        rt.start()
+        reads = []
+
+        class Seen:
+            def inspect(self, sql, params=()):
+                reads.append((sql, params))
+                return rt.store.inspect(sql, params)
+
+        settings = rt.plugins.pm.get_plugin("credit").settings
+        for params in ({}, {"after": "a", "q": "d"}, {"q": "+1"}):
+            request = ConsoleRequest(
+                user="t", plugin="credit", store=Seen(), config={}, params=params
+            )
+            credit_console.account_list(settings, request)
+        for sql, params in reads:
+            plan = [r[-1] for r in rt.store.query("EXPLAIN QUERY PLAN " + sql, params)]
+            assert all(step.startswith("SEARCH") for step in plan), (sql, plan)
+            if "substr(account" in sql:  # a prefix: a range of the key, both ends
+                assert "(account>? AND account<?)" in plan[0], (sql, plan)
     finally:
         rt.close()
 

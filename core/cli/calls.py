@@ -154,7 +154,8 @@ def calls_command(
         runtime.store, filters, limit=limit, after=after, plugins=runtime.plugins
     )
     if as_json:
-        print(json.dumps({"calls": [row_dict(r) for r in page.rows], "next": page.next}, indent=2))
+        listed = {"calls": [row_dict(r) for r in page.rows], "next": page.next}
+        print(json.dumps({**listed, "scanned_to": page.scanned_to}, indent=2))
     elif as_csv:
         write_csv(page.rows)
         if page.next:
@@ -265,7 +266,7 @@ HEADER = [
 
 def print_table(page: calls.Page) -> None:
     if not page.rows:
-        print("no calls")
+        print("no calls" + ("" if page.scanned_to is None else f" among {_scanned(page)}"))
         return
     table = [HEADER, *(_cells(r) for r in page.rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(HEADER) - 1)]
@@ -276,7 +277,17 @@ def print_table(page: calls.Page) -> None:
             + line[-1]
         )
     more = f"; older: --after {page.next}" if page.next else ""
+    if page.scanned_to is not None:
+        more = f" among {_scanned(page)}"
     print(f"{len(page.rows)} call{'s' if len(page.rows) != 1 else ''}{more}")
+
+
+def _scanned(page: calls.Page) -> str:
+    """Where a page that stopped early stopped, and how to go on."""
+    return (
+        f"the calls back to {iso(page.scanned_to)} (the look stopped there); "
+        f"further back: --after {page.next}"
+    )
 
 
 # ---------------------------------------------------------------------------- one call

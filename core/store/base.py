@@ -199,6 +199,22 @@ CORE_MIGRATIONS = (
         "the summary of each callback in columns, and the calls' indexes (core.calls)",
     ),
     Migration(
+        6,
+        (
+            # the calls' answer and deciding-plugin filters (core.calls); like calls_rule,
+            # entered once the ICE is answered, not at its claim
+            (
+                "CREATE INDEX calls_outcome ON callbacks (outcome, received_at, callid) "
+                "WHERE event = 'ice' AND outcome IS NOT NULL"
+            ),
+            (
+                "CREATE INDEX calls_decided ON callbacks (decided_by, received_at, callid) "
+                "WHERE event = 'ice' AND decided_by IS NOT NULL"
+            ),
+        ),
+        "the calls' indexes of the answer and of the deciding plugins (core.calls)",
+    ),
+    Migration(
         7,
         (
             """CREATE TABLE config_revisions (

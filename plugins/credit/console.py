@@ -119,20 +119,31 @@ def _topup_form(s: CreditSettings, request: ConsoleRequest, account: str | None)
 
 
 def account_list(s: CreditSettings, request: ConsoleRequest) -> str:
+    """A page of accounts in name order, after the account ``after`` (the previous
+    page's last), those starting with ``q`` only: a range of the accounts' primary key,
+    then one lookup of the open reservations per account shown (their ``(account,
+    status)`` index), so a page costs the same however many accounts and ledger entries
+    there are."""
     after = request.params.get("after", "")
     prefix = request.params.get("q", "").strip()[:ACCOUNT_CHARS]
-    where, params = ["a.account > ?"], [after]
+    # one lower bound (the planner takes one): past ``after``, from the prefix on
+    where, params = ["account > ?"], [after]
     if prefix:
-        where.append("a.account LIKE ? ESCAPE '!'")
-        params.append(prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%")
+        if after < prefix:
+            where, params = ["account >= ?"], [prefix]
+        upper = _above(prefix)
+        if upper is not None:
+            where.append("account < ?")
+            params.append(upper)
+        # the range is exact for a binary collation; the check keeps it exact for others
+        where.append(f"substr(account, 1, {len(prefix)}) = ?")
+        params.append(prefix)
     rows = request.store.inspect(
-        "SELECT a.account, a.currency, a.balance, COALESCE(SUM(r.amount), 0), COUNT(r.callid) "
-        "FROM credit_accounts a LEFT JOIN credit_reservations r "
-        "ON r.account = a.account AND r.status = 'open' "
-        f"WHERE {' AND '.join(where)} GROUP BY a.account, a.currency, a.balance "
-        f"ORDER BY a.account LIMIT {PAGE + 1}",
+        "SELECT account, currency, balance FROM credit_accounts "
+        f"WHERE {' AND '.join(where)} ORDER BY account LIMIT {PAGE + 1}",
         params,
     )
+    held = _held(request, [account for account, _, _ in rows[:PAGE]])
     out = [
         f'<form method="get" action="{escape(request.url())}" class="filters card" role="search">'
         '<p><label for="q">Account starts with</label>'
@@ -140,7 +151,12 @@ def account_list(s: CreditSettings, request: ConsoleRequest) -> str:
         '<p><button type="submit">Find</button></p></form>'
     ]
     if not rows:
-        out.append('<p class="empty">No accounts.</p>')
+        out.append(
+            '<p class="empty">No accounts'
+            + (f" starting with {escape(prefix)}" if prefix else "")
+            + (" after this one" if after else "")
+            + ".</p>"
+        )
     else:
         out.append(
             '<div class="scroll"><table><thead><tr><th scope="col">Account</th>'
@@ -148,7 +164,8 @@ def account_list(s: CreditSettings, request: ConsoleRequest) -> str:
             '<th scope="col" class="num">Available</th><th scope="col" class="num">Open calls</th>'
             "</tr></thead><tbody>"
         )
-        for account, currency, balance, reserved, open_calls in rows[:PAGE]:
+        for account, currency, balance in rows[:PAGE]:
+            reserved, open_calls = held.get(account, (0, 0))
             out.append(
                 f'<tr><th scope="row"><a href="{escape(request.url(account=account))}">'
                 f"{escape(account)}</a></th>"
@@ -158,15 +175,46 @@ def account_list(s: CreditSettings, request: ConsoleRequest) -> str:
                 f'<td class="num">{int(open_calls)}</td></tr>'
             )
         out.append("</tbody></table></div>")
+    pager = []
+    if after:
+        pager.append(f'<a href="{escape(request.url(q=prefix or None))}">First accounts</a>')
     if len(rows) > PAGE:
         last = rows[PAGE - 1][0]
-        out.append(
-            f'<nav class="pager" aria-label="Pages"><a rel="next" '
-            f'href="{escape(request.url(after=last, q=prefix or None))}">More accounts</a></nav>'
+        pager.append(
+            f'<a rel="next" href="{escape(request.url(after=last, q=prefix or None))}">'
+            "More accounts</a>"
         )
+    if pager:
+        out.append(f'<nav class="pager" aria-label="Pages">{"".join(pager)}</nav>')
     out.append("<h2>Top up an account</h2><p>A new account is created with this amount.</p>")
     out.append(_topup_form(s, request, None))
     return "".join(out)
+
+
+def _above(prefix: str) -> str | None:
+    """The smallest string above every string starting with ``prefix`` (its last
+    character that can be, the next one up); None when there is none."""
+    for i in range(len(prefix) - 1, -1, -1):
+        code = ord(prefix[i]) + 1
+        code = 0xE000 if 0xD800 <= code <= 0xDFFF else code  # past the surrogates
+        if code <= 0x10FFFF:
+            return prefix[:i] + chr(code)
+    return None
+
+
+def _held(request: ConsoleRequest, accounts: list[str]) -> dict[str, tuple[int, int]]:
+    """What the open reservations of these accounts hold: account -> (amount, calls)."""
+    if not accounts:
+        return {}
+    marks = ", ".join("?" for _ in accounts)
+    return {
+        account: (int(amount), int(calls))
+        for account, amount, calls in request.store.inspect(
+            "SELECT account, SUM(amount), COUNT(*) FROM credit_reservations "
+            f"WHERE account IN ({marks}) AND status = 'open' GROUP BY account",
+            accounts,
+        )
+    }
 
 
 def account_page(s: CreditSettings, request: ConsoleRequest, account: str) -> str:

@@ -42,8 +42,11 @@
 % for problem in problems:
 <p class="flash error" role="alert">{{problem}}</p>
 % end
+% if page.scanned_to is not None:
+<p class="flash" id="scanned" role="status">Looked through the calls back to <time datetime="{{h.iso(page.scanned_to)}}">{{h.when(page.scanned_to)}}</time> and stopped there to keep this page quick: {{'these are the matching calls found so far' if page.rows else 'none of them match'}}. <a href="{{c.url('/calls', after=page.next, **shown)}}">Look further back</a></p>
+% end
 % if not page.rows:
-<p class="empty" id="no-calls">No calls{{' match these filters' if filtered else ' recorded yet'}}{{'' if first else ' on this page'}}.</p>
+<p class="empty" id="no-calls">No calls{{' match these filters' if filtered else ' recorded yet'}}{{'' if first else ' on this page'}}{{'' if page.scanned_to is None else ' in the calls looked at'}}.</p>
 % else:
 <div class="scroll">
 <table class="calls stack">
@@ -91,6 +94,6 @@
   <a href="{{c.url('/calls', **shown)}}">Newest</a>
 % end
 % if page.next:
-  <a href="{{c.url('/calls', after=page.next, **shown)}}" rel="next">Older calls</a>
+  <a href="{{c.url('/calls', after=page.next, **shown)}}" rel="next">{{'Older calls' if page.scanned_to is None else 'Look further back'}}</a>
 % end
 </nav>
