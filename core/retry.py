@@ -30,6 +30,7 @@ log = logging.getLogger("switchboard.retry")
 INTERVAL = 0.5  # seconds between looks at the store when there was nothing to do
 BATCH = 20
 PURGE_EVERY = 3600.0  # seconds between purges of callbacks past their retention
+FIRST_PURGE = 300.0  # seconds after the start
 DAY = 86400.0
 
 
@@ -39,7 +40,9 @@ class Retrier:
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._next_purge = 0.0  # time.monotonic() of the next purge: the first at once
+        # time.monotonic() of the next purge: the first a while after the start, so that
+        # a start (or a reload) does no more than it must
+        self._next_purge = time.monotonic() + FIRST_PURGE
 
     def start(self) -> None:
         self._stop.clear()

@@ -135,3 +135,23 @@ def test_purge_command(serve, tmp_path, backend):
     assert "no callbacks recorded" in run_cli(server.config, "trace", "short-lived").stdout
     bad = run_cli(server.config, "purge", "--older-than", "-1")
     assert bad.returncode == 2 and "--older-than" in bad.stderr
+
+
+def test_the_retry_worker_purges_hourly_from_five_minutes_after_the_start(backend, monkeypatch):
+    from core import retry
+
+    rt = backend.runtime(store={"retention_days": 1})
+    rt.start()
+    try:
+        store, retrier = rt.store, rt.retrier
+        assert retrier is not None
+        store.claim("old", "ice", "", lease=5, now=time.time() - 2 * 86400, body="{}")
+        store.finish("old", "ice", "", "{}", "{}", "hangup")
+        store.claim("new", "ice", "", lease=5, body="{}")
+        store.finish("new", "ice", "", "{}", "{}", "hangup")
+        time.sleep(retry.INTERVAL * 3)  # the worker has looked: not due yet at the start
+        assert {c for (c,) in store.query("SELECT callid FROM callbacks")} == {"old", "new"}
+        assert retrier.purge_once() == 1
+        assert [c for (c,) in store.query("SELECT callid FROM callbacks")] == ["new"]
+    finally:
+        rt.close()
