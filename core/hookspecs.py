@@ -307,7 +307,7 @@ def switchboard_replay_rewind(store: Store, since: float) -> None:
     replay's sandbox: a scratch copy of the real store's plugin tables as they are now
     (never the real store). Undo what happened since: delete the counters, reservations
     or entries made at or after ``since`` and restore what they changed (the credit
-    plugin restores each balance from its ledger). A plugin without this hook replays
+    plugin undoes the calls begun since, giving their charges back). A plugin without this hook replays
     from its current state, and the replay's report says so. Return nothing.
     """
 

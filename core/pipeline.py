@@ -133,7 +133,7 @@ class Pipeline:
         }
         self._pending_after: set[Future[Any]] = set()
         # fallbacks sent while the store could not record them (``_record_fallback``)
-        self._unrecorded: deque[tuple[Event, str, bytes, str, Trace]] = deque(
+        self._unrecorded: deque[tuple[Event, str, bytes, str, Trace, float]] = deque(
             maxlen=UNRECORDED_LIMIT
         )
         self._slow_observers: set[str] = set()  # plugins whose after-answer runs in the pool
@@ -265,15 +265,23 @@ class Pipeline:
         return self._respond(event, body, sealed, started)
 
     def _claim_decision(
-        self, event: Event, sub: str, raw: bytes, *, redelivery: bool = True
+        self,
+        event: Event,
+        sub: str,
+        raw: bytes,
+        *,
+        redelivery: bool = True,
+        now: float | None = None,
     ) -> Claim:
         """Claim an ICE, ACE or PIE, its body kept for replays (``core.replay``) without a
-        flush of its own: lost in a power cut, a redelivery is processed again."""
+        flush of its own: lost in a power cut, a redelivery is processed again. ``now``:
+        when it arrived, if that was not just now."""
         return self.store.claim(
             event.callid,
             event.name,
             sub,
             lease=self.lease,
+            now=now,
             body=raw.decode(),
             received=arrival(event),
             redelivery=redelivery,
@@ -300,9 +308,10 @@ class Pipeline:
         if unrecorded is not None:
             sub, raw = unrecorded
             observers = response.after
+            arrived = time.time() - (time.monotonic() - started)  # recorded as received then
 
             def after() -> None:
-                self._record_fallback(event, sub, raw, answer, sealed)
+                self._record_fallback(event, sub, raw, answer, sealed, arrived)
                 if observers is not None:
                     observers()
 
@@ -310,14 +319,14 @@ class Pipeline:
         return response
 
     def _record_fallback(
-        self, event: Event, sub: str, raw: bytes, answer: str, trace: Trace
+        self, event: Event, sub: str, raw: bytes, answer: str, trace: Trace, arrived: float
     ) -> None:
         """Record a fallback answered without a claim, after it was sent, so that the
         calls view (and a replay) has it: unless the callback was recorded meanwhile (a
         redelivery processed it). If the store still cannot take it, it waits in memory
         (the latest ``UNRECORDED_LIMIT``) for the retry worker (``record_fallbacks``)."""
-        if not self._try_record(event, sub, raw, answer, trace):
-            self._unrecorded.append((event, sub, raw, answer, trace))
+        if not self._try_record(event, sub, raw, answer, trace, arrived):
+            self._unrecorded.append((event, sub, raw, answer, trace, arrived))
 
     def record_fallbacks(self) -> int:
         """Record the fallbacks the store could not take when they were sent, now that
@@ -331,10 +340,12 @@ class Pipeline:
             done += 1
         return done
 
-    def _try_record(self, event: Event, sub: str, raw: bytes, answer: str, trace: Trace) -> bool:
+    def _try_record(
+        self, event: Event, sub: str, raw: bytes, answer: str, trace: Trace, arrived: float
+    ) -> bool:
         try:
             with self.store.until(time.monotonic() + self.budget / 2):
-                claim = self._claim_decision(event, sub, raw, redelivery=False)
+                claim = self._claim_decision(event, sub, raw, redelivery=False, now=arrived)
                 if claim.status == "new":
                     try:
                         self._finish(event, sub, answer, trace, claim.attempts)

@@ -7,7 +7,7 @@ compares each ICE, ACE and PIE answer with the one recorded:
 * The sandbox is a private in-memory SQLite store: the core's and the candidate
   plugins' migrations applied, then every plugin table the real store has copied into
   it as it is now, then each plugin's ``switchboard_replay_rewind`` puts its state back
-  as it was when the window starts (credit restores balances from its ledger; allowlist
+  as it was when the window starts (credit undoes the calls begun since; allowlist
   forgets the velocity counts made since). The real store is only read, with the
   operators' reads (``Store.inspect``: never the connection the callbacks read with, so a
   replay run from a live server's console does not hold up its callbacks): no balance,

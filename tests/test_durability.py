@@ -510,12 +510,15 @@ def test_a_fallback_the_store_could_not_take_is_recorded_once_it_can(make, monke
     monkeypatch.setattr(rt.store, "claim", claim)
     answer = post(app, ice("lost-1"))
     rt.pipeline.wait_idle()
+    answered = time.time()
     assert answer.json == {"action": {"name": "hangup"}}
     assert calls.recent_calls(rt.store).rows == ()
     assert rt.pipeline.record_fallbacks() == 0  # the store still fails: still waiting
     failing["on"] = False
+    time.sleep(0.3)
     assert rt.pipeline.record_fallbacks() == 1
     (row,) = calls.recent_calls(rt.store).rows
+    assert row.started_at <= answered  # recorded as received when it arrived
     assert (row.callid, row.rule, row.fallback, row.answer) == (
         "lost-1", "store-unavailable", True, "hangup"
     )

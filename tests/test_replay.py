@@ -269,3 +269,51 @@ def test_callbacks_are_read_a_chunk_of_calls_at_a_time_in_arrival_order(monkeypa
     got = [(r[0], r[1], r[5]) for r in replay_mod._callbacks(store, calls)]
     assert got == arrivals
     store.close()
+
+
+def test_credit_rewind_undoes_only_the_calls_the_replay_makes_again():
+    """A call that began before the window keeps its reservation, settlement and charge
+    (its DiCE is not replayed); a top-up made in the window stays; a call that began in
+    it is undone, its charge given back."""
+    from core.store import SqliteStore
+    from plugins.credit import ledger
+
+    store = SqliteStore(":memory:")
+    store.migrate("credit", ledger.MIGRATIONS)
+    with store.transaction() as tx:
+        tx.execute(
+            "INSERT INTO credit_accounts (account, currency, balance, updated_at) "
+            "VALUES ('a', 'USD', 1000 - 100 - 40 + 500, 0)"
+        )
+        entries = [
+            (1, 10.0, "initial", 1000, None),
+            (2, 110.0, "call", -100, "before"),  # began at 90, settled in the window
+            (3, 150.0, "topup", 500, None),
+            (4, 170.0, "call", -40, "inside"),  # began at 120
+        ]
+        for seq, at, kind, amount, callid in entries:
+            tx.execute(
+                "INSERT INTO credit_ledger (account, seq, at, kind, amount, balance_after, "
+                "callid, details) VALUES ('a', ?, ?, ?, ?, 0, ?, '{}')",
+                (seq, at, kind, amount, callid),
+            )
+        for callid, created in (("before", 90.0), ("inside", 120.0)):
+            tx.execute(
+                "INSERT INTO credit_reservations (callid, account, amount, rate, "
+                "first_increment, next_increment, minimum_charge, max_duration, status, "
+                "created_at, expires_at) VALUES (?, 'a', 300, '0.02', 60, 60, 0, 600, "
+                "'settled', ?, 9999)",
+                (callid, created),
+            )
+            tx.execute(
+                "INSERT INTO credit_settled (callid, account, amount, status, at, details) "
+                "VALUES (?, 'a', 1, 'settled', ?, '{}')",
+                (callid, created + 50),
+            )
+    ledger.rewind(store, 100.0)
+    assert store.query("SELECT balance FROM credit_accounts") == [(1000 - 100 + 500,)]
+    assert store.query("SELECT callid FROM credit_reservations") == [("before",)]
+    assert store.query("SELECT callid, status FROM credit_reservations") == [("before", "settled")]
+    assert store.query("SELECT callid FROM credit_settled") == [("before",)]
+    assert [r[0] for r in store.query("SELECT seq FROM credit_ledger ORDER BY seq")] == [1, 2, 3]
+    store.close()

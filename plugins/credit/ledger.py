@@ -457,25 +457,25 @@ def call_details(
 
 
 def rewind(store: Store, since: float) -> None:
-    """Put the accounts back as they were at ``since``, in a replay's sandbox
-    (``switchboard_replay_rewind``): the ledger entries, reservations and settlements
-    made since are removed, a reservation settled since is open again, and each
-    balance is the one its last remaining ledger entry left (an account with none
-    left did not exist yet). Reservations released or expired since stay so: when
-    they were is not recorded."""
+    """Undo, in a replay's sandbox (``switchboard_replay_rewind``), what the calls
+    replayed from ``since`` did to the accounts: the calls that began since (their
+    reservation made since, or none) lose their reservation, settlement and charge, and
+    each balance gets its charges back. The replay then makes them again, in order.
+    Calls that began before ``since`` keep what they did (their DiCE is not replayed),
+    and so do top-ups and other entries made since: the replay starts with them."""
+    undone = (  # the calls replayed: not a reservation made before the window
+        "callid NOT IN (SELECT callid FROM credit_reservations WHERE created_at < ?)"
+    )
     with store.transaction() as tx:
         tx.execute(
-            "UPDATE credit_reservations SET status = 'open' WHERE created_at < ? "
-            "AND callid IN (SELECT callid FROM credit_settled WHERE at >= ?)",
+            "UPDATE credit_accounts SET balance = balance - COALESCE((SELECT SUM(l.amount) "
+            "FROM credit_ledger AS l WHERE l.account = credit_accounts.account "
+            f"AND l.kind = 'call' AND l.at >= ? AND l.{undone}), 0)",
             (since, since),
         )
-        tx.execute("DELETE FROM credit_settled WHERE at >= ?", (since,))
+        tx.execute(
+            f"DELETE FROM credit_ledger WHERE kind = 'call' AND at >= ? AND {undone}",
+            (since, since),
+        )
+        tx.execute(f"DELETE FROM credit_settled WHERE at >= ? AND {undone}", (since, since))
         tx.execute("DELETE FROM credit_reservations WHERE created_at >= ?", (since,))
-        tx.execute("DELETE FROM credit_ledger WHERE at >= ?", (since,))
-        tx.execute(
-            "DELETE FROM credit_accounts WHERE account NOT IN (SELECT account FROM credit_ledger)"
-        )
-        tx.execute(
-            "UPDATE credit_accounts SET balance = (SELECT balance_after FROM credit_ledger AS l "
-            "WHERE l.account = credit_accounts.account ORDER BY seq DESC LIMIT 1)"
-        )
