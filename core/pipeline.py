@@ -47,7 +47,7 @@ from core.events import DECISION_EVENTS, Dice, Event, EventError, Ice, excerpt, 
 from core.logs import CALLID
 from core.metrics import FALLBACK_RULES, Metrics
 from core.plugins import Impl, Plugins
-from core.revisions import policy_content, revision_of
+from core.revisions import revision_for
 from core.signing import SignatureError, Verifier
 from core.store import Claim, Received, ShadowStore, Store, Summary, Waiting
 from core.svaml import Svaml, SvamlError, dumps
@@ -103,7 +103,7 @@ class Pipeline:
         self.plugins = plugins
         self.store = store
         self.budget: float = settings.policy["budget"]
-        self.revision = revision_of(policy_content(settings))  # named by every trace
+        self.revision = revision_for(settings)  # named by every trace
         self.call_clock: Callable[[], float] = time.time  # CallContext.now (see replay)
         self.ice_default: str = settings.policy["ice_default"]
         # plugins relying on the DiCE: the merge refuses an answer suppressing callbacks
@@ -239,18 +239,7 @@ class Pipeline:
             )
 
         try:
-            results = self._run_hooks(event, deadline, trace, decision=True)
-            if results is None:
-                svaml = self.fallback[event.name]
-                trace.update(
-                    rule="budget", notes=trace["notes"] + ["plugins still running at the budget"]
-                )
-            else:
-                outcome = self._merge(event, results, trace)
-                svaml = outcome.svaml
-            answer = svaml.to_dict()
-            if "shadowed" in trace:
-                self._shadow_effects(event, results, trace, answer)
+            answer = self._decided(event, deadline, trace)
             body = dumps(answer)
             sealed = self._seal(trace, started, answer)
             with self.store.until(deadline):
@@ -287,6 +276,23 @@ class Pipeline:
             redelivery=redelivery,
             durable=False,
         )
+
+    def _decided(self, event: Event, deadline: float, trace: dict[str, Any]) -> dict[str, Any]:
+        """Ask the plugins and merge their decisions into the answer (the fallback when a
+        plugin was still running at the budget); the shadow plugins' effects go into the
+        trace."""
+        results = self._run_hooks(event, deadline, trace, decision=True)
+        if results is None:
+            svaml = self.fallback[event.name]
+            trace.update(
+                rule="budget", notes=trace["notes"] + ["plugins still running at the budget"]
+            )
+        else:
+            svaml = self._merge(event, results, trace).svaml
+        answer = svaml.to_dict()
+        if "shadowed" in trace:
+            self._shadow_effects(event, results, trace, answer)
+        return answer
 
     def _fallback(
         self,
@@ -637,18 +643,7 @@ class Pipeline:
             trace["rule"] = "observed"
             sealed = self._seal(trace, started)
         else:
-            results = self._run_hooks(event, deadline, trace, decision=True)
-            if results is None:
-                svaml = self.fallback[event.name]
-                trace.update(
-                    rule="budget", notes=[*trace["notes"], "plugins still running at the budget"]
-                )
-            else:
-                svaml = self._merge(event, results, trace).svaml
-            answer = svaml.to_dict()
-            if "shadowed" in trace:
-                self._shadow_effects(event, results, trace, answer)
-            sealed = self._seal(trace, started, answer)
+            sealed = self._seal(trace, started, self._decided(event, deadline, trace))
         for impl in self.plugins.impls("switchboard_after_answer"):
             _observer(impl, event, sealed.answer, sealed)
         return sealed

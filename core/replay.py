@@ -359,7 +359,8 @@ def _copy(real: Store, sandbox: Store) -> None:
     for table in sandbox.tables():
         if table in CORE_TABLES or table.startswith(("console_", "sqlite_")) or table not in present:
             continue
-        wanted = [c for c in _columns(sandbox, table) if c in set(_columns(real, table, real=True))]
+        has = set(_columns(real, table, real=True))
+        wanted = [c for c in _columns(sandbox, table) if c in has]
         if not wanted:
             continue
         names = ", ".join(wanted)

@@ -36,6 +36,11 @@ def policy_content(settings: Settings) -> dict[str, Any]:
     return json.loads(canonical(policy))  # plain JSON values, as recorded
 
 
+def revision_for(settings: Settings) -> str:
+    """The revision of a configuration (``revision_of`` its ``policy_content``)."""
+    return revision_of(policy_content(settings))
+
+
 def canonical(content: Mapping[str, Any]) -> str:
     """The content's JSON with sorted keys: what a revision is the digest of."""
     return json.dumps(content, sort_keys=True, separators=(",", ":"), default=_plain)

@@ -33,7 +33,7 @@ def revisions(runtime: Runtime, old: str | None, new: str | None, limit: int, as
     newest first, and the revision of the configuration file as it is now. With one
     revision, its content; with two, the settings that differ."""
     store = runtime.store
-    current = revs.revision_of(revs.policy_content(runtime.settings))
+    current = revs.revision_for(runtime.settings)
     if old is None:
         loads = revs.loads(store, limit)
         if as_json:

@@ -146,7 +146,7 @@ def replay_page(
     error: str | None = None,
     problems: tuple[str, ...] | list[str] = (),
 ) -> str:
-    running = revs.revision_of(revs.policy_content(req.runtime.settings))
+    running = revs.revision_for(req.runtime.settings)
     return render(
         "replay",
         c=chrome(req, wide=True),
@@ -217,7 +217,7 @@ def run_replay(req: Req, forms: Any, perform: Perform) -> str:
 def revisions_page(req: Req) -> str:
     query = bottle.request.query
     settings = req.runtime.settings
-    running = revs.revision_of(revs.policy_content(settings))
+    running = revs.revision_for(settings)
     loads = revs.loads(req.store, LOADS)
     asked = {k: str(query.getunicode(k) or "").strip()[:64] for k in ("show", "old", "new")}
     problems: list[str] = []
